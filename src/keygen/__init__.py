@@ -1,0 +1,5 @@
+"""Keygen: unique integer ID ranges, never handed out twice."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from keygen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""``POST /allocate`` as pure ASGI: the hot path pays for no framework.
+
+Routing, a pydantic model and a response object per request would cost more than the
+allocation itself, so this endpoint sits in front of the FastAPI app: it reads the body with
+a size limit, decodes and validates it with msgspec, asks the allocator, and writes the
+response itself. Every other path goes on to FastAPI. The endpoint is still documented in
+the OpenAPI schema (see ``openapi.py``), from the same limits it enforces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+from starlette.types import Receive, Scope, Send
+
+from keygen.api.responses import error_body
+from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+from keygen.errors import (
+    InvalidRequest,
+    KeygenError,
+    MalformedJSON,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from keygen.config import Settings
+    from keygen.service import Keygen
+
+log = logging.getLogger(__name__)
+
+ALLOCATE_PATH = "/allocate"
+
+
+class AllocateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    size: int | None = None
+    namespace: str | None = None
+
+
+class AllocationBody(msgspec.Struct):
+    start: int
+    end: int
+    size: int
+    namespace: str
+    source: str
+    timestamp: float
+
+
+_decode_request = msgspec.json.Decoder(AllocateRequest).decode
+_encode_allocation = msgspec.json.Encoder().encode
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def parse_request(body: bytes, settings: Settings) -> tuple[str, int]:
+    """Decode and validate a request body into (namespace, size)."""
+    try:
+        request = _decode_request(body) if body.strip() else AllocateRequest()
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(f"the body is not valid JSON: {exc}") from None
+    size = settings.id_block_size if request.size is None else request.size
+    if not 1 <= size <= settings.max_block_size:
+        raise InvalidRequest(f"size must be between 1 and {settings.max_block_size}, got {size}")
+    namespace = DEFAULT_NAMESPACE if request.namespace is None else request.namespace
+    if NAMESPACE_PATTERN.match(namespace) is None:
+        raise InvalidRequest(
+            f"namespace must match {NAMESPACE_PATTERN.pattern} (lowercase letters, digits, "
+            f"'_', '.', '-'; at most 64 characters), got {namespace[:80]!r}"
+        )
+    return namespace, size
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON."""
+    content_type: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+    if content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {content_type.decode('latin-1')!r}"
+        )
+    body = b""
+    while True:
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+        if not message.get("more_body", False):
+            break
+    if content_type is None and body.strip():
+        raise UnsupportedMediaType("a body needs Content-Type: application/json")
+    return body
+
+
+class AllocateEndpoint:
+    """Serves ``POST /allocate`` and passes everything else to the FastAPI app."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
+            await self.api(scope, receive, send)
+            return
+        service: Keygen = self.api.state.service
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
+            body = await read_body(scope, receive, service.settings.max_body_bytes)
+            namespace, size = parse_request(body, service.settings)
+            allocation = await service.allocator.allocate(namespace, size)
+        except KeygenError as exc:
+            await _send(send, exc.status_code, error_body(exc.code, exc.message), exc.headers())
+            return
+        except Exception:
+            log.exception("POST /allocate failed")
+            await _send(send, 500, error_body("internal_error", "internal error"))
+            return
+        id_range = allocation.range
+        await _send(
+            send,
+            200,
+            _encode_allocation(
+                AllocationBody(
+                    id_range.start, id_range.end, id_range.size, id_range.namespace,
+                    allocation.source, time.time(),
+                )
+            ),
+        )
+
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    raw_headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw_headers.extend((k.lower().encode(), v.encode()) for k, v in headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

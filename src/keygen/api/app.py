@@ -1,0 +1,89 @@
+"""The ASGI application: the allocate endpoint in front of a FastAPI app for the rest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from keygen import __version__
+from keygen.api.allocate import AllocateEndpoint
+from keygen.api.openapi import install_openapi
+from keygen.api.responses import error_response, json_error
+from keygen.api.routes import router
+from keygen.config import Settings
+from keygen.errors import InvalidRequest, KeygenError, MethodNotAllowed, NotFound
+from keygen.metrics import KeygenCollector
+from keygen.service import Keygen
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+    """Start the service before the first request; close it after the last."""
+    service = await Keygen.start(api.state.settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KeygenCollector(service.metrics, service.gauges))
+    api.state.service = service
+    api.state.registry = registry
+    log.info(
+        "keygen %s serving from %s", __version__,
+        " -> ".join(layer.source for layer in service.allocator.layers),
+    )
+    try:
+        yield
+    finally:
+        await service.aclose()
+
+
+async def _keygen_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KeygenError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no such path: {request.url.path}"))
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed here", allow))
+    return json_error(exc.status_code, "http_error", str(exc.detail), exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    messages = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
+    )
+    return error_response(InvalidRequest(messages))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(KeygenError("internal error"))
+
+
+def create_app(settings: Settings | None = None) -> AllocateEndpoint:
+    """Build the application; nothing connects until its lifespan starts."""
+    api = FastAPI(
+        title="Keygen",
+        version=__version__,
+        description="Unique integer ID ranges, never handed out twice.",
+        lifespan=lifespan,
+    )
+    api.state.settings = settings or Settings()
+    api.include_router(router)
+    api.add_exception_handler(KeygenError, _keygen_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(Exception, _unexpected_error)
+    install_openapi(api)
+    return AllocateEndpoint(api)

@@ -1,0 +1,67 @@
+"""The OpenAPI schema, with ``POST /allocate`` added (it is served outside FastAPI's router)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from keygen.api.allocate import ALLOCATE_PATH
+from keygen.api.schemas import AllocateRequest, Allocation, ErrorResponse
+
+_ERRORS = {
+    "400": "Malformed JSON",
+    "405": "Method not allowed",
+    "409": "The namespace has too few IDs left below 2**63-1",
+    "413": "Body too large",
+    "415": "Content-Type is not application/json",
+    "422": "Invalid field: size out of range, bad namespace, unknown field",
+    "503": "No layer could allocate in time; see the Retry-After header",
+}
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def install_openapi(api: FastAPI) -> None:
+    """Make ``api.openapi()`` document ``POST /allocate`` too."""
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        schema = get_openapi(
+            title=api.title, version=api.version, description=api.description,
+            routes=api.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (AllocateRequest, Allocation, ErrorResponse):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        json_body = {"application/json": {"schema": _ref(ErrorResponse)}}
+        schema["paths"][ALLOCATE_PATH] = {
+            "post": {
+                "summary": "Allocate a range of unique IDs",
+                "operationId": "allocate",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref(AllocateRequest)}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The range, yours alone",
+                        "content": {"application/json": {"schema": _ref(Allocation)}},
+                    },
+                    **{
+                        status: {"description": text, "content": json_body}
+                        for status, text in _ERRORS.items()
+                    },
+                },
+            }
+        }
+        api.openapi_schema = schema
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,158 @@
+"""The ``keygen`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from keygen import __version__
+from keygen.checker import check, read_records
+from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
+from keygen.config import Settings
+from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
+from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.sqlite import SqliteLedger
+
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        err.print(f"[red]keygen: invalid configuration[/red]: {problems}")
+        raise SystemExit(2) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()  # fail here, clearly, rather than in every worker
+    uvicorn.run(
+        "keygen.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.allocation_timeout) + 1,
+    )
+    return 0
+
+
+def allocate(args: argparse.Namespace) -> int:
+    try:
+        with KeygenClient(args.url, retries=0) as client:
+            allocated = client.allocate(size=args.size, namespace=args.namespace)
+    except KeygenAPIError as exc:
+        err.print(f"[red]keygen: {exc}[/red]")
+        return 1
+    except OSError as exc:  # httpx's connection errors derive from it
+        err.print(f"[red]keygen: cannot reach {args.url}: {exc}[/red]")
+        return 1
+    print(json.dumps({
+        "start": allocated.start, "end": allocated.end, "size": allocated.size,
+        "namespace": allocated.namespace, "source": allocated.source,
+        "timestamp": allocated.timestamp,
+    }))
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    try:
+        verdict = check(read_records(args.files))
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]keygen verify: {exc}[/red]")
+        return 2
+    for first, second in verdict.overlaps[:20]:
+        print(f"overlap in {first.namespace!r}: {first.start}..{first.end} "
+              f"and {second.start}..{second.end}")
+    for record in verdict.bad_sizes[:20]:
+        print(f"wrong size: {record}")
+    for record in verdict.out_of_bounds[:20]:
+        print(f"out of bounds: {record}")
+    print(verdict.summary())
+    return 0 if verdict.ok else 1
+
+
+async def _ledger_status(settings: Settings) -> list[NamespaceStatus]:
+    ledger = await SqliteLedger.open(settings.data_dir)
+    try:
+        return await ledger.status()
+    finally:
+        await ledger.aclose()
+
+
+def ledger_status(args: argparse.Namespace) -> int:
+    settings = _settings()
+    statuses = asyncio.run(_ledger_status(settings))
+    if args.json:
+        print(json.dumps([
+            {"namespace": s.namespace, "next_id": s.next_id, "headroom": s.headroom,
+             "grants": s.grants}
+            for s in statuses
+        ]))
+        return 0
+    table = Table(title=f"ledger: sqlite ({settings.data_dir})")
+    for column in ("namespace", "next ID", "headroom to 2^63-1", "grants"):
+        table.add_column(column, justify="left" if column == "namespace" else "right")
+    for s in statuses:
+        table.add_row(s.namespace, f"{s.next_id:,}", f"{s.headroom:,}", f"{s.grants:,}")
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keygen", description="Keygen: unique integer ID ranges, never handed out twice."
+    )
+    parser.add_argument("--version", action="version", version=f"keygen {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("serve", help="run the HTTP service")
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.set_defaults(run=serve)
+
+    p = commands.add_parser("allocate", help="ask a running service for a range")
+    p.add_argument("--size", type=int, help="IDs to allocate (default: the server's ID_BLOCK_SIZE)")
+    p.add_argument("--namespace", help="namespace (default: 'default')")
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.set_defaults(run=allocate)
+
+    p = commands.add_parser("verify", help="check files of acknowledged ranges for overlaps")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                   help="JSON lines, one POST /allocate response per line")
+    p.set_defaults(run=verify)
+
+    p = commands.add_parser("ledger", help="inspect the ledger")
+    ledger_commands = p.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
+    p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=ledger_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

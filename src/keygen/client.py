@@ -1,0 +1,166 @@
+"""A small client for the Keygen HTTP API, synchronous and asynchronous.
+
+    with KeygenClient("http://127.0.0.1:8010") as keygen:
+        ids = keygen.allocate(size=1000, namespace="orders")
+        for order_id in range(ids.start, ids.end + 1): ...
+
+A 503 (no layer could allocate) is retried after the server's ``Retry-After``, up to
+``retries`` times; every other error is raised as ``KeygenAPIError`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
+
+__all__ = ["AllocatedRange", "AsyncKeygenClient", "KeygenAPIError", "KeygenClient"]
+
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+#: Longer than the service's default ALLOCATION_TIMEOUT (30 s), so its 503 arrives first.
+DEFAULT_TIMEOUT = 35.0
+MAX_RETRY_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedRange:
+    """IDs ``start..end`` (inclusive), the caller's alone."""
+
+    start: int
+    end: int
+    size: int
+    namespace: str
+    source: str
+    timestamp: float
+
+    def __iter__(self) -> Any:
+        return iter(range(self.start, self.end + 1))
+
+
+class KeygenAPIError(Exception):
+    """The service answered with an error."""
+
+    def __init__(self, status_code: int, code: str, message: str, retry_after: float | None):
+        super().__init__(f"{status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _request_body(size: int | None, namespace: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if size is not None:
+        body["size"] = size
+    if namespace is not None:
+        body["namespace"] = namespace
+    return body
+
+
+def _error(response: httpx.Response) -> KeygenAPIError:
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:200]
+    retry_after = response.headers.get("retry-after")
+    return KeygenAPIError(
+        response.status_code, code, message,
+        float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+
+
+def _allocated(response: httpx.Response) -> AllocatedRange:
+    if response.status_code != 200:
+        raise _error(response)
+    data = response.json()
+    return AllocatedRange(
+        int(data["start"]), int(data["end"]), int(data["size"]), data["namespace"],
+        data["source"], float(data["timestamp"]),
+    )
+
+
+def _wait_before_retry(error: KeygenAPIError, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before retrying, or None when the error must be raised."""
+    if error.status_code != 503 or attempt >= retries:
+        return None
+    return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
+
+
+class KeygenClient:
+    """Synchronous client."""
+
+    def __init__(
+        self, base_url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT, retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retries = retries
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def allocate(self, size: int | None = None, namespace: str | None = None) -> AllocatedRange:
+        body = _request_body(size, namespace)
+        for attempt in range(self.retries + 1):
+            try:
+                return _allocated(self._http.post("/allocate", json=body))
+            except KeygenAPIError as error:
+                wait = _wait_before_retry(error, attempt, self.retries)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def health(self) -> dict[str, Any]:
+        health: dict[str, Any] = self._http.get("/health").json()
+        return health
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KeygenClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncKeygenClient:
+    """Asynchronous client, for asyncio and AnyIO programs."""
+
+    def __init__(
+        self, base_url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT, retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retries = retries
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    async def allocate(
+        self, size: int | None = None, namespace: str | None = None
+    ) -> AllocatedRange:
+        body = _request_body(size, namespace)
+        for attempt in range(self.retries + 1):
+            try:
+                return _allocated(await self._http.post("/allocate", json=body))
+            except KeygenAPIError as error:
+                wait = _wait_before_retry(error, attempt, self.retries)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def health(self) -> dict[str, Any]:
+        health: dict[str, Any] = (await self._http.get("/health")).json()
+        return health
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncKeygenClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

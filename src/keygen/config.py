@@ -1,0 +1,98 @@
+"""Settings, read once from the environment (and a ``.env`` file) into one typed object.
+
+The original product's names are kept where they exist (``ID_BLOCK_SIZE``,
+``REDIS_SENTINEL_HOSTS``, ...); everything else is ``KEYGEN_*``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keygen.constants import MAX_ID
+
+DEFAULT_BLOCK_SIZE = 1000
+DEFAULT_MAX_BLOCK_SIZE = 1_000_000
+DEFAULT_LEASE_SIZE = 1_000_000
+DEFAULT_ALLOCATION_TIMEOUT = 30.0
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_MAX_BODY_BYTES = 4096
+
+
+def _seed_name(name: str) -> AliasChoices:
+    """Read a setting from its unprefixed name, as the original product documents it."""
+    return AliasChoices(name)
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEYGEN_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # The original product's names.
+    id_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
+        DEFAULT_BLOCK_SIZE, validation_alias=_seed_name("ID_BLOCK_SIZE"),
+        description="Size of a request that names none.",
+    )
+    allocation_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_ALLOCATION_TIMEOUT, validation_alias=_seed_name("ALLOCATION_TIMEOUT"),
+        description="Seconds a request may take across all layers before it gets a 503.",
+    )
+    lock_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_LOCK_TIMEOUT, validation_alias=_seed_name("LOCK_TIMEOUT"),
+        description="Seconds a lease-refill lock is held at most.",
+    )
+    redis_sentinel_hosts: str | None = Field(
+        None, validation_alias=_seed_name("REDIS_SENTINEL_HOSTS"),
+        description="host:port,host:port of the Sentinels; unset means no Redis layer.",
+    )
+    redis_sentinel_master_name: str = Field(
+        "mymaster", validation_alias=_seed_name("REDIS_SENTINEL_MASTER_NAME")
+    )
+    redis_sentinel_quorum: Annotated[int, Field(ge=1)] = Field(
+        2, validation_alias=_seed_name("REDIS_SENTINEL_QUORUM")
+    )
+
+    # Keygen's own.
+    database_url: str | None = Field(
+        None, description="postgresql://... of the ledger; unset means the embedded SQLite one."
+    )
+    data_dir: Path = Field(Path(".keygen"), description="Where local state lives.")
+    max_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = DEFAULT_MAX_BLOCK_SIZE
+    lease_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
+        DEFAULT_LEASE_SIZE, description="IDs an in-process lease takes from the ledger at once."
+    )
+    instance_id: str = Field(default_factory=_default_instance_id)
+    breaker_failure_threshold: Annotated[int, Field(ge=1)] = 3
+    breaker_reset_timeout: Annotated[float, Field(gt=0)] = 2.0
+    max_body_bytes: Annotated[int, Field(ge=64)] = DEFAULT_MAX_BODY_BYTES
+    health_timeout: Annotated[float, Field(gt=0)] = 1.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    @field_validator("redis_sentinel_hosts", "database_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """``REDIS_SENTINEL_HOSTS`` as (host, port) pairs."""
+        if not self.redis_sentinel_hosts:
+            return []
+        pairs = []
+        for item in self.redis_sentinel_hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"REDIS_SENTINEL_HOSTS: {item!r} is not host:port")
+            pairs.append((host, int(port)))
+        return pairs

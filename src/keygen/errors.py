@@ -1,0 +1,136 @@
+"""Every error Keygen raises, each carrying the HTTP status and code it is reported with.
+
+    KeygenError                      500 internal_error
+    ├── RequestError                 4xx: the client's request is at fault; nothing is allocated
+    │   ├── MalformedJSON            400 malformed_json
+    │   ├── NotFound                 404 not_found
+    │   ├── MethodNotAllowed         405 method_not_allowed
+    │   ├── NamespaceExhausted       409 namespace_exhausted
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   ├── UnsupportedMediaType     415 unsupported_media_type
+    │   └── InvalidRequest           422 invalid_request
+    ├── LayerUnavailable             503 layer_unavailable: one layer failed; the allocator
+    │   │                                falls back to the next one
+    │   └── LedgerUnavailable        503 ledger_unavailable
+    └── ServiceUnavailable           503 service_unavailable: no layer could serve in time
+
+Backends translate their driver's exceptions into these at the edge (``raise ... from exc``),
+so the allocator and the HTTP layer never see a driver exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidRequest",
+    "KeygenError",
+    "LayerUnavailable",
+    "LedgerUnavailable",
+    "MalformedJSON",
+    "MethodNotAllowed",
+    "NamespaceExhausted",
+    "NotFound",
+    "PayloadTooLarge",
+    "RequestError",
+    "ServiceUnavailable",
+    "UnsupportedMediaType",
+]
+
+
+class KeygenError(Exception):
+    """Base of all Keygen errors."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers the error response carries."""
+        return {}
+
+
+class RequestError(KeygenError):
+    """The request is at fault; it allocated nothing."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class MalformedJSON(RequestError):
+    status_code = 400
+    code = "malformed_json"
+
+
+class NotFound(RequestError):
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status_code = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
+class NamespaceExhausted(RequestError):
+    """The namespace has fewer IDs left below 2**63 - 1 than the request asks for."""
+
+    status_code = 409
+    code = "namespace_exhausted"
+
+    def __init__(self, namespace: str, requested: int, remaining: int) -> None:
+        super().__init__(
+            f"namespace {namespace!r} has {remaining} IDs left below 2**63-1; "
+            f"{requested} were asked for"
+        )
+        self.namespace = namespace
+        self.requested = requested
+        self.remaining = remaining
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidRequest(RequestError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class LayerUnavailable(KeygenError):
+    """One layer (dispenser or ledger) could not serve; the next layer is tried."""
+
+    status_code = 503
+    code = "layer_unavailable"
+
+
+class LedgerUnavailable(LayerUnavailable):
+    code = "ledger_unavailable"
+
+
+class ServiceUnavailable(KeygenError):
+    """No layer could allocate within the time budget."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -1,0 +1,65 @@
+"""The seam every ledger implements: the durable, forward-only authority over counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from keygen.constants import MAX_ID
+from keygen.ranges import IdRange
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStatus:
+    """A namespace as the ledger sees it."""
+
+    namespace: str
+    last_id: int  # highest ID ever granted; 0 when none was
+    grants: int  # grants recorded in the audit trail
+
+    @property
+    def next_id(self) -> int:
+        return self.last_id + 1
+
+    @property
+    def headroom(self) -> int:
+        """IDs still grantable before 2**63 - 1."""
+        return MAX_ID - self.last_id
+
+
+class Ledger(Protocol):
+    """Grants spans of a namespace's counter, each exactly once, durably.
+
+    A grant is committed before it is returned: a span handed out is never handed out again,
+    whatever crashes afterwards. Namespaces are created on first use.
+    """
+
+    #: What the ledger is ("sqlite", "postgresql"); it is also the `source` of ranges served
+    #: straight from it.
+    name: str
+
+    async def grant(self, namespace: str, count: int, *, kind: str, holder: str) -> IdRange:
+        """Grant the next ``count`` IDs of ``namespace`` and record the grant in the audit trail.
+
+        Raises:
+            NamespaceExhausted: fewer than ``count`` IDs are left below 2**63 - 1.
+            LedgerUnavailable: the ledger cannot be reached or did not commit.
+        """
+        ...
+
+    async def advance_to(self, namespace: str, last_id: int) -> int:
+        """Raise the namespace's counter so no ID up to ``last_id`` is granted again.
+
+        Never lowers it. Returns the counter's (possibly unchanged) last granted ID.
+        """
+        ...
+
+    async def status(self) -> list[NamespaceStatus]:
+        """Every namespace, ordered by name."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise LedgerUnavailable unless the ledger answers."""
+        ...
+
+    async def aclose(self) -> None: ...
