@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from keygen.api import create_app
+from keygen.api.allocate import AllocateEndpoint
 from keygen.config import Settings
 from tests.support.app import running
 
@@ -25,7 +26,12 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client wired in-process to a started app (no sockets)."""
-    async with running(create_app(settings)) as http:
+def app(settings: Settings) -> AllocateEndpoint:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: AllocateEndpoint) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client wired in-process to the started ``app`` (no sockets)."""
+    async with running(app) as http:
         yield http

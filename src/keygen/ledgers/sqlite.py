@@ -57,6 +57,7 @@ class SqliteLedger:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, data_dir: Path) -> SqliteLedger:
@@ -75,6 +76,8 @@ class SqliteLedger:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise LedgerUnavailable(f"SQLite ledger {self.path} is closed")
         try:
             return await loop.run_in_executor(self._executor, fn)
         except sqlite3.Error as exc:
@@ -162,6 +165,9 @@ class SqliteLedger:
         await self._run(lambda: self._conn.execute("SELECT 1").fetchone())
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         db, self._db = self._db, None
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)

@@ -1,0 +1,111 @@
+"""In-process leases: exact sizes, no overlaps, one refill for many waiters."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keygen.checker import Record, check
+from keygen.constants import MAX_ID
+from keygen.dispensers.lease import LeaseDispenser
+from keygen.errors import NamespaceExhausted
+from keygen.ledgers.sqlite import SqliteLedger
+from tests.support.fakes import FakeLedger
+
+requests = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c.d"]), st.integers(1, 40)), min_size=1, max_size=80
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests, st.integers(1, 50), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_random_interleavings_are_exact_and_disjoint(
+    batch: list[tuple[str, int]], lease_size: int, dispensers: int, rng: object
+) -> None:
+    """Concurrent requests from several dispensers on one ledger, in random order and with
+    ledger latency, each get exactly their size and never share an ID."""
+    import random
+
+    assert isinstance(rng, random.Random)
+
+    async def run() -> list[Record]:
+        ledger = FakeLedger(delay=0.0005)
+        pool = [LeaseDispenser(ledger, lease_size=lease_size, holder=f"d{i}")
+                for i in range(dispensers)]
+
+        async def one(namespace: str, size: int) -> Record:
+            await asyncio.sleep(rng.random() / 1000)
+            got = await rng.choice(pool).allocate(namespace, size)
+            return Record.of(got, requested=size)
+
+        return list(await asyncio.gather(*(one(ns, size) for ns, size in batch)))
+
+    verdict = check(asyncio.run(run()))
+    assert verdict.ok, verdict.summary()
+
+
+@pytest.mark.anyio
+async def test_many_waiters_cause_one_refill() -> None:
+    """A thousand requests finding the lease empty cause one ledger grant, not a thousand."""
+    ledger = FakeLedger(delay=0.01)
+    dispenser = LeaseDispenser(ledger, lease_size=10_000, holder="h")
+    got = await asyncio.gather(*(dispenser.allocate("default", 10) for _ in range(1000)))
+    assert len(ledger.grants) == 1
+    assert check(Record.of(r) for r in got).ok
+
+
+@pytest.mark.anyio
+async def test_request_larger_than_a_lease_is_granted_directly() -> None:
+    """A request bigger than the lease size is one direct grant and leaves the lease alone."""
+    ledger = FakeLedger()
+    dispenser = LeaseDispenser(ledger, lease_size=100, holder="h")
+    small = await dispenser.allocate("default", 10)
+    big = await dispenser.allocate("default", 250)
+    after = await dispenser.allocate("default", 10)
+    assert [kind for _, kind in ledger.grants] == ["lease", "direct"]
+    assert big.size == 250
+    assert after.start == small.end + 1  # served from the same lease
+    assert check(Record.of(r) for r in (small, big, after)).ok
+
+
+@pytest.mark.anyio
+async def test_contiguous_refill_keeps_the_tail() -> None:
+    """When the next lease starts right after the current one, the tail is not wasted."""
+    ledger = FakeLedger()
+    dispenser = LeaseDispenser(ledger, lease_size=10, holder="h")
+    first = await dispenser.allocate("default", 7)
+    second = await dispenser.allocate("default", 5)  # 3 left: refill is contiguous
+    assert (first.start, second.start, second.end) == (1, 8, 12)
+    assert dispenser.ids_wasted == 0
+
+
+@pytest.mark.anyio
+async def test_non_contiguous_refill_counts_waste() -> None:
+    """When another holder took the next span, the old tail is abandoned and counted."""
+    ledger = FakeLedger()
+    dispenser = LeaseDispenser(ledger, lease_size=10, holder="h")
+    await dispenser.allocate("default", 7)
+    await ledger.grant("default", 10, kind="lease", holder="someone else")
+    second = await dispenser.allocate("default", 5)
+    assert second.start == 21
+    assert dispenser.ids_wasted == 3
+
+
+@pytest.mark.anyio
+async def test_near_max_id_serves_what_still_fits(tmp_path: Path) -> None:
+    """Near 2**63-1 a full lease no longer fits, yet requests that fit are still served."""
+    ledger = await SqliteLedger.open(tmp_path)
+    try:
+        await ledger.advance_to("edge", MAX_ID - 15)
+        dispenser = LeaseDispenser(ledger, lease_size=1000, holder="h")
+        got = await dispenser.allocate("edge", 10)
+        assert (got.start, got.end) == (MAX_ID - 14, MAX_ID - 5)
+        with pytest.raises(NamespaceExhausted):
+            await dispenser.allocate("edge", 6)
+        assert (await dispenser.allocate("edge", 5)).end == MAX_ID
+    finally:
+        await ledger.aclose()

@@ -1,0 +1,123 @@
+"""The allocator's layering, time budget and breakers, over scripted fake layers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from keygen.allocator import Allocator, Layer
+from keygen.breaker import BreakerState, CircuitBreaker
+from keygen.errors import NamespaceExhausted, ServiceUnavailable
+from keygen.metrics import AllocationMetrics
+from tests.support.fakes import FakeDispenser
+
+pytestmark = pytest.mark.anyio
+
+
+def make(
+    *dispensers: FakeDispenser, timeout: float = 1.0, layer_timeout: float = 1.0,
+    threshold: int = 1, reset: float = 60.0,
+) -> Allocator:
+    layers = [
+        Layer(d, CircuitBreaker(failure_threshold=threshold, reset_timeout=reset), layer_timeout)
+        for d in dispensers
+    ]
+    return Allocator(layers, timeout=timeout, metrics=AllocationMetrics())
+
+
+async def test_first_layer_serves_and_is_reported() -> None:
+    """A healthy first layer serves, and the allocation names it as the source."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback", start=10**9)
+    allocation = await make(primary, fallback).allocate("default", 10)
+    assert allocation.source == "primary"
+    assert (allocation.range.start, allocation.range.end) == (1, 10)
+    assert fallback.calls == 0
+
+
+async def test_failing_layer_falls_back() -> None:
+    """A layer that raises LayerUnavailable is skipped for the next one."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
+    primary.mode = "fail"
+    allocation = await make(primary, fallback).allocate("default", 5)
+    assert allocation.source == "fallback"
+
+
+async def test_unexpected_exception_falls_back_instead_of_500() -> None:
+    """A bug in a layer (any exception) is treated as that layer failing."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
+    primary.mode = "crash"
+    assert (await make(primary, fallback).allocate("default", 5)).source == "fallback"
+
+
+async def test_hanging_layer_is_cut_off_by_its_budget() -> None:
+    """A layer that hangs is abandoned after its own timeout, leaving time for the next."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
+    primary.mode = "hang"
+    allocator = make(primary, fallback, timeout=2.0, layer_timeout=0.2)
+    started = time.perf_counter()
+    allocation = await allocator.allocate("default", 5)
+    assert allocation.source == "fallback"
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_open_breaker_skips_the_layer_without_calling_it() -> None:
+    """Once a layer's breaker is open, requests skip it without trying it."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
+    primary.mode = "fail"
+    allocator = make(primary, fallback, threshold=1)
+    await allocator.allocate("default", 1)
+    assert allocator.layers[0].breaker.state is BreakerState.OPEN
+    await allocator.allocate("default", 1)
+    assert primary.calls == 1
+
+
+async def test_no_layer_gives_service_unavailable_with_retry_after() -> None:
+    """When every layer fails the request fails with 503 and a Retry-After of >= 1 s."""
+    only = FakeDispenser("only")
+    only.mode = "fail"
+    allocator = make(only, reset=4.5)
+    with pytest.raises(ServiceUnavailable) as caught:
+        await allocator.allocate("default", 1)
+    assert caught.value.status_code == 503
+    assert caught.value.headers()["Retry-After"] == "5"
+    assert allocator.metrics.failed_allocations == 1
+
+
+async def test_overall_budget_bounds_the_request() -> None:
+    """Hanging layers cannot hold a request past ALLOCATION_TIMEOUT."""
+    first, second = FakeDispenser("a"), FakeDispenser("b")
+    first.mode = second.mode = "hang"
+    allocator = make(first, second, timeout=0.3, layer_timeout=10.0)
+    started = time.perf_counter()
+    with pytest.raises(ServiceUnavailable):
+        await allocator.allocate("default", 1)
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_request_errors_are_not_layer_failures() -> None:
+    """An exhausted namespace is the request's fault: raised at once, breaker untouched."""
+
+    class Exhausted(FakeDispenser):
+        async def allocate(self, namespace: str, size: int):  # type: ignore[no-untyped-def]
+            raise NamespaceExhausted(namespace, size, 3)
+
+    primary, fallback = Exhausted("primary"), FakeDispenser("fallback")
+    allocator = make(primary, fallback)
+    with pytest.raises(NamespaceExhausted):
+        await allocator.allocate("default", 5)
+    assert fallback.calls == 0
+    assert allocator.layers[0].breaker.state is BreakerState.CLOSED
+
+
+async def test_metrics_count_by_source() -> None:
+    """Successes are counted per source with the IDs they carried."""
+    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
+    allocator = make(primary, fallback, threshold=5)
+    await allocator.allocate("default", 3)
+    primary.mode = "fail"
+    await allocator.allocate("default", 4)
+    snapshot = allocator.metrics.snapshot()
+    assert snapshot["total_allocations"] == 2
+    assert snapshot["allocations_by_source"] == {"fallback": 1, "primary": 1}
+    assert snapshot["ids_allocated"] == 7
