@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -61,7 +62,7 @@ def allocate(args: argparse.Namespace) -> int:
     except KeygenAPIError as exc:
         err.print(f"[red]keygen: {exc}[/red]")
         return 1
-    except OSError as exc:  # httpx's connection errors derive from it
+    except httpx.TransportError as exc:
         err.print(f"[red]keygen: cannot reach {args.url}: {exc}[/red]")
         return 1
     print(json.dumps({
