@@ -12,7 +12,7 @@ import pytest
 
 from keygen.checker import check
 from keygen.ledgers.sqlite import LEDGER_FILENAME
-from tests.support.load import run_load
+from tests.support.load import LoadResult, run_load, wait_for_acks
 from tests.support.processes import ServeProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -24,16 +24,15 @@ async def _crash_and_restart(tmp_path: Path, workers: int) -> None:
     env = {"KEYGEN_DATA_DIR": str(tmp_path / "data"), "KEYGEN_LEASE_SIZE": "20000"}
     server = ServeProcess(env, workers=workers, log=tmp_path / "serve.log").start()
     try:
-        stop = asyncio.Event()
+        stop, before = asyncio.Event(), LoadResult()
         load = asyncio.create_task(run_load(
-            server.url, clients=CLIENTS, duration=30, namespaces=("default", "orders"),
-            stop=stop,
+            server.url, clients=CLIENTS, duration=60, namespaces=("default", "orders"),
+            stop=stop, result=before,
         ))
-        await asyncio.sleep(2.0)
+        await wait_for_acks(before, 500, timeout=30)
         server.kill(signal.SIGKILL)  # mid-load: requests are in flight
         stop.set()
-        before = await load
-        assert len(before.acknowledged) > 200, before
+        await load
 
         server.start()
         after = await run_load(
@@ -42,7 +41,7 @@ async def _crash_and_restart(tmp_path: Path, workers: int) -> None:
     finally:
         server.kill(signal.SIGKILL)
 
-    assert after.statuses.keys() == {200}, after.statuses
+    assert after.statuses.keys() == {200} and not after.errors, after
     verdict = check(before.acknowledged + after.acknowledged)
     assert verdict.ok, verdict.summary()
     assert verdict.ranges == len(before.acknowledged) + len(after.acknowledged)

@@ -23,10 +23,11 @@ class LoadResult:
 async def run_load(
     url: str, *, clients: int, duration: float, namespaces: tuple[str, ...] = ("default",),
     sizes: tuple[int, int] = (1, 2000), seed: int = 0, stop: asyncio.Event | None = None,
+    result: LoadResult | None = None,
 ) -> LoadResult:
     """``clients`` concurrent loops POSTing /allocate for ``duration`` seconds (or until
-    ``stop``); every 200 is recorded with the size that was asked for."""
-    result = LoadResult()
+    ``stop``); every 200 is recorded, with the size asked for, in ``result`` as it arrives."""
+    result = LoadResult() if result is None else result
     deadline = time.monotonic() + duration
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
@@ -51,3 +52,10 @@ async def run_load(
             *(client_loop(random.Random(seed * 1000 + i), http) for i in range(clients))
         )
     return result
+
+
+async def wait_for_acks(result: LoadResult, count: int, timeout: float) -> None:
+    """Wait until ``result`` holds ``count`` acknowledged ranges."""
+    async with asyncio.timeout(timeout):
+        while len(result.acknowledged) < count:
+            await asyncio.sleep(0.02)
