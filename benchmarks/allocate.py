@@ -101,8 +101,10 @@ class Server:
                              f"{self.log_tail()}")
 
     def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise BenchmarkError(f"{self.name} server is not running{self.log_tail()}")
+        if self.proc is None:
+            raise BenchmarkError(f"{self.name} server was not started")
+        if (code := self.proc.poll()) is not None:
+            raise BenchmarkError(f"{self.name} server exited ({code}){self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -120,6 +122,16 @@ class Server:
 
 def _stop_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     """SIGTERM the process group, SIGKILL it if it is still there after ``grace`` seconds."""
+    # A second Ctrl-C must not cut the cleanup short; it is delivered once this returns.
+    interrupts = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+    try:
+        _kill_group(proc, grace)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -263,10 +275,14 @@ class Load:
         finally:
             _stop_group(proc, grace=2.0)  # a no-op unless interrupted or timed out
         stdout = out.decode(errors="replace")
-        if proc.returncode != 0:
-            raise BenchmarkError(f"wrk exited with {proc.returncode}: {shlex.join(argv)}\n"
-                                 f"{stdout}{err.decode(errors='replace')}")
-        return _parse_wrk(stdout, server.name, round_)
+        try:
+            if proc.returncode != 0:
+                raise BenchmarkError(f"wrk exited with {proc.returncode}: {shlex.join(argv)}\n"
+                                     f"{stdout}{err.decode(errors='replace')}")
+            return _parse_wrk(stdout, server.name, round_)
+        except BenchmarkError:
+            server.check_alive()  # a dead server explains the errors better, with its log
+            raise
 
 
 def _parse_wrk(stdout: str, target: str, round_: int) -> WrkRun:
@@ -281,7 +297,7 @@ def _parse_wrk(stdout: str, target: str, round_: int) -> WrkRun:
     )
     if run.requests == 0 or any(run.errors.values()):
         raise BenchmarkError(f"{target}: {run.requests} responses, errors {run.errors} "
-                             f"(status = non-2xx responses)\n{stdout}")
+                             f"(status = responses >= 400)\n{stdout}")
     return run
 
 
@@ -365,6 +381,12 @@ def print_run(run: WrkRun) -> None:
           f"({run.requests} responses, 0 errors{checked})", flush=True)
 
 
+def round_ratios(summaries: dict[str, Summary]) -> list[float]:
+    """keygen/bare of each round: how far the noise moves the ratio."""
+    pairs = zip(summaries[KEYGEN].runs, summaries[BARE].runs, strict=True)
+    return [round(keygen.rps / bare.rps, 3) for keygen, bare in pairs]
+
+
 def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
     print()
     print(f"{'target':<8}{'median req/s':>14}{'avg ms':>9}{'p50 ms':>9}{'p99 ms':>9}"
@@ -373,9 +395,10 @@ def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
         rounds = " ".join(f"{run.rps:.0f}" for run in s.runs)
         print(f"{name:<8}{s.rps:>14.0f}{s.median('mean'):>9.2f}{s.median('p50'):>9.2f}"
               f"{s.median('p99'):>9.2f}   {rounds}")
+    by_round = " ".join(f"{r:.2f}" for r in round_ratios(summaries))
     verdict = "PASS" if ratio >= TARGET_RATIO else "BELOW TARGET"
     print(f"\nratio keygen/bare (median req/s): {ratio:.2f}x   {verdict} (target >= "
-          f"{TARGET_RATIO}x)", flush=True)
+          f"{TARGET_RATIO}x); by round: {by_round}", flush=True)
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -437,6 +460,7 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
         "runs": [run.as_dict() for s in summaries.values() for run in s.runs],
         "summary": {name: s.as_dict() for name, s in summaries.items()},
         "ratio": round(ratio, 3),
+        "ratio_by_round": round_ratios(summaries),
         "target_ratio": TARGET_RATIO,
         "verdict": "PASS" if ratio >= TARGET_RATIO else "BELOW TARGET",
     }

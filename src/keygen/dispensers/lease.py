@@ -8,6 +8,7 @@ never reissued, because the ledger already counted them as granted.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE
 from keygen.errors import NamespaceExhausted
@@ -31,8 +32,8 @@ class LeaseDispenser:
     """Serves ranges from per-namespace leases, refilled from the ledger one grant at a time.
 
     Carving is synchronous (no ``await`` between reading and advancing the cursor), so
-    concurrent requests on the event loop cannot interleave inside it. Refills take a
-    per-namespace lock, so many requests finding a lease exhausted cause one grant.
+    concurrent requests on the event loop cannot interleave inside it. At most one refill per
+    namespace is in flight, so many requests finding a lease exhausted cause one grant.
     Requests larger than a lease are granted straight from the ledger.
     """
 
@@ -45,25 +46,32 @@ class LeaseDispenser:
         self._ledger = ledger
         self._holder = holder
         self._leases: dict[str, _Lease] = {}
-        self._refill_locks: dict[str, asyncio.Lock] = {}
+        self._refills: dict[str, asyncio.Future[None]] = {}
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
-        carved = self._carve(namespace, size)
-        if carved is not None:
-            return carved
         if size > self.lease_size:
             return await self._ledger.grant(
                 namespace, size, kind=GRANT_DIRECT, holder=self._holder
             )
-        lock = self._refill_locks.setdefault(namespace, asyncio.Lock())
-        async with lock:
-            carved = self._carve(namespace, size)  # another request may have refilled it
+        while True:
+            carved = self._carve(namespace, size)
             if carved is not None:
                 return carved
-            await self._refill(namespace, size)
-            carved = self._carve(namespace, size)
-            assert carved is not None, "a fresh lease always fits a request no larger than it"
-            return carved
+            # One refill per namespace at a time, awaited by every request that found the
+            # lease short: they all wake together when it lands. Shielded, so a request whose
+            # budget runs out does not cancel the refill the others are waiting for.
+            refill = self._refills.get(namespace)
+            if refill is None or refill.done():  # done: its callback has not run yet
+                refill = asyncio.ensure_future(self._refill(namespace, size))
+                self._refills[namespace] = refill
+                refill.add_done_callback(partial(self._refill_done, namespace))
+            await asyncio.shield(refill)
+
+    def _refill_done(self, namespace: str, refill: asyncio.Future[None]) -> None:
+        if self._refills.get(namespace) is refill:
+            del self._refills[namespace]
+        if not refill.cancelled():
+            refill.exception()  # retrieved here too, in case every waiter gave up
 
     def _carve(self, namespace: str, size: int) -> IdRange | None:
         lease = self._leases.get(namespace)
