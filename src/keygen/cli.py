@@ -12,14 +12,18 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from keygen import __version__
 from keygen.checker import check, read_records
 from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
+from keygen.cluster.cli import add_cluster_commands
 from keygen.config import Settings
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
-from keygen.ledgers.base import NamespaceStatus
+from keygen.errors import LedgerUnavailable
+from keygen.ledgers.base import Ledger, NamespaceStatus
+from keygen.ledgers.postgres import PostgresLedger, redact_url
 from keygen.ledgers.sqlite import SqliteLedger
 
 err = Console(stderr=True)
@@ -91,7 +95,16 @@ def verify(args: argparse.Namespace) -> int:
 
 
 async def _ledger_status(settings: Settings) -> list[NamespaceStatus]:
-    ledger = await SqliteLedger.open(settings.data_dir)
+    ledger: Ledger
+    if settings.database_url is not None:
+        # Connects on first use and does not migrate: inspecting changes nothing.
+        ledger = PostgresLedger(
+            settings.database_url, pool_min_size=1, pool_max_size=1,
+            connect_timeout=settings.db_connect_timeout,
+            command_timeout=settings.db_command_timeout, migrate=False,
+        )
+    else:
+        ledger = await SqliteLedger.open(settings.data_dir)
     try:
         return await ledger.status()
     finally:
@@ -100,7 +113,15 @@ async def _ledger_status(settings: Settings) -> list[NamespaceStatus]:
 
 def ledger_status(args: argparse.Namespace) -> int:
     settings = _settings()
-    statuses = asyncio.run(_ledger_status(settings))
+    if settings.database_url is not None:
+        where = f"postgresql ({redact_url(settings.database_url)})"
+    else:
+        where = f"sqlite ({settings.data_dir})"
+    try:
+        statuses = asyncio.run(_ledger_status(settings))
+    except LedgerUnavailable as exc:
+        err.print(f"[red]keygen ledger status: {escape(str(exc))}[/red]")
+        return 1
     if args.json:
         print(json.dumps([
             {"namespace": s.namespace, "next_id": s.next_id, "headroom": s.headroom,
@@ -108,7 +129,7 @@ def ledger_status(args: argparse.Namespace) -> int:
             for s in statuses
         ]))
         return 0
-    table = Table(title=f"ledger: sqlite ({settings.data_dir})")
+    table = Table(title=f"ledger: {where}")
     for column in ("namespace", "next ID", "headroom to 2^63-1", "grants"):
         table.add_column(column, justify="left" if column == "namespace" else "right")
     for s in statuses:
@@ -146,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=ledger_status)
+
+    add_cluster_commands(commands)
     return parser
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keygen.constants import MAX_ID
@@ -22,6 +22,18 @@ DEFAULT_LEASE_SIZE = 1_000_000
 DEFAULT_ALLOCATION_TIMEOUT = 30.0
 DEFAULT_LOCK_TIMEOUT = 10.0
 DEFAULT_MAX_BODY_BYTES = 4096
+DEFAULT_REDIS_LEASE_SIZE = 1_000_000
+DEFAULT_REDIS_MIN_LEASE_SIZE = 1_000_000
+DEFAULT_REDIS_MAX_LEASE_SIZE = 10_000_000_000  # ~10 min at 17k req/s of 1000 IDs
+#: Lease lengths stay far below 2**53 so the Redis function's Lua arithmetic is exact.
+MAX_REDIS_LEASE = 2**50
+DEFAULT_DB_POOL_MIN_SIZE = 1
+DEFAULT_DB_POOL_MAX_SIZE = 10
+DEFAULT_DB_CONNECT_TIMEOUT = 5.0
+DEFAULT_DB_COMMAND_TIMEOUT = 5.0
+
+#: How the ``postgresql`` layer serves: a grant per batch of concurrent requests, or leases.
+PostgresqlMode = Literal["direct", "lease"]
 
 
 def _seed_name(name: str) -> AliasChoices:
@@ -61,10 +73,43 @@ class Settings(BaseSettings):
     redis_sentinel_quorum: Annotated[int, Field(ge=1)] = Field(
         2, validation_alias=_seed_name("REDIS_SENTINEL_QUORUM")
     )
+    redis_timeout: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Seconds one request may spend on the Redis layer before falling back.",
+    )
+    redis_socket_timeout: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="Seconds a Redis or Sentinel command (or connect) may take.",
+    )
+    redis_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
+        DEFAULT_REDIS_LEASE_SIZE, description="Length of the first lease installed in Redis.",
+    )
+    redis_min_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
+        DEFAULT_REDIS_MIN_LEASE_SIZE, description="The adaptive lease length never drops below.",
+    )
+    redis_max_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
+        DEFAULT_REDIS_MAX_LEASE_SIZE, description="The adaptive lease length never grows past.",
+    )
 
     # Keygen's own.
     database_url: str | None = Field(
         None, description="postgresql://... of the ledger; unset means the embedded SQLite one."
+    )
+    db_pool_min_size: Annotated[int, Field(ge=0)] = Field(
+        DEFAULT_DB_POOL_MIN_SIZE, description="Connections to PostgreSQL kept open."
+    )
+    db_pool_max_size: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_DB_POOL_MAX_SIZE, description="Most connections to PostgreSQL at once."
+    )
+    db_connect_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_DB_CONNECT_TIMEOUT,
+        description="Seconds to connect to PostgreSQL, or to wait for a pooled connection.",
+    )
+    db_command_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_DB_COMMAND_TIMEOUT, description="Seconds a statement may take in PostgreSQL."
+    )
+    postgresql_mode: PostgresqlMode = Field(
+        "direct",
+        description="With PostgreSQL: 'direct' grants each batch of concurrent requests from "
+        "the ledger; 'lease' serves from per-instance leases of KEYGEN_LEASE_SIZE IDs.",
     )
     data_dir: Path = Field(Path(".keygen"), description="Where local state lives.")
     max_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = DEFAULT_MAX_BLOCK_SIZE
@@ -84,15 +129,38 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("KEYGEN_DB_POOL_MIN_SIZE must not exceed KEYGEN_DB_POOL_MAX_SIZE")
+        return self
+
+    @field_validator("redis_sentinel_hosts")
+    @classmethod
+    def _hosts_are_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_hosts(value)
+        return value
+
+    @model_validator(mode="after")
+    def _redis_lease_bounds(self) -> Settings:
+        if not self.redis_min_lease_size <= self.redis_max_lease_size:
+            raise ValueError(
+                "KEYGEN_REDIS_MIN_LEASE_SIZE must not exceed KEYGEN_REDIS_MAX_LEASE_SIZE"
+            )
+        return self
+
     @property
     def sentinels(self) -> list[tuple[str, int]]:
         """``REDIS_SENTINEL_HOSTS`` as (host, port) pairs."""
-        if not self.redis_sentinel_hosts:
-            return []
-        pairs = []
-        for item in self.redis_sentinel_hosts.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"REDIS_SENTINEL_HOSTS: {item!r} is not host:port")
-            pairs.append((host, int(port)))
-        return pairs
+        return _parse_hosts(self.redis_sentinel_hosts) if self.redis_sentinel_hosts else []
+
+
+def _parse_hosts(value: str) -> list[tuple[str, int]]:
+    pairs = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item.strip()!r} is not host:port")
+        pairs.append((host, int(port)))
+    return pairs

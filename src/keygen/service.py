@@ -19,9 +19,12 @@ from keygen.allocator import Allocator, Layer
 from keygen.breaker import BreakerState, CircuitBreaker
 from keygen.config import Settings
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS
+from keygen.dispensers.base import Dispenser
+from keygen.dispensers.direct import DirectDispenser
 from keygen.dispensers.lease import LeaseDispenser
 from keygen.errors import KeygenError
 from keygen.ledgers.base import Ledger
+from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import SqliteLedger
 from keygen.metrics import AllocationMetrics
 
@@ -29,6 +32,20 @@ HEALTHY = "healthy"
 DEGRADED = "degraded"
 UNHEALTHY = "unhealthy"
 NOT_CONFIGURED = "not_configured"
+
+
+async def open_ledger(settings: Settings, *, migrate: bool = True) -> Ledger:
+    """The ledger the settings name: PostgreSQL with ``KEYGEN_DATABASE_URL``, else SQLite."""
+    if settings.database_url is None:
+        return await SqliteLedger.open(settings.data_dir)
+    return await PostgresLedger.open(
+        settings.database_url,
+        pool_min_size=settings.db_pool_min_size,
+        pool_max_size=settings.db_pool_max_size,
+        connect_timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+        migrate=migrate,
+    )
 
 
 @dataclass(frozen=True)
@@ -53,11 +70,15 @@ class Keygen:
     @classmethod
     async def start(cls, settings: Settings) -> Keygen:
         """Open the ledger and build the layers the settings ask for."""
-        ledger = await SqliteLedger.open(settings.data_dir)
-        leases = LeaseDispenser(
-            ledger, lease_size=settings.lease_size, holder=settings.instance_id
-        )
-        layers = [Layer(leases, cls._breaker(settings), settings.allocation_timeout)]
+        ledger = await open_ledger(settings)
+        dispenser: Dispenser
+        if isinstance(ledger, PostgresLedger) and settings.postgresql_mode == "direct":
+            dispenser = DirectDispenser(ledger, holder=settings.instance_id)
+        else:
+            dispenser = LeaseDispenser(
+                ledger, lease_size=settings.lease_size, holder=settings.instance_id
+            )
+        layers = [Layer(dispenser, cls._breaker(settings), settings.allocation_timeout)]
         allocator = Allocator(
             layers, timeout=settings.allocation_timeout, metrics=AllocationMetrics()
         )
@@ -101,7 +122,7 @@ class Keygen:
         serving = [layer.health == HEALTHY for layer in layers]
         status = HEALTHY if serving[0] else DEGRADED if any(serving) else UNHEALTHY
         by_source = {layer.source: layer.health for layer in layers}
-        return {
+        document = {
             "status": status,
             "redis_health": by_source.get(SOURCE_REDIS, NOT_CONFIGURED),
             "postgresql_health": by_source.get(SOURCE_POSTGRESQL, NOT_CONFIGURED),
@@ -122,6 +143,9 @@ class Keygen:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
+        if isinstance(self.ledger, PostgresLedger):
+            document["postgresql"] = self.ledger.describe()
+        return document
 
     def gauges(self) -> Iterable[Metric]:
         """The service's current state, for Prometheus."""

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,6 +41,16 @@ SERVER_SETTINGS = {
     "log_min_messages": "warning",
     "log_checkpoints": "off",
 }
+
+
+# Runs beside the test process: when that process is gone (its end of the pipe closes, even
+# after SIGKILL), stop the server and delete its files, so no session leaks a server.
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+subprocess.run(sys.argv[1:-1], capture_output=True, timeout=120)
+shutil.rmtree(sys.argv[-1], ignore_errors=True)
+"""
 
 
 def find_bin_dir() -> Path | None:
@@ -113,6 +124,7 @@ class PostgresServer:
         self.port = port
         self.base_dir = base_dir
         self._databases = 0
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def controllable(self) -> bool:
@@ -145,6 +157,14 @@ class PostgresServer:
         server = cls(
             f"postgresql://postgres@127.0.0.1:{port}/postgres",
             data_dir=data_dir, bin_dir=bin_dir, port=port, base_dir=base,
+        )
+        stop = _as_server_user(
+            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]
+        )
+        server._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, *stop, str(base)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives a killed test process
         )
         server.start()
         return server
@@ -185,7 +205,8 @@ class PostgresServer:
         wait_pids_gone(pids)
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and all its processes at once, as a machine crash would."""
+        """SIGKILL the postmaster and all its processes at once: whatever only the server's
+        memory held (WAL buffers included) is lost, as in a crash. ``start`` recovers."""
         self._require_control()
         pids = self.pids()
         for pid in pids:
@@ -194,15 +215,31 @@ class PostgresServer:
             except ProcessLookupError:
                 pass
         wait_pids_gone(pids)
-        # The dead postmaster left its pid file; pg_ctl start copes, but say it plainly.
-        assert self.data_dir is not None
+
+    def pause(self) -> None:
+        """SIGSTOP every server process: connections stay open but nothing answers, as in a
+        network partition or a stalled disk."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        self._require_control()
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def is_running(self) -> bool:
         return bool(self.postmaster_pid())
 
     def ensure_running(self) -> None:
-        if self.controllable and not self.is_running():
-            self.start()
+        if self.controllable:
+            self.resume()
+            if not self.is_running():
+                self.start()
 
     def postmaster_pid(self) -> int | None:
         assert self.data_dir is not None
@@ -221,10 +258,16 @@ class PostgresServer:
         """Stop the server (if ours) and delete its files."""
         if not self.controllable:
             return
+        self.resume()
         if self.is_running():
             self.stop("immediate")
         if self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        if self._watchdog is not None:
+            assert self._watchdog.stdin is not None
+            self._watchdog.stdin.close()  # nothing left for it to do: it exits
+            self._watchdog.wait(timeout=120)
+            self._watchdog = None
 
     def log_tail(self, chars: int = 3000) -> str:
         if self.base_dir is None:
@@ -240,10 +283,10 @@ class PostgresServer:
 
     # -- databases --------------------------------------------------------------------------
 
-    def create_database(self, prefix: str = "keygen_test") -> str:
-        """Create a fresh, empty database and return its URL."""
+    def create_database(self, prefix: str = "keygen_test", *, name: str | None = None) -> str:
+        """Create a fresh, empty database (replacing one of that ``name``); return its URL."""
         self._databases += 1
-        name = f"{prefix}_{os.getpid()}_{self._databases}"
+        name = name or f"{prefix}_{os.getpid()}_{self._databases}"
         asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
         return with_database(self.url, name)
 

@@ -1,0 +1,345 @@
+"""A private PostgreSQL server in a directory of its own, on 127.0.0.1.
+
+PostgreSQL refuses to run as root, so when we are root every server command runs as the
+``postgres`` user (``runuser -u postgres --``) and the node's directory is handed to that
+user. The server runs with ``fsync=on`` and ``synchronous_commit=on``: the ledger's crash
+safety rests on them. Clients connect over TCP with ``trust`` authentication, which is why
+the server listens on 127.0.0.1 only.
+
+Layout of the node's directory::
+
+    data/        the cluster (initdb), with our settings appended to postgresql.conf
+    server.log   the server's log
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from keygen.cluster import processes as _proc
+from keygen.cluster.binaries import Progress, ensure_postgres_bin_dir
+from keygen.cluster.processes import ClusterError
+
+#: The server's OS user when we are root, and the database superuser.
+SERVER_USER = "postgres"
+#: The database Keygen's ledger lives in.
+DEFAULT_DATABASE = "keygen"
+#: pg_ctl's stop modes: ``smart`` waits for clients, ``fast`` disconnects them,
+#: ``immediate`` is a crash (no checkpoint; WAL replay on the next start).
+STOP_MODES = ("smart", "fast", "immediate")
+
+#: Server settings: durable, local only, quiet, quick to recover.
+SERVER_SETTINGS: Mapping[str, str] = {
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",  # TCP only: no socket path-length limits, no /var/run
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "max_connections": "200",
+    "shared_buffers": "64MB",
+    "log_min_messages": "warning",
+    "log_checkpoints": "off",
+}
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` with its database name replaced."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def _quiet(message: str) -> None:
+    """The default progress reporter: say nothing."""
+
+
+class PostgresNode:
+    """One PostgreSQL server: ``initdb`` / start / stop / kill / pause / resume.
+
+    Args:
+        directory: the node's own directory (created; handed to ``postgres`` when root).
+        port: TCP port on 127.0.0.1.
+        bin_dir: where ``initdb``/``pg_ctl`` live; found (or installed) when None.
+        database: the database :attr:`database_url` names, created by :meth:`start`
+            (None: just the ``postgres`` maintenance database).
+        name: how status reports and errors call this node.
+    """
+
+    kind = "postgres"
+
+    def __init__(
+        self, directory: Path, port: int, *, bin_dir: Path | None = None,
+        database: str | None = DEFAULT_DATABASE, name: str = "postgres",
+        progress: Progress = _quiet,
+    ) -> None:
+        if database is not None and not _IDENTIFIER.match(database):
+            raise ValueError(f"database name {database!r} is not a plain identifier")
+        self.directory = Path(directory).absolute()
+        self.data_dir = self.directory / "data"
+        self.log_path = self.directory / "server.log"
+        self.port = port
+        self.host = "127.0.0.1"
+        self.database = database
+        self.name = name
+        self._bin_dir = bin_dir
+        self._progress = progress
+        self._databases = 0
+        #: Processes we killed: a restart waits until the kernel has reaped them all.
+        self._killed: list[int] = []
+        #: Called after each successful start (the cluster records the new pid).
+        self.on_start: Callable[[], None] | None = None
+
+    # -- addresses ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The superuser's URL for the ``postgres`` maintenance database."""
+        return f"postgresql://{SERVER_USER}@{self.host}:{self.port}/postgres"
+
+    @property
+    def database_url(self) -> str:
+        """The URL of :attr:`database` (``KEYGEN_DATABASE_URL``)."""
+        return self.url if self.database is None else with_database(self.url, self.database)
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = ensure_postgres_bin_dir(self._progress)
+        return self._bin_dir
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """``initdb`` the cluster unless it exists, with our settings appended."""
+        if self.initialized:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        user = self._server_user()
+        if user:
+            shutil.chown(self.directory, user, user)
+            self._check_reachable(user)
+        self._run([
+            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SERVER_USER,
+            "--auth=trust", "-E", "UTF8", "--locale=C",
+        ], what="initdb")
+        settings = "".join(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
+        conf = self.data_dir / "postgresql.conf"
+        with conf.open("a") as fh:
+            fh.write(f"\n# Keygen local topology\nport = {self.port}\n{settings}")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """``initdb`` if needed, start the server, wait until it accepts connections and
+        create :attr:`database` if it does not exist."""
+        if self.is_running():
+            raise ClusterError(f"{self.name} is already running (pid {self.postmaster_pid()})")
+        self.init()
+        # A killed postmaster's pid file survives it; PostgreSQL refuses to start while that
+        # pid (or any of its old backends) still exists, even as an unreaped zombie.
+        stale = [*self._killed, *([p] if (p := self._pid_file_pid()) else [])]
+        _proc.wait_gone(stale, timeout, zombies_count=True)
+        self._killed = []
+        result = self._pg_ctl(
+            "-w", "-t", str(max(1, int(timeout))), "-l", str(self.log_path),
+            "-o", f"-p {self.port}", "start", timeout=timeout + 5,
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                f"{self.name}: pg_ctl start failed: {result.stdout}{result.stderr}\n"
+                f"{self.log_tail()}"
+            )
+        _proc.wait_until(self.accepts_connections, timeout, f"{self.name} to accept connections",
+                         self.log_tail)
+        if self.database is not None:
+            self.create_database(self.database)
+        if self.on_start is not None:
+            self.on_start()
+
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        """``pg_ctl stop -m mode`` and wait until every server process is gone (reaped)."""
+        if mode not in STOP_MODES:
+            raise ValueError(f"mode must be one of {STOP_MODES}, not {mode!r}")
+        pids = self.pids()
+        if not pids:
+            return
+        self.resume()  # a paused server would never answer the stop request
+        self._pg_ctl("-w", "-t", str(max(1, int(timeout))), "-m", mode, "stop",
+                     timeout=timeout + 5)
+        _proc.wait_gone(pids, timeout, zombies_count=True)
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL the postmaster and all its processes at once, as a machine crash would;
+        return once every one of them is gone."""
+        pids = self.pids()
+        _proc.signal_pids(pids, signal.SIGKILL)
+        self._killed.extend(pids)
+        _proc.wait_gone(pids, timeout, zombies_count=True)
+
+    def pause(self) -> None:
+        """SIGSTOP every server process: connections stay open but nothing answers."""
+        _proc.signal_pids(self.pids(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT every server process."""
+        _proc.signal_pids(self.pids(), signal.SIGCONT)
+
+    def ensure_running(self, timeout: float = 60.0) -> None:
+        """Resume the server if paused, start it if stopped (a test's clean-up)."""
+        self.resume()
+        if not self.is_running():
+            self.start(timeout)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop (fast) if running, then start."""
+        self.stop("fast", timeout)
+        self.start(timeout)
+
+    def destroy(self) -> None:
+        """Stop the server (immediately) and delete its directory."""
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def _pid_file_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (from its pid file, checked against ``/proc``)."""
+        pid = self._pid_file_pid()
+        return pid if pid is not None and self.owns(pid) else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.postmaster_pid()
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, WAL writer, ...)."""
+        pid = self.postmaster_pid()
+        return [] if pid is None else [pid, *_proc.children(pid)]
+
+    def is_running(self) -> bool:
+        return self.postmaster_pid() is not None
+
+    def is_paused(self) -> bool:
+        pid = self.postmaster_pid()
+        return pid is not None and _proc.process_state(pid) == "T"
+
+    def owns(self, pid: int) -> bool:
+        """Whether ``pid`` is this node's postmaster (a live ``postgres -D <our data dir>``)."""
+        if not _proc.is_alive(pid):
+            return False
+        argv = _proc.cmdline(pid)
+        if not argv or os.path.basename(argv[0]) not in ("postgres", "postmaster"):
+            return False
+        try:
+            data = argv[argv.index("-D") + 1]
+        except (ValueError, IndexError):
+            return False
+        return os.path.realpath(data) == os.path.realpath(self.data_dir)
+
+    def accepts_connections(self) -> bool:
+        """``pg_isready`` against our port."""
+        result = subprocess.run(
+            [str(self.bin_dir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
+             "-t", "1"],
+            capture_output=True, check=False, timeout=10,
+        )
+        return result.returncode == 0
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's log."""
+        return _proc.tail(self.log_path, chars)
+
+    # -- databases ------------------------------------------------------------------------
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run one SQL command through ``psql`` as the superuser; return its unaligned output."""
+        result = subprocess.run(
+            [str(self.bin_dir / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
+             "-h", self.host, "-p", str(self.port), "-U", SERVER_USER, "-d", database,
+             "-c", sql],
+            capture_output=True, text=True, check=False, timeout=60,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"{self.name}: psql failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def create_database(self, name: str | None = None, prefix: str = "keygen_test") -> str:
+        """Create database ``name`` unless it exists (a fresh uniquely named one when ``name``
+        is None) and return its URL."""
+        if name is None:
+            self._databases += 1
+            name = f"{prefix}_{os.getpid()}_{self._databases}"
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"database name {name!r} is not a plain identifier")
+        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+            self.psql(f'CREATE DATABASE "{name}"')
+        return with_database(self.url, name)
+
+    def drop_database(self, url_or_name: str) -> None:
+        """Drop a database (by URL or name), disconnecting its clients."""
+        name = urlsplit(url_or_name).path.lstrip("/") if "://" in url_or_name else url_or_name
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"database name {name!r} is not a plain identifier")
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _server_user() -> str | None:
+        return SERVER_USER if os.geteuid() == 0 else None
+
+    def _check_reachable(self, user: str) -> None:
+        """Fail clearly when ``user`` cannot reach our directory (e.g. under a 0700 parent)."""
+        probe = subprocess.run(
+            _proc.as_user(["test", "-w", str(self.directory)], user), check=False,
+            capture_output=True,
+        )
+        if probe.returncode != 0:
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                raise ClusterError(
+                    f"PostgreSQL must run as the {user!r} user, which does not exist; "
+                    "install PostgreSQL (apt-get install postgresql)"
+                ) from None
+            raise ClusterError(
+                f"PostgreSQL runs as the {user!r} user, which cannot reach {self.directory} "
+                "(a parent directory is not traversable for it); choose a directory under "
+                "a world-traversable path such as /tmp or /var/tmp"
+            )
+
+    def _run(self, argv: list[str], what: str) -> None:
+        result = subprocess.run(
+            _proc.as_user(argv, self._server_user()), capture_output=True, text=True,
+            cwd=self.directory, check=False, timeout=300,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"{self.name}: {what} failed: {result.stdout}{result.stderr}")
+
+    def _pg_ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _proc.as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
+                          self._server_user()),
+            capture_output=True, text=True, cwd=self.directory, check=False, timeout=timeout,
+            start_new_session=True,  # the postmaster must outlive `keygen cluster up`
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresNode({self.name!r}, port={self.port}, directory={str(self.directory)!r})"

@@ -1,0 +1,391 @@
+"""The production ledger: one counter row per namespace in PostgreSQL.
+
+A grant is a single statement, hence one round trip and one (implicit) transaction:
+``UPDATE keygen_counters SET last_id = last_id + n ... RETURNING last_id``, the audit row
+inserted from what the UPDATE returned, and ``set_config('synchronous_commit', 'on', true)``
+(the function form of ``SET LOCAL``) so that the commit is flushed to disk before the
+range is returned, whatever the server's or role's default. The UPDATE locks the row, so
+concurrent grants from any number of instances serialise on it, each adding to the value the
+previous one committed: no span is granted twice. ``docs/ledger.md`` has the full argument.
+
+The ledger can start while PostgreSQL is unreachable: it connects (and migrates) on first
+use and again after every failure, so the service recovers by itself when the server
+returns. A misconfiguration (bad URL, credentials, missing database, schema newer than this
+code) fails start-up instead, since waiting would not fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from keygen.constants import MAX_ID, SOURCE_POSTGRESQL
+from keygen.errors import KeygenError, LedgerUnavailable, NamespaceExhausted
+from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.postgres_migrations import Connection, SchemaTooNew, migrate
+from keygen.ranges import IdRange
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_MIN_SIZE = 1
+DEFAULT_POOL_MAX_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_COMMAND_TIMEOUT = 5.0
+
+#: How long ``aclose`` waits for borrowed connections before terminating them.
+CLOSE_TIMEOUT = 5.0
+
+# $1 namespace, $2 count, $3 kind, $4 holder. Returns no row when the namespace does not
+# exist yet or has fewer than $2 IDs left. The UPDATE's WHERE reads set_config's result, so
+# no row can be updated (nor audit row inserted) before synchronous_commit is on for this
+# transaction; set_config's effect lasts until the implicit transaction ends, after commit.
+GRANT_SQL = f"""
+WITH durable AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'on', true) AS synchronous_commit
+), granted AS (
+    UPDATE keygen_counters
+    SET last_id = last_id + $2, updated_at = now()
+    WHERE namespace = $1
+      AND last_id <= {MAX_ID} - $2
+      AND (SELECT synchronous_commit FROM durable) = 'on'
+    RETURNING last_id
+), audit AS (
+    INSERT INTO keygen_grants (namespace, start_id, end_id, kind, holder)
+    SELECT $1, last_id - $2 + 1, last_id, $3, $4 FROM granted
+)
+SELECT last_id FROM granted
+"""
+
+CREATE_NAMESPACE_SQL = """
+INSERT INTO keygen_counters (namespace) VALUES ($1) ON CONFLICT (namespace) DO NOTHING
+"""
+
+LAST_ID_SQL = "SELECT last_id FROM keygen_counters WHERE namespace = $1"
+
+ADVANCE_SQL = """
+INSERT INTO keygen_counters AS c (namespace, last_id) VALUES ($1, $2)
+ON CONFLICT (namespace) DO UPDATE
+SET last_id = greatest(c.last_id, excluded.last_id), updated_at = now()
+RETURNING last_id
+"""
+
+STATUS_SQL = """
+SELECT c.namespace, c.last_id,
+       (SELECT count(*) FROM keygen_grants g WHERE g.namespace = c.namespace) AS grants
+FROM keygen_counters c
+ORDER BY c.namespace
+"""
+
+#: Driver and OS errors, most specific first, and what they mean for the ledger.
+_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
+    (SchemaTooNew, "incompatible schema"),
+    (asyncpg.InvalidAuthorizationSpecificationError, "PostgreSQL refused the credentials"),
+    (asyncpg.InvalidCatalogNameError, "the database does not exist"),
+    (asyncpg.InsufficientPrivilegeError, "the role lacks a privilege the ledger needs"),
+    (asyncpg.ReadOnlySQLTransactionError, "the server is read-only (a standby?)"),
+    (asyncpg.QueryCanceledError, "the server cancelled the statement"),
+    (asyncpg.CannotConnectNowError, "the server is starting up or shutting down"),
+    (asyncpg.OperatorInterventionError, "the server ended the session"),
+    (asyncpg.TooManyConnectionsError, "the server has no connection slot left"),
+    (asyncpg.PostgresConnectionError, "the connection was lost"),
+    (asyncpg.PostgresError, "PostgreSQL error"),
+    (asyncpg.ClientConfigurationError, "invalid KEYGEN_DATABASE_URL"),
+    (asyncpg.InterfaceError, "driver error"),
+    (TimeoutError, "timed out"),
+    (OSError, "cannot reach the server"),
+)
+
+#: Failures that waiting can cure: the server is down, starting, restarting or busy.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.PostgresConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+#: Failures after which the pool's other connections are probably dead too.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+)
+
+#: Failures of a connection that was alive when borrowed: a grant is retried once on them.
+_STALE_CONNECTION: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Return a connection to the pool as it is.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, ...) costs a round trip per
+    borrow, a third of a grant. The ledger never changes session state (its settings are
+    transaction-local), and asyncpg still rolls back any transaction left open.
+    """
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and status output."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether a ledger failure caused by ``exc`` may cure itself (the server is down)."""
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, asyncpg.ClientConfigurationError)
+
+
+class PostgresLedger:
+    """A ledger in PostgreSQL; see the module docstring for why it cannot repeat an ID."""
+
+    name = SOURCE_POSTGRESQL
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min_size: int = DEFAULT_POOL_MIN_SIZE,
+        pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        migrate: bool = True,
+    ) -> None:
+        if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
+            raise ValueError("need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1")
+        self.url = url
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.migrate = migrate
+        self.schema_version: int | None = None
+        self.ping_ms: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._connecting: asyncio.Task[asyncpg.Pool[asyncpg.Record]] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        pool_min_size: int = DEFAULT_POOL_MIN_SIZE,
+        pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        migrate: bool = True,
+    ) -> PostgresLedger:
+        """Connect and bring the schema up to date; if the server is unreachable, go on
+        without it (it is retried on every use).
+
+        Raises:
+            LedgerUnavailable: the configuration is wrong (URL, credentials, database,
+                privileges, a schema newer than this code); waiting would not help.
+        """
+        ledger = cls(
+            url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
+            connect_timeout=connect_timeout, command_timeout=command_timeout, migrate=migrate,
+        )
+        try:
+            await ledger._ready()
+        except LedgerUnavailable as exc:
+            if not is_transient(exc.__cause__):
+                await ledger.aclose()
+                raise
+            log.warning("%s; starting without it, it is retried on every request", exc)
+        return ledger
+
+    # -- connecting -----------------------------------------------------------------------
+
+    async def _ready(self) -> asyncpg.Pool[asyncpg.Record]:
+        """The pool, connecting (and migrating) first if needed.
+
+        Concurrent callers share one attempt; a caller that gives up (is cancelled) does
+        not cancel it for the others.
+        """
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise LedgerUnavailable("the PostgreSQL ledger is closed")
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting.add_done_callback(self._connect_done)
+        try:
+            return await asyncio.shield(self._connecting)
+        except LedgerUnavailable as exc:
+            raise LedgerUnavailable(exc.message) from exc.__cause__  # one exception per caller
+
+    def _connect_done(self, task: asyncio.Task[asyncpg.Pool[asyncpg.Record]]) -> None:
+        self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have given up waiting
+
+    async def _connect(self) -> asyncpg.Pool[asyncpg.Record]:
+        with self._translating("connect"):
+            try:
+                pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=self.pool_min_size,
+                    max_size=self.pool_max_size,
+                    timeout=self.connect_timeout,
+                    command_timeout=self.command_timeout,
+                    reset=_keep_session,
+                )
+            except ValueError as exc:  # a URL asyncpg cannot parse
+                if isinstance(exc, asyncpg.ClientConfigurationError):
+                    raise
+                raise asyncpg.ClientConfigurationError(str(exc)) from exc
+            try:
+                if self.migrate:
+                    async with pool.acquire(timeout=self.connect_timeout) as conn:
+                        self.schema_version = await migrate(conn, timeout=self.command_timeout)
+                if self._closed:
+                    raise LedgerUnavailable("the PostgreSQL ledger is closed")
+            except BaseException:
+                pool.terminate()
+                raise
+        self._pool = pool
+        log.info("PostgreSQL ledger connected to %s (schema version %s)",
+                 redact_url(self.url), self.schema_version)
+        return pool
+
+    @asynccontextmanager
+    async def _connection(self, action: str) -> AsyncIterator[Connection]:
+        """Borrow a connection; driver errors inside the block become LedgerUnavailable."""
+        pool = await self._ready()
+        try:
+            with self._translating(action):
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    yield conn
+        except LedgerUnavailable as exc:
+            if isinstance(exc.__cause__, _CONNECTION_LOST):
+                # After a server restart every pooled connection is dead: replace them all
+                # now rather than failing one request per stale connection.
+                await pool.expire_connections()
+            raise
+
+    @contextmanager
+    def _translating(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except KeygenError:
+            raise
+        except Exception as exc:
+            for error_type, meaning in _ERRORS:
+                if isinstance(exc, error_type):
+                    message = f"PostgreSQL ledger: {action}: {meaning}: {exc or type(exc).__name__}"
+                    self.last_error, self.last_error_at = message, time.time()
+                    raise LedgerUnavailable(message) from exc
+            raise
+
+    # -- the Ledger protocol --------------------------------------------------------------
+
+    async def grant(self, namespace: str, count: int, *, kind: str, holder: str) -> IdRange:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        try:
+            return await self._grant(namespace, count, kind, holder)
+        except LedgerUnavailable as exc:
+            if not isinstance(exc.__cause__, _STALE_CONNECTION):
+                raise
+        # The connection died (typically a stale one after a server restart; the pool has
+        # been renewed). Retrying is safe: if the first attempt did commit, its span is
+        # wasted, never returned.
+        return await self._grant(namespace, count, kind, holder)
+
+    async def _grant(self, namespace: str, count: int, kind: str, holder: str) -> IdRange:
+        async with self._connection("grant") as conn:
+            if count > MAX_ID:
+                raise await self._exhausted(conn, namespace, count)
+            row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
+            if row is None:  # a new namespace, or an exhausted one
+                await conn.execute(CREATE_NAMESPACE_SQL, namespace)
+                row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
+            if row is None:
+                raise await self._exhausted(conn, namespace, count)
+        last_id: int = row[0]
+        return IdRange(namespace, last_id - count + 1, last_id)
+
+    @staticmethod
+    async def _exhausted(conn: Connection, namespace: str, count: int) -> NamespaceExhausted:
+        last_id: int | None = await conn.fetchval(LAST_ID_SQL, namespace)
+        return NamespaceExhausted(namespace, count, MAX_ID - (last_id or 0))
+
+    async def advance_to(self, namespace: str, last_id: int) -> int:
+        if not 0 <= last_id <= MAX_ID:
+            raise ValueError(f"last_id must be within 0..{MAX_ID}")
+        async with self._connection("advance") as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            current: int = await conn.fetchval(ADVANCE_SQL, namespace, last_id)
+        return current
+
+    async def status(self) -> list[NamespaceStatus]:
+        try:
+            async with self._connection("status") as conn:
+                rows = await conn.fetch(STATUS_SQL)
+        except LedgerUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+                return []  # never migrated: no namespace exists yet
+            raise
+        return [NamespaceStatus(r["namespace"], r["last_id"], r["grants"]) for r in rows]
+
+    async def ping(self) -> None:
+        started = time.perf_counter()
+        async with self._connection("ping") as conn:
+            await conn.fetchval("SELECT 1")
+        self.ping_ms = round(1000 * (time.perf_counter() - started), 3)
+
+    def describe(self) -> dict[str, Any]:
+        """The ledger's connection state, for ``/health``."""
+        pool = self._pool
+        return {
+            "url": redact_url(self.url),
+            "connected": pool is not None,
+            "pool_size": pool.get_size() if pool is not None else 0,
+            "pool_idle": pool.get_idle_size() if pool is not None else 0,
+            "pool_max_size": self.pool_max_size,
+            "schema_version": self.schema_version,
+            "ping_ms": self.ping_ms,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+    async def aclose(self) -> None:
+        self._closed = True
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await pool.close()
+        except TimeoutError:
+            pool.terminate()

@@ -1,0 +1,124 @@
+"""The PostgreSQL ledger's schema, as numbered migrations applied at start-up.
+
+Each migration runs once, in order; ``keygen_schema_version`` records which ran. All pending
+migrations run in one transaction that first takes a transaction-scoped advisory lock, so
+several instances starting at once apply each migration exactly once: the others wait for
+the lock, then find nothing left to do. PostgreSQL's DDL is transactional, so a migration
+that fails leaves no trace and is retried at the next start.
+
+Migrations are append-only: never edit one that has shipped; add the next number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "MIGRATION_LOCK_KEY",
+    "Connection",
+    "Migration",
+    "SchemaTooNew",
+    "migrate",
+]
+
+#: A connection of our own or one borrowed from a pool.
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+)
+
+#: The advisory lock serialising migrations ("keygen" in ASCII, as a bigint).
+MIGRATION_LOCK_KEY = int.from_bytes(b"keygen", "big")
+
+VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS keygen_schema_version (
+    version     integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "counters and the audit trail of grants",
+        """
+        CREATE TABLE keygen_counters (
+            namespace  text PRIMARY KEY,
+            -- Highest ID ever granted (0 = none), so last_id + n never passes 2**63 - 1.
+            last_id    bigint NOT NULL DEFAULT 0 CHECK (last_id >= 0),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE keygen_grants (
+            id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            namespace  text NOT NULL,
+            start_id   bigint NOT NULL,
+            end_id     bigint NOT NULL,
+            kind       text NOT NULL CHECK (kind IN ('lease', 'direct', 'reserve')),
+            holder     text NOT NULL,
+            granted_at timestamptz NOT NULL DEFAULT now(),
+            CHECK (1 <= start_id AND start_id <= end_id)
+        );
+        CREATE INDEX keygen_grants_by_namespace ON keygen_grants (namespace, end_id);
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer Keygen; this one must not write to it.
+
+    Internal: the ledger translates it into ``LedgerUnavailable`` at its edge.
+    """
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"the ledger's schema is at version {found}, newer than this Keygen knows "
+            f"({known}); upgrade Keygen"
+        )
+        self.found = found
+        self.known = known
+
+
+async def migrate(conn: Connection, timeout: float | None = None) -> int:
+    """Apply every pending migration on ``conn``; return the schema version now in place.
+
+    Raises:
+        SchemaTooNew: the database is ahead of this code.
+    """
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = on", timeout=timeout)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY, timeout=timeout)
+        # Only when missing: CREATE ... IF NOT EXISTS still needs the CREATE privilege, and a
+        # least-privileged role must be able to start once the schema is in place.
+        if await conn.fetchval("SELECT to_regclass('keygen_schema_version')") is None:
+            await conn.execute(VERSION_TABLE, timeout=timeout)
+        current: int = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM keygen_schema_version", timeout=timeout
+        )
+        if current > LATEST_VERSION:
+            raise SchemaTooNew(current, LATEST_VERSION)
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            await conn.execute(migration.sql, timeout=timeout)
+            await conn.execute(
+                "INSERT INTO keygen_schema_version (version, description) VALUES ($1, $2)",
+                migration.version, migration.description, timeout=timeout,
+            )
+    return max(current, LATEST_VERSION)
