@@ -7,12 +7,16 @@ talks to the ``Keygen`` object and, through it, to the allocator.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from keygen import __version__
 from keygen.allocator import Allocator, Layer
@@ -22,11 +26,15 @@ from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS
 from keygen.dispensers.base import Dispenser
 from keygen.dispensers.direct import DirectDispenser
 from keygen.dispensers.lease import LeaseDispenser
+from keygen.dispensers.redis import RedisDispenser
+from keygen.dispensers.sentinel_monitor import SentinelMonitor
 from keygen.errors import KeygenError
 from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import SqliteLedger
 from keygen.metrics import AllocationMetrics
+
+log = logging.getLogger(__name__)
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -48,6 +56,45 @@ async def open_ledger(settings: Settings, *, migrate: bool = True) -> Ledger:
     )
 
 
+async def _redis_layer(
+    settings: Settings, ledger: Ledger
+) -> tuple[RedisDispenser, SentinelMonitor]:
+    """The Redis dispenser on the master the Sentinels name, and the monitor of the Sentinels.
+
+    Nothing here waits for Redis: a Redis that is down at start-up is a layer that fails (and
+    falls back) until it comes up.
+    """
+    timeout = settings.redis_socket_timeout
+    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # A Sentinel that sees fewer peers than the quorum needs may be partitioned off: its
+    # idea of the master is not trusted.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinels, min_other_sentinels=settings.redis_sentinel_quorum - 1,
+        sentinel_kwargs=timeouts,
+    )
+    # No retries inside redis-py: a failed call falls back to the next layer at once, and the
+    # breaker decides when to try Redis again.
+    master = sentinel.master_for(
+        settings.redis_sentinel_master_name, decode_responses=True,
+        retry=Retry(NoBackoff(), 0), socket_timeout=timeout, socket_connect_timeout=timeout,
+    )
+    dispenser = RedisDispenser(
+        master, ledger, holder=settings.instance_id, lease_size=settings.redis_lease_size,
+        min_lease_size=settings.redis_min_lease_size,
+        max_lease_size=settings.redis_max_lease_size, lock_timeout=settings.lock_timeout,
+    )
+    try:
+        async with asyncio.timeout(settings.redis_timeout):
+            await dispenser.load_functions()
+    except (KeygenError, TimeoutError) as exc:
+        log.warning("Redis is not reachable at start-up (%s); falling back until it is", exc)
+    monitor = SentinelMonitor(
+        sentinel, settings.redis_sentinel_master_name, timeout=settings.health_timeout
+    )
+    monitor.start()
+    return dispenser, monitor
+
+
 @dataclass(frozen=True)
 class LayerHealth:
     source: str
@@ -60,17 +107,28 @@ class LayerHealth:
 class Keygen:
     """The service: owns the ledger and the allocator, and answers health questions."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, allocator: Allocator) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger, allocator: Allocator, *,
+        redis: RedisDispenser | None = None, sentinel_monitor: SentinelMonitor | None = None,
+    ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.allocator = allocator
+        self.redis = redis
+        self.sentinel_monitor = sentinel_monitor
         self.metrics = allocator.metrics
         self.started_at = time.time()
 
     @classmethod
     async def start(cls, settings: Settings) -> Keygen:
-        """Open the ledger and build the layers the settings ask for."""
+        """Open the ledger and build the layers the settings ask for: Redis first when
+        Sentinels are configured, then the ledger's own layer."""
         ledger = await open_ledger(settings)
+        layers = []
+        redis = monitor = None
+        if settings.sentinels:
+            redis, monitor = await _redis_layer(settings, ledger)
+            layers.append(Layer(redis, cls._breaker(settings), settings.redis_timeout))
         dispenser: Dispenser
         if isinstance(ledger, PostgresLedger) and settings.postgresql_mode == "direct":
             dispenser = DirectDispenser(ledger, holder=settings.instance_id)
@@ -78,11 +136,11 @@ class Keygen:
             dispenser = LeaseDispenser(
                 ledger, lease_size=settings.lease_size, holder=settings.instance_id
             )
-        layers = [Layer(dispenser, cls._breaker(settings), settings.allocation_timeout)]
+        layers.append(Layer(dispenser, cls._breaker(settings), settings.allocation_timeout))
         allocator = Allocator(
             layers, timeout=settings.allocation_timeout, metrics=AllocationMetrics()
         )
-        return cls(settings, ledger, allocator)
+        return cls(settings, ledger, allocator, redis=redis, sentinel_monitor=monitor)
 
     @staticmethod
     def _breaker(settings: Settings) -> CircuitBreaker:
@@ -92,13 +150,15 @@ class Keygen:
         )
 
     async def aclose(self) -> None:
+        if self.sentinel_monitor is not None:
+            await self.sentinel_monitor.aclose()
         await self.allocator.aclose()
         await self.ledger.aclose()
 
     @property
     def active_locks(self) -> int:
         """Distributed locks this instance holds now (lease refills in Redis mode)."""
-        return 0
+        return 0 if self.redis is None else self.redis.active_locks
 
     async def layer_health(self) -> list[LayerHealth]:
         """Ping every layer at once, each within ``KEYGEN_HEALTH_TIMEOUT``."""
@@ -145,6 +205,15 @@ class Keygen:
         }
         if isinstance(self.ledger, PostgresLedger):
             document["postgresql"] = self.ledger.describe()
+        if self.redis is not None and self.sentinel_monitor is not None:
+            sentinels = await self.sentinel_monitor.describe()
+            if document["redis_health"] == HEALTHY and not sentinels["sentinel_quorum"]:
+                document["redis_health"] = DEGRADED  # serving, but could not fail over
+            document["redis"] = {
+                **sentinels,
+                "lease_refills": self.redis.refills,
+                "ids_wasted": self.redis.ids_wasted,
+            }
         return document
 
     def gauges(self) -> Iterable[Metric]:
@@ -161,3 +230,8 @@ class Keygen:
             is_open = layer.breaker.state is not BreakerState.CLOSED
             breakers.add_metric([layer.source], 1.0 if is_open else 0.0)
         yield breakers
+        if self.sentinel_monitor is not None:
+            yield CounterMetricFamily(
+                "keygen_redis_failovers", "Redis master failovers announced by Sentinel",
+                value=self.sentinel_monitor.failovers,
+            )

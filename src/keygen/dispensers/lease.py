@@ -7,10 +7,10 @@ never reissued, because the ledger already counted them as granted.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE
+from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import NamespaceExhausted
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
@@ -46,7 +46,7 @@ class LeaseDispenser:
         self._ledger = ledger
         self._holder = holder
         self._leases: dict[str, _Lease] = {}
-        self._refills: dict[str, asyncio.Future[None]] = {}
+        self._refills = SingleFlight()
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
         if size > self.lease_size:
@@ -57,21 +57,9 @@ class LeaseDispenser:
             carved = self._carve(namespace, size)
             if carved is not None:
                 return carved
-            # One refill per namespace at a time, awaited by every request that found the
-            # lease short: they all wake together when it lands. Shielded, so a request whose
-            # budget runs out does not cancel the refill the others are waiting for.
-            refill = self._refills.get(namespace)
-            if refill is None or refill.done():  # done: its callback has not run yet
-                refill = asyncio.ensure_future(self._refill(namespace, size))
-                self._refills[namespace] = refill
-                refill.add_done_callback(partial(self._refill_done, namespace))
-            await asyncio.shield(refill)
-
-    def _refill_done(self, namespace: str, refill: asyncio.Future[None]) -> None:
-        if self._refills.get(namespace) is refill:
-            del self._refills[namespace]
-        if not refill.cancelled():
-            refill.exception()  # retrieved here too, in case every waiter gave up
+            # Every request that found the lease short waits for the same refill, and they
+            # all wake together when it lands.
+            await self._refills.run(namespace, partial(self._refill, namespace, size))
 
     def _carve(self, namespace: str, size: int) -> IdRange | None:
         lease = self._leases.get(namespace)
