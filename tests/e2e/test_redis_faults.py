@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from redis.sentinel import Sentinel
@@ -133,10 +134,15 @@ async def test_master_killed(cluster: LocalCluster, postgres_url: str, tmp_path:
             await wait_for_acks(result, 300, timeout=30)
             old = cluster.master()
             old.kill(signal.SIGKILL)
-            cluster.wait_for_failover(old, timeout=30)
+            new = cluster.wait_for_failover(old, timeout=30)
             await served_by_redis_again(result)
             await wait_for_acks(result, len(result.acknowledged) + 300, timeout=30)
+            health = httpx.get(f"{servers[0].url}/health", timeout=10).json()
     assert_clean(result)
+    assert health["redis_health"] == "healthy"
+    assert health["redis"]["master"] == f"127.0.0.1:{new.port}"
+    assert health["redis"]["failovers"] == 1 and health["redis"]["last_failover_at"]
+    assert health["redis"]["sentinel_quorum"] is True
 
 
 async def test_paused_master_split_brain(

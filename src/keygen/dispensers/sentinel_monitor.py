@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
@@ -44,8 +45,14 @@ class SentinelMonitor:
                     log.debug("sentinel subscription lost: %s", exc)
             await asyncio.sleep(RESUBSCRIBE_DELAY)
 
-    async def _listen(self, node: Any) -> None:
-        pubsub = node.pubsub()
+    async def _listen(self, node: Redis) -> None:
+        # A connection of its own without a read timeout: a subscriber is silent for hours.
+        address = node.connection_pool.connection_kwargs
+        listener = Redis(
+            host=address["host"], port=address["port"], socket_connect_timeout=self._timeout,
+            socket_keepalive=True,
+        )
+        pubsub = listener.pubsub()
         try:
             await pubsub.subscribe("+switch-master")
             while True:
@@ -61,7 +68,8 @@ class SentinelMonitor:
                     self.last_failover_at = time.time()
                     log.warning("Redis failover of %s: %s", name, " ".join(addresses))
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await listener.aclose()
 
     async def master_address(self) -> str | None:
         try:
@@ -76,7 +84,13 @@ class SentinelMonitor:
         for node in self.sentinel.sentinels:
             try:
                 async with asyncio.timeout(self._timeout):
-                    return bool(await node.sentinel_ckquorum(self.master_name))
+                    # Not redis-py's sentinel_ckquorum(): it reads "OK 3 usable Sentinels..."
+                    # as False. A missing quorum is an error reply (-NOQUORUM).
+                    reply = await node.execute_command(  # type: ignore[no-untyped-call]
+                        "SENTINEL", "CKQUORUM", self.master_name
+                    )
+                    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+                    return text.startswith("OK")
             except (RedisError, OSError, TimeoutError):
                 continue
         return False
