@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
@@ -120,15 +120,23 @@ class Server:
         return f"\n--- last lines of the {self.name} server's log ---\n{text}"
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done, then are delivered: a second
+    Ctrl-C must not cut a cleanup short."""
+    previous = signal.pthread_sigmask(
+        signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    )
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # nested blocks keep theirs
+
+
 def _stop_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     """SIGTERM the process group, SIGKILL it if it is still there after ``grace`` seconds."""
-    # A second Ctrl-C must not cut the cleanup short; it is delivered once this returns.
-    interrupts = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
-    try:
+    with interrupts_deferred():
         _kill_group(proc, grace)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -470,24 +478,33 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through every cleanup, as Ctrl-C does
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_benchmark(benchmark: Callable[[dict[str, Any]], dict[str, Any]],
+                  json_path: Path | None, **versions: str) -> int:
+    """A benchmark command from header to exit status: ``benchmark(env)`` with interrupts
+    unwinding its cleanups, failures reported, and its results written to ``json_path``.
+    ``versions`` adds the versions of packages only this benchmark uses to the header."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     env = environment()
+    env["versions"].update(versions)
     print_header(env)
     try:
-        results = benchmark(args, env)
+        results = benchmark(env)
     except BenchmarkError as exc:
         print(f"\nbenchmark FAILED: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; servers stopped", file=sys.stderr)
         return 130
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {json_path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_benchmark(lambda env: benchmark(args, env), args.json)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,11 +37,13 @@ from typing import Any
 
 import asyncpg
 
+from keygen.cluster.binaries import find_postgres_bin_dir
+
 HERE = Path(__file__).resolve().parent
 # allocate.py's server and wrk helpers; the suite's private PostgreSQL launcher.
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from tests.support.postgres import PostgresServer, find_bin_dir  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 from allocate import (  # noqa: E402
     HOST,
@@ -53,13 +53,11 @@ from allocate import (  # noqa: E402
     BenchmarkError,
     Load,
     Server,
-    _interrupt,
     _request,
     ensure_wrk,
-    environment,
     free_port,
     measure,
-    print_header,
+    run_benchmark,
     server_env,
 )
 
@@ -115,7 +113,7 @@ def preflight(server: Server) -> None:
 
 
 def pgbench_path() -> str:
-    bin_dir = find_bin_dir()
+    bin_dir = find_postgres_bin_dir()
     for candidate in ([bin_dir / "pgbench"] if bin_dir else []):
         if candidate.exists():
             return str(candidate)
@@ -258,22 +256,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    env = environment()
-    env["versions"]["asyncpg"] = asyncpg.__version__
-    print_header(env)
-    try:
-        results = benchmark(args, env)
-    except BenchmarkError as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return run_benchmark(lambda env: benchmark(args, env), args.json,
+                         asyncpg=asyncpg.__version__)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 from keygen.api import create_app
 from keygen.api.allocate import AllocateEndpoint
+from keygen.cluster.postgres import PostgresNode
 from keygen.config import Settings
 from tests.support.app import running
 from tests.support.postgres import TEST_DATABASE_URL_ENV, PostgresServer
@@ -65,8 +66,8 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def controlled_postgres(postgres: PostgresServer) -> PostgresServer:
+def controlled_postgres(postgres: PostgresServer) -> PostgresNode:
     """The session's server, for tests that stop or crash it (skipped on an external one)."""
-    if not postgres.controllable:
+    if postgres.node is None:
         pytest.skip(f"{TEST_DATABASE_URL_ENV} names a server this suite does not own")
-    return postgres
+    return postgres.node

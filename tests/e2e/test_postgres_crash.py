@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from keygen.checker import check
+from keygen.cluster.postgres import PostgresNode
 from tests.support.load import LoadResult, run_load, wait_for_acks
-from tests.support.postgres import PostgresServer
 from tests.support.processes import ServeProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -20,7 +20,7 @@ NAMESPACES = ("default", "orders")
 
 @pytest.mark.parametrize("crash", ["sigkill", "immediate"])
 async def test_a_crash_under_load_reissues_nothing(
-    crash: str, controlled_postgres: PostgresServer, postgres_url: str, tmp_path: Path
+    crash: str, controlled_postgres: PostgresNode, postgres_url: str, tmp_path: Path
 ) -> None:
     """Two instances under load, PostgreSQL killed (SIGKILL of all its processes, or
     ``pg_ctl stop -m immediate``) and restarted: every range acknowledged before or after

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from keygen.checker import Record, check
-from tests.support.postgres import PostgresServer
+from keygen.checker import check
+from keygen.cluster.postgres import PostgresNode
+from tests.support.load import LoadResult, run_load, wait_for_acks, wait_until
 from tests.support.processes import ServeProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -22,57 +22,9 @@ SLACK = 1.5  # what a loaded 2-core machine may add around it (HTTP, scheduling)
 CLIENTS = 8
 
 
-@dataclass
-class Outcome:
-    status: int
-    seconds: float
-    finished_at: float
-    retry_after: str | None
-    code: str | None
-
-
-@dataclass
-class Load:
-    outcomes: list[Outcome] = field(default_factory=list)
-    acknowledged: list[Record] = field(default_factory=list)
-    transport_errors: list[str] = field(default_factory=list)
-
-
-async def timed_load(url: str, stop: asyncio.Event, load: Load) -> None:
-    """``CLIENTS`` loops POSTing /allocate until ``stop``, timing every response."""
-    async def client_loop(http: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                response = await http.post("/allocate", json={"size": 10})
-            except httpx.HTTPError as exc:
-                load.transport_errors.append(repr(exc))
-                await asyncio.sleep(0.05)
-                continue
-            body = response.json()
-            load.outcomes.append(Outcome(
-                response.status_code, time.monotonic() - started, time.monotonic(),
-                response.headers.get("retry-after"),
-                body.get("error", {}).get("code") if response.status_code != 200 else None,
-            ))
-            if response.status_code == 200:
-                load.acknowledged.append(Record.from_json({**body, "requested": 10}))
-            else:
-                await asyncio.sleep(0.05)
-
-    async with httpx.AsyncClient(base_url=url, timeout=BUDGET + 10) as http:
-        await asyncio.gather(*(client_loop(http) for _ in range(CLIENTS)))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("failure", ["stopped", "frozen"])
 async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
-    failure: str, controlled_postgres: PostgresServer, postgres_url: str, tmp_path: Path
+    failure: str, controlled_postgres: PostgresNode, postgres_url: str, tmp_path: Path
 ) -> None:
     """With PostgreSQL stopped (connections refused) or frozen (SIGSTOP: nothing answers)
     mid-load, every request ends within the time budget as a 200 or a JSON 503 with
@@ -93,10 +45,13 @@ async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
         },
         log=tmp_path / "serve.log",
     ).start()
-    stop, load = asyncio.Event(), Load()
-    loader = asyncio.create_task(timed_load(server.url, stop, load))
+    stop, load = asyncio.Event(), LoadResult()
+    loader = asyncio.create_task(run_load(
+        server.url, clients=CLIENTS, duration=math.inf, sizes=(10, 10), stop=stop, result=load,
+        timeout=BUDGET + 10, timed=True, refusal_pause=0.05,
+    ))
     try:
-        await wait_until(lambda: len(load.acknowledged) >= 200, timeout=20)
+        await wait_for_acks(load, 200, timeout=20)
         # In threads, so that the load keeps running meanwhile.
         await asyncio.to_thread(fail)
         stopped_at = time.monotonic()
@@ -120,7 +75,7 @@ async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
         stop.set()
         server.stop()
 
-    assert not load.transport_errors, load.transport_errors[:5]
+    assert not load.errors, load.errors
     assert {o.status for o in load.outcomes} == {200, 503}
     unavailable = [o for o in load.outcomes if o.status == 503]
     assert all(o.code == "service_unavailable" and int(o.retry_after or 0) >= 1

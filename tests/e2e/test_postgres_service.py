@@ -18,10 +18,10 @@ from pydantic import ValidationError
 
 from keygen.api import create_app
 from keygen.checker import Record, check
+from keygen.cluster.postgres import PostgresNode, with_database
 from keygen.config import Settings
 from keygen.errors import LedgerUnavailable
 from tests.support.app import running
-from tests.support.postgres import PostgresServer, with_database
 
 
 def pg_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
@@ -83,7 +83,7 @@ async def test_lease_mode_serves_postgresql_leases_from_memory(
 
 @pytest.mark.anyio
 async def test_the_service_starts_without_postgresql_and_serves_once_it_is_back(
-    controlled_postgres: PostgresServer, postgres_url: str, tmp_path: Path
+    controlled_postgres: PostgresNode, postgres_url: str, tmp_path: Path
 ) -> None:
     """Started while PostgreSQL is down, the service answers 503 with Retry-After (and an
     unhealthy /health) instead of failing to start, then serves as soon as it is back."""

@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 
 from keygen.checker import Record, check
+from keygen.cluster.postgres import PostgresNode, with_database
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE, MAX_ID
 from keygen.errors import LedgerUnavailable, NamespaceExhausted
 from keygen.ledgers.postgres import PostgresLedger, is_transient, redact_url
 from keygen.ledgers.postgres_migrations import LATEST_VERSION, MIGRATIONS, migrate
-from tests.support.postgres import PostgresServer, with_database
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.anyio
@@ -215,7 +215,7 @@ async def test_a_schema_newer_than_the_code_refuses_to_start(postgres_url: str) 
 
 
 async def test_a_role_without_create_privilege_can_run_once_migrated(
-    controlled_postgres: PostgresServer, postgres_url: str
+    controlled_postgres: PostgresNode, postgres_url: str
 ) -> None:
     """After the owner migrated, a role with only SELECT, INSERT and UPDATE on the ledger's
     tables starts (migrations find nothing to do) and grants."""
@@ -282,7 +282,7 @@ async def test_an_unreachable_server_is_a_clean_error_not_a_failed_start() -> No
 
 
 async def test_a_ledger_started_while_the_server_is_down_connects_when_it_returns(
-    controlled_postgres: PostgresServer, postgres_url: str
+    controlled_postgres: PostgresNode, postgres_url: str
 ) -> None:
     """Started with PostgreSQL stopped, the ledger fails cleanly, then migrates and grants
     as soon as the server is back, without being reopened."""
@@ -302,7 +302,7 @@ async def test_a_ledger_started_while_the_server_is_down_connects_when_it_return
 
 
 async def test_a_server_restart_costs_no_failed_grant(
-    controlled_postgres: PostgresServer, postgres_url: str
+    controlled_postgres: PostgresNode, postgres_url: str
 ) -> None:
     """After PostgreSQL restarts, the pool's dead connections are replaced and the next
     grant succeeds, continuing the sequence."""

@@ -6,11 +6,24 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from keygen.checker import Record
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One answered request, as a ``timed`` load records it."""
+
+    status: int
+    seconds: float  # from sending the request to its parsed answer
+    finished_at: float  # time.monotonic() then
+    retry_after: str | None
+    code: str | None  # the error code of a non-200 answer
 
 
 @dataclass
@@ -18,15 +31,22 @@ class LoadResult:
     acknowledged: list[Record] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # transport errors by type
+    outcomes: list[Outcome] = field(default_factory=list)  # every answer, when timed
 
 
 async def run_load(
     url: str, *, clients: int, duration: float, namespaces: tuple[str, ...] = ("default",),
     sizes: tuple[int, int] = (1, 2000), seed: int = 0, stop: asyncio.Event | None = None,
-    result: LoadResult | None = None,
+    result: LoadResult | None = None, timeout: float = 30.0, timed: bool = False,
+    refusal_pause: float = 0.0,
 ) -> LoadResult:
     """``clients`` concurrent loops POSTing /allocate for ``duration`` seconds (or until
-    ``stop``); every 200 is recorded, with the size asked for, in ``result`` as it arrives."""
+    ``stop``); every 200 is recorded, with the size asked for, in ``result`` as it arrives.
+
+    ``timeout`` bounds each request (a slower one counts as a transport error). With
+    ``timed``, every answer's body must be JSON and its :class:`Outcome` is recorded too. A
+    client waits ``refusal_pause`` seconds after each non-200 answer.
+    """
     result = LoadResult() if result is None else result
     deadline = time.monotonic() + duration
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -35,6 +55,7 @@ async def run_load(
         while time.monotonic() < deadline and not (stop and stop.is_set()):
             size = rng.randint(*sizes)
             body = {"size": size, "namespace": rng.choice(namespaces)}
+            started = time.monotonic()
             try:
                 response = await http.post("/allocate", json=body)
             except httpx.HTTPError as exc:
@@ -42,20 +63,35 @@ async def run_load(
                 await asyncio.sleep(0.05)
                 continue
             result.statuses[response.status_code] += 1
-            if response.status_code == 200:
-                result.acknowledged.append(
-                    Record.from_json({**response.json(), "requested": size})
-                )
+            ok = response.status_code == 200
+            answer: dict[str, Any] = response.json() if ok or timed else {}
+            if timed:
+                result.outcomes.append(Outcome(
+                    response.status_code, time.monotonic() - started, time.monotonic(),
+                    response.headers.get("retry-after"),
+                    None if ok else answer.get("error", {}).get("code"),
+                ))
+            if ok:
+                result.acknowledged.append(Record.from_json({**answer, "requested": size}))
+            elif refusal_pause:
+                await asyncio.sleep(refusal_pause)
 
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
         await asyncio.gather(
             *(client_loop(random.Random(seed * 1000 + i), http) for i in range(clients))
         )
     return result
 
 
+async def wait_until(predicate: Callable[[], bool], timeout: float,
+                     interval: float = 0.05) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it holds; TimeoutError after
+    ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(interval)
+
+
 async def wait_for_acks(result: LoadResult, count: int, timeout: float) -> None:
     """Wait until ``result`` holds ``count`` acknowledged ranges."""
-    async with asyncio.timeout(timeout):
-        while len(result.acknowledged) < count:
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: len(result.acknowledged) >= count, timeout, interval=0.02)

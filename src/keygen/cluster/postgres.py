@@ -333,11 +333,16 @@ class PostgresNode:
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: {what} failed: {result.stdout}{result.stderr}")
 
+    def pg_ctl_argv(self, *args: str) -> list[str]:
+        """``pg_ctl -D <data dir> ARGS`` as the server's user: a command another process (a
+        test session's watchdog, say) can run on this node after we are gone."""
+        return _proc.as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
+                             self._server_user())
+
     def _pg_ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            _proc.as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
-                          self._server_user()),
-            capture_output=True, text=True, cwd=self.directory, check=False, timeout=timeout,
+            self.pg_ctl_argv(*args), capture_output=True, text=True, cwd=self.directory,
+            check=False, timeout=timeout,
             start_new_session=True,  # the postmaster must outlive `keygen cluster up`
         )
 

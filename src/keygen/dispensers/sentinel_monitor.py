@@ -1,7 +1,10 @@
 """Watches the Sentinels: which server is master, whether they have quorum, and failovers.
 
-Failovers are counted from Sentinel's ``+switch-master`` announcements, listened to on one
-Sentinel at a time (the next one when it fails), so each failover is counted once.
+Failovers are counted from the master's ``config-epoch``, which Sentinel raises by one at
+every failover it completes: the count is the epoch now minus the epoch when this instance
+first read it, so a failover is counted even if no announcement reached us. Sentinel's
+``+switch-master`` announcements (listened to on one Sentinel at a time) make the count and
+the time of the last failover prompt, and are logged.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ class SentinelMonitor:
         self.failovers = 0
         self.last_failover_at: float | None = None
         self._timeout = timeout
+        self._first_epoch: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="keygen-sentinel-monitor")
 
     async def _listen_forever(self) -> None:
+        await self.refresh_failovers()  # the baseline epoch, before anything can change it
         while True:
             for node in self.sentinel.sentinels:
                 try:
@@ -64,12 +69,33 @@ class SentinelMonitor:
                 # "<master name> <old ip> <old port> <new ip> <new port>"
                 name, *addresses = text.split()
                 if name == self.master_name:
-                    self.failovers += 1
                     self.last_failover_at = time.time()
                     log.warning("Redis failover of %s: %s", name, " ".join(addresses))
+                    await self.refresh_failovers()
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await listener.aclose()
+
+    async def refresh_failovers(self) -> None:
+        """Update the failover count from the master's config-epoch on the first Sentinel
+        that answers."""
+        for node in self.sentinel.sentinels:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    reply = await node.execute_command(  # type: ignore[no-untyped-call]
+                        "SENTINEL", "MASTER", self.master_name
+                    )
+            except (RedisError, OSError, TimeoutError):
+                continue
+            epoch = _config_epoch(reply)
+            if epoch is None:
+                continue
+            if self._first_epoch is None:
+                self._first_epoch = epoch
+            if epoch - self._first_epoch > self.failovers:
+                self.failovers = epoch - self._first_epoch
+                self.last_failover_at = self.last_failover_at or time.time()
+            return
 
     async def master_address(self) -> str | None:
         try:
@@ -96,7 +122,9 @@ class SentinelMonitor:
         return False
 
     async def describe(self) -> dict[str, Any]:
-        master, quorum = await asyncio.gather(self.master_address(), self.has_quorum())
+        master, quorum, _ = await asyncio.gather(
+            self.master_address(), self.has_quorum(), self.refresh_failovers()
+        )
         return {
             "master": master,
             "sentinel_quorum": quorum,
@@ -110,3 +138,20 @@ class SentinelMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.sentinel.aclose()
+
+
+def _config_epoch(reply: Any) -> int | None:
+    """The ``config-epoch`` field of a ``SENTINEL MASTER`` reply (flat or parsed)."""
+    if isinstance(reply, dict):
+        items = [item for pair in reply.items() for item in pair]
+    elif isinstance(reply, list):
+        items = reply
+    else:
+        return None
+    text = [item.decode() if isinstance(item, bytes) else str(item) for item in items]
+    fields = dict(zip(text[::2], text[1::2], strict=False))
+    value = fields.get("config-epoch")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
