@@ -4,14 +4,18 @@
         ids = keygen.allocate(size=1000, namespace="orders")
         for order_id in range(ids.start, ids.end + 1): ...
 
-A 503 (no layer could allocate) is retried after the server's ``Retry-After``, up to
-``retries`` times; every other error is raised as ``KeygenAPIError`` at once.
+A 503 (no layer could allocate) is retried after the server's ``Retry-After``, and a request
+that could not reach its instance (refused, reset, timed out) is sent to the next of the
+given URLs, up to ``retries`` times in all; every other error is raised as ``KeygenAPIError``
+at once. Retrying is always safe: a range whose response was lost is never handed to anyone
+else, only wasted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,41 +89,66 @@ def _allocated(response: httpx.Response) -> AllocatedRange:
     )
 
 
-def _wait_before_retry(error: KeygenAPIError, attempt: int, retries: int) -> float | None:
-    """Seconds to wait before retrying, or None when the error must be raised."""
-    if error.status_code != 503 or attempt >= retries:
+def _wait_before_retry(
+    error: KeygenAPIError | httpx.TransportError, attempt: int, retries: int
+) -> float | None:
+    """Seconds to wait before the next attempt, or None when the error must be raised.
+
+    A 503 waits for its Retry-After. A transport error (refused, reset, timed out: an
+    instance restarting or gone) moves on to the next URL at once; if the lost request was
+    served after all, its range is simply never used.
+    """
+    if attempt >= retries:
+        return None
+    if isinstance(error, httpx.TransportError):
+        return 0.0
+    if error.status_code != 503:
         return None
     return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
 
 
+def _urls(base_url: str | Sequence[str]) -> list[str]:
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls:
+        raise ValueError("at least one URL is needed")
+    return urls
+
+
 class KeygenClient:
-    """Synchronous client."""
+    """Synchronous client. With several URLs (instances), a request that cannot reach one
+    instance is sent to the next."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT, retries: int = 3,
-        transport: httpx.BaseTransport | None = None,
+        self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3, transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._https = [
+            httpx.Client(base_url=url, timeout=timeout, transport=transport)
+            for url in _urls(base_url)
+        ]
+        self._current = 0
 
     def allocate(self, size: int | None = None, namespace: str | None = None) -> AllocatedRange:
         body = _request_body(size, namespace)
         for attempt in range(self.retries + 1):
             try:
-                return _allocated(self._http.post("/allocate", json=body))
-            except KeygenAPIError as error:
+                return _allocated(self._https[self._current].post("/allocate", json=body))
+            except (KeygenAPIError, httpx.TransportError) as error:
                 wait = _wait_before_retry(error, attempt, self.retries)
                 if wait is None:
                     raise
+                self._current = (self._current + 1) % len(self._https)
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
-        health: dict[str, Any] = self._http.get("/health").json()
+        health: dict[str, Any] = self._https[self._current].get("/health").json()
         return health
 
     def close(self) -> None:
-        self._http.close()
+        for http in self._https:
+            http.close()
 
     def __enter__(self) -> KeygenClient:
         return self
@@ -129,35 +158,42 @@ class KeygenClient:
 
 
 class AsyncKeygenClient:
-    """Asynchronous client, for asyncio and AnyIO programs."""
+    """Asynchronous client, for asyncio and AnyIO programs; URLs as in ``KeygenClient``."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT, retries: int = 3,
-        transport: httpx.AsyncBaseTransport | None = None,
+        self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3, transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._https = [
+            httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport)
+            for url in _urls(base_url)
+        ]
+        self._current = 0
 
     async def allocate(
         self, size: int | None = None, namespace: str | None = None
     ) -> AllocatedRange:
         body = _request_body(size, namespace)
         for attempt in range(self.retries + 1):
+            http = self._https[self._current]
             try:
-                return _allocated(await self._http.post("/allocate", json=body))
-            except KeygenAPIError as error:
+                return _allocated(await http.post("/allocate", json=body))
+            except (KeygenAPIError, httpx.TransportError) as error:
                 wait = _wait_before_retry(error, attempt, self.retries)
                 if wait is None:
                     raise
+                self._current = (self._current + 1) % len(self._https)
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def health(self) -> dict[str, Any]:
-        health: dict[str, Any] = (await self._http.get("/health")).json()
+        health: dict[str, Any] = (await self._https[self._current].get("/health")).json()
         return health
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._https:
+            await http.aclose()
 
     async def __aenter__(self) -> AsyncKeygenClient:
         return self
