@@ -5,10 +5,10 @@
         for order_id in range(ids.start, ids.end + 1): ...
 
 A 503 (no layer could allocate) is retried after the server's ``Retry-After``, and a request
-that could not reach its instance (refused, reset, timed out) is sent to the next of the
-given URLs, up to ``retries`` times in all; every other error is raised as ``KeygenAPIError``
-at once. Retrying is always safe: a range whose response was lost is never handed to anyone
-else, only wasted.
+that could not reach its instance (refused, reset, timed out) or got another 5xx is sent to
+the next of the given URLs, up to ``retries`` times in all; a 4xx is raised as
+``KeygenAPIError`` at once. Retrying is always safe: a range whose response was lost is never
+handed to anyone else, only wasted.
 """
 
 from __future__ import annotations
@@ -94,17 +94,17 @@ def _wait_before_retry(
 ) -> float | None:
     """Seconds to wait before the next attempt, or None when the error must be raised.
 
-    A 503 waits for its Retry-After. A transport error (refused, reset, timed out: an
-    instance restarting or gone) moves on to the next URL at once; if the lost request was
-    served after all, its range is simply never used.
+    A 503 waits for its Retry-After. A transport error (refused, reset, timed out) or another
+    5xx (an instance restarting, a proxy in front of it) moves on to the next URL at once. If
+    the failed request was served after all, its range is simply never used.
     """
     if attempt >= retries:
         return None
     if isinstance(error, httpx.TransportError):
         return 0.0
-    if error.status_code != 503:
-        return None
-    return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
+    if error.status_code == 503:
+        return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
+    return 0.0 if error.status_code >= 500 else None
 
 
 def _urls(base_url: str | Sequence[str]) -> list[str]:
