@@ -35,17 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from keygen.cluster.binaries import find_postgres_bin_dir
-
 HERE = Path(__file__).resolve().parent
-# allocate.py's server and wrk helpers; the suite's private PostgreSQL launcher.
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+# allocate.py's server and wrk helpers, imported as benchmarks.allocate from the project root.
+sys.path.insert(0, str(HERE.parent))
 
-from tests.support.postgres import PostgresServer  # noqa: E402
-
-from allocate import (  # noqa: E402
+import asyncpg  # noqa: E402
+from benchmarks.allocate import (  # noqa: E402
     HOST,
     KEYGEN,
     REQUEST_BODY,
@@ -60,6 +55,9 @@ from allocate import (  # noqa: E402
     run_benchmark,
     server_env,
 )
+from tests.support.postgres import PostgresServer  # noqa: E402
+
+from keygen.cluster.binaries import find_postgres_bin_dir  # noqa: E402
 
 TARGET_RATIO = 1.0
 BENCH_DATABASE = "keygen_bench"

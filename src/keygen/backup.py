@@ -1,0 +1,288 @@
+"""Backups of the ledger, and restores that can never move a counter backwards.
+
+A backup is a folder: the ledger (a SQLite online backup, or ``pg_dump`` of Keygen's
+tables), the leases Redis holds (``redis-leases.json``, after a ``BGSAVE`` on the master so
+Redis has a fresh snapshot of its own) and ``manifest.json``.
+
+Restoring an old ledger rewinds its counters to the day of the backup, and every ID issued
+since would be issued again. So a restore first collects evidence of the highest ID any layer
+may have issued, per namespace — the counters of the ledger being replaced (which cover every
+grant: leases, direct grants, reserves), the leases in Redis, the emergency-reserve journals
+in the data dir, and floors the operator gives — then restores, then raises every counter
+above that evidence (``Ledger.advance_to``, which only moves forward). With no evidence at all
+(the ledger being replaced is unreachable or empty, no Redis, no journal) it refuses and asks
+for a floor rather than guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keygen import __version__
+from keygen.config import Settings
+from keygen.errors import KeygenError
+from keygen.ledgers.sqlite import LEDGER_FILENAME
+from keygen.service import open_ledger
+
+MANIFEST = "manifest.json"
+REDIS_LEASES = "redis-leases.json"
+PG_DUMP_FILE = "ledger.pgdump"
+#: The tables a PostgreSQL backup holds: Keygen's own, nothing else of the database.
+PG_TABLES = "keygen_*"
+
+Progress = Callable[[str], None]
+
+
+class BackupError(KeygenError):
+    """A backup or restore could not be made, or was refused; the message says why."""
+
+
+@dataclass
+class Evidence:
+    """The highest ID each namespace may have issued, and where each figure came from."""
+
+    floors: dict[str, int] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def raise_to(self, namespace: str, last_id: int) -> None:
+        if last_id > self.floors.get(namespace, 0):
+            self.floors[namespace] = last_id
+
+
+# -- backup ------------------------------------------------------------------------------
+
+
+async def backup(settings: Settings, out: Path, progress: Progress) -> dict[str, Any]:
+    """Write a backup of the ledger (and Redis's leases) into the new folder ``out``."""
+    if out.exists() and any(out.iterdir()):
+        raise BackupError(f"{out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_kind = "sqlite" if settings.database_url is None else "postgresql"
+    if settings.database_url is None:
+        progress(f"SQLite online backup of {settings.data_dir / LEDGER_FILENAME}")
+        await asyncio.to_thread(_sqlite_backup, settings.data_dir / LEDGER_FILENAME, out)
+    else:
+        progress("pg_dump of Keygen's tables")
+        await asyncio.to_thread(_pg_dump, settings.database_url, out / PG_DUMP_FILE)
+    leases = await _redis_leases(settings, snapshot=True, progress=progress)
+    (out / REDIS_LEASES).write_text(json.dumps(leases, indent=2))
+    ledger = await open_ledger(settings, migrate=False)
+    try:
+        counters = {s.namespace: s.last_id for s in await ledger.status()}
+    finally:
+        await ledger.aclose()
+    manifest = {
+        "keygen_version": __version__,
+        "created_at": time.time(),
+        "ledger": ledger_kind,
+        "counters": counters,
+        "redis_leases": len(leases),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _sqlite_backup(source: Path, out: Path) -> None:
+    if not source.exists():
+        raise BackupError(f"no ledger at {source}")
+    with sqlite3.connect(source) as live, sqlite3.connect(out / LEDGER_FILENAME) as copy:
+        live.backup(copy)  # consistent even while the service writes
+
+
+def _pg_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    from keygen.cluster.binaries import find_postgres_bin_dir
+
+    bin_dir = find_postgres_bin_dir()
+    if bin_dir is None or not (bin_dir / name).exists():
+        raise BackupError(f"{name} is not installed (Debian: apt-get install postgresql-client)")
+    return str(bin_dir / name)
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise BackupError(f"{what} failed: {result.stderr.strip()[-2000:]}")
+
+
+def _pg_dump(url: str, path: Path) -> None:
+    _run([_pg_tool("pg_dump"), "--format=custom", f"--table={PG_TABLES}", f"--file={path}",
+          f"--dbname={url}"], "pg_dump")
+
+
+async def _redis_leases(
+    settings: Settings, *, snapshot: bool, progress: Progress
+) -> dict[str, dict[str, str]]:
+    """Every lease hash in Redis (by namespace); empty without a Redis layer."""
+    if not settings.sentinels:
+        return {}
+    from redis.asyncio.sentinel import Sentinel
+    from redis.exceptions import RedisError
+
+    from keygen.dispensers.redis import LEASE_KEY
+
+    timeout = settings.redis_socket_timeout
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinels, sentinel_kwargs={"socket_timeout": timeout}
+    )
+    master = sentinel.master_for(
+        settings.redis_sentinel_master_name, decode_responses=True, socket_timeout=5
+    )
+    prefix = LEASE_KEY.format("")
+    try:
+        if snapshot:
+            progress("BGSAVE on the Redis master")
+            before = await master.lastsave()
+            await master.bgsave()
+            for _ in range(600):  # the snapshot is Redis's own copy; wait up to a minute
+                if await master.lastsave() != before:
+                    break
+                await asyncio.sleep(0.1)
+        leases = {}
+        async for key in master.scan_iter(match=f"{prefix}*"):
+            leases[key[len(prefix):]] = await master.hgetall(key)
+        return leases
+    except RedisError as exc:
+        raise BackupError(f"Redis: {exc}") from exc
+    finally:
+        await master.aclose()
+        await sentinel.aclose()
+
+
+# -- restore -----------------------------------------------------------------------------
+
+
+async def collect_evidence(
+    settings: Settings, operator_floors: dict[str, int], progress: Progress,
+    journal_floors: Callable[[Path], Iterable[tuple[str, int]]] | None = None,
+) -> Evidence:
+    """The highest ID each namespace may have issued, from everything reachable now."""
+    evidence = Evidence()
+    sources = {
+        "current ledger": await _ledger_floors(settings, progress),
+        "Redis leases": await _redis_floors(settings, progress),
+        "reserve journals": list(journal_floors(settings.data_dir)) if journal_floors else [],
+        "operator floors": list(operator_floors.items()),
+    }
+    for name, floors in sources.items():
+        if floors:
+            evidence.sources.append(f"{name} ({len(floors)})")
+        for namespace, last_id in floors:
+            evidence.raise_to(namespace, last_id)
+    return evidence
+
+
+async def _ledger_floors(settings: Settings, progress: Progress) -> list[tuple[str, int]]:
+    """Every counter of the ledger about to be replaced: it covers every grant ever made."""
+    try:
+        ledger = await open_ledger(settings, migrate=False)
+        try:
+            return [(s.namespace, s.last_id) for s in await ledger.status()]
+        finally:
+            await ledger.aclose()
+    except KeygenError as exc:
+        progress(f"the current ledger is not readable ({exc}): no evidence from it")
+        return []
+
+
+async def _redis_floors(settings: Settings, progress: Progress) -> list[tuple[str, int]]:
+    """The last ID of every lease Redis holds."""
+    try:
+        leases = await _redis_leases(settings, snapshot=False, progress=progress)
+    except BackupError as exc:
+        progress(f"Redis is not readable ({exc}): no evidence from it")
+        return []
+    return [
+        (namespace, int(lease["base"]) + int(lease["length"]) - 1)
+        for namespace, lease in leases.items()
+        if lease.get("base") and lease.get("length")
+    ]
+
+
+async def restore(
+    settings: Settings, source: Path, operator_floors: dict[str, int], progress: Progress,
+    *, journal_floors: Callable[[Path], Iterable[tuple[str, int]]] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Restore the backup in ``source``, then raise every counter above the evidence.
+
+    ``operator_floors`` maps a namespace (or ``"*"`` for all) to the highest ID that may
+    have been issued. Returns, per namespace, (counter as restored, counter after raising).
+    Stop every Keygen instance first: the ledger is replaced under them.
+    """
+    manifest = _read_manifest(source)
+    evidence = await collect_evidence(
+        settings, {k: v for k, v in operator_floors.items() if k != "*"}, progress,
+        journal_floors,
+    )
+    floor_for_all = operator_floors.get("*")
+    if not evidence.sources and floor_for_all is None:
+        raise BackupError(
+            "refusing to restore: nothing shows what was issued after the backup (the current "
+            "ledger is unreachable or empty, no Redis leases, no reserve journal). Give the "
+            "highest ID that may have been issued with --floor N (or --floor NAMESPACE=N)."
+        )
+    progress(f"evidence: {', '.join(evidence.sources) or 'operator floor only'}")
+    if manifest["ledger"] == "sqlite":
+        if settings.database_url is not None:
+            raise BackupError("this backup is of a SQLite ledger, but KEYGEN_DATABASE_URL is set")
+        await asyncio.to_thread(_sqlite_restore, source, settings.data_dir)
+    else:
+        if settings.database_url is None:
+            raise BackupError("this backup is of PostgreSQL, but KEYGEN_DATABASE_URL is unset")
+        progress("pg_restore of Keygen's tables")
+        await asyncio.to_thread(
+            _run, [_pg_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                   f"--dbname={settings.database_url}", str(source / PG_DUMP_FILE)],
+            "pg_restore",
+        )
+    ledger = await open_ledger(settings)
+    try:
+        restored = {s.namespace: s.last_id for s in await ledger.status()}
+        targets = dict(evidence.floors)
+        if floor_for_all is not None:
+            for namespace in {*restored, *targets}:
+                targets[namespace] = max(targets.get(namespace, 0), floor_for_all)
+        changes = {}
+        for namespace in sorted({*restored, *targets}):
+            after = await ledger.advance_to(namespace, targets.get(namespace, 0))
+            changes[namespace] = (restored.get(namespace, 0), after)
+        return changes
+    finally:
+        await ledger.aclose()
+
+
+def _read_manifest(source: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((source / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{source} is not a Keygen backup: {exc}") from exc
+    return manifest
+
+
+def _sqlite_restore(source: Path, data_dir: Path) -> None:
+    target = data_dir / LEDGER_FILENAME
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(source / LEDGER_FILENAME) as backup_db, sqlite3.connect(target) as live:
+        backup_db.backup(live)  # replaces the live file's content, WAL included
+
+
+def parse_floors(values: Iterable[str]) -> dict[str, int]:
+    """``--floor N`` (every namespace) and ``--floor NAMESPACE=N``."""
+    floors: dict[str, int] = {}
+    for value in values:
+        namespace, _, number = value.rpartition("=")
+        if not number.isdigit():
+            raise BackupError(f"--floor {value!r}: expected N or NAMESPACE=N")
+        floors[namespace or "*"] = int(number)
+    return floors
