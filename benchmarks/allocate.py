@@ -412,6 +412,20 @@ def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
 # --- main ----------------------------------------------------------------------------------
 
 
+def check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Turn ``--concurrency`` (when there is one) into ints and require it and every named
+    count or duration to be at least 1."""
+    counts = [getattr(args, name) for name in names]
+    if hasattr(args, "concurrency"):
+        try:
+            args.concurrency = [int(c) for c in args.concurrency.split(",")]
+        except ValueError:
+            parser.error("--concurrency takes comma-separated integers")
+        counts += args.concurrency
+    if min(counts) < 1:
+        parser.error("every count and duration must be at least 1")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds per round (10)")

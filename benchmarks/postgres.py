@@ -49,6 +49,7 @@ from benchmarks.allocate import (  # noqa: E402
     Load,
     Server,
     _request,
+    check_counts,
     ensure_wrk,
     free_port,
     measure,
@@ -243,12 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "private server (pgbench writes one row of keygen_counters there)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     args = parser.parse_args(argv)
-    try:
-        args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    except ValueError:
-        parser.error("--concurrency takes comma-separated integers")
-    if min([*args.concurrency, args.duration, args.rounds, args.warmup, args.workers]) < 1:
-        parser.error("every count and duration must be at least 1")
+    check_counts(parser, args, "duration", "rounds", "warmup", "workers")
     return args
 
 

@@ -59,6 +59,7 @@ from benchmarks.allocate import (  # noqa: E402
     WrkRun,
     _request,
     _stop_group,
+    check_counts,
     ensure_wrk,
     interrupts_deferred,
     keygen_server,
@@ -509,12 +510,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads at most (2)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     args = parser.parse_args(argv)
-    try:
-        args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    except ValueError:
-        parser.error("--concurrency takes comma-separated integers")
-    if min([*args.concurrency, args.duration, args.rounds, args.warmup, args.threads]) < 1:
-        parser.error("every count and duration must be at least 1")
+    check_counts(parser, args, "duration", "rounds", "warmup", "threads")
     return args
 
 
