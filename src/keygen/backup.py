@@ -29,6 +29,7 @@ from typing import Any
 
 from keygen import __version__
 from keygen.config import Settings
+from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.errors import KeygenError
 from keygen.ledgers.sqlite import LEDGER_FILENAME
 from keygen.service import open_ledger
@@ -164,15 +165,14 @@ async def _redis_leases(
 
 
 async def collect_evidence(
-    settings: Settings, operator_floors: dict[str, int], progress: Progress,
-    journal_floors: Callable[[Path], Iterable[tuple[str, int]]] | None = None,
+    settings: Settings, operator_floors: dict[str, int], progress: Progress
 ) -> Evidence:
     """The highest ID each namespace may have issued, from everything reachable now."""
     evidence = Evidence()
     sources = {
         "current ledger": await _ledger_floors(settings, progress),
         "Redis leases": await _redis_floors(settings, progress),
-        "reserve journals": list(journal_floors(settings.data_dir)) if journal_floors else [],
+        "reserve journals": journal_floors(settings.data_dir),
         "operator floors": list(operator_floors.items()),
     }
     for name, floors in sources.items():
@@ -196,6 +196,16 @@ async def _ledger_floors(settings: Settings, progress: Progress) -> list[tuple[s
         return []
 
 
+def journal_floors(data_dir: Path) -> list[tuple[str, int]]:
+    """The last ID of every reserve the emergency-reserve journals name, damaged journals and
+    the copies set aside included: a reserve's end bounds whatever was served from it."""
+    floors = []
+    for path in sorted(data_dir.glob(JOURNAL_NAME.format("*") + "*")):
+        for reserve in replay(path.read_bytes()).reserves.values():
+            floors.append((reserve.namespace, reserve.end))
+    return floors
+
+
 async def _redis_floors(settings: Settings, progress: Progress) -> list[tuple[str, int]]:
     """The last ID of every lease Redis holds."""
     try:
@@ -211,8 +221,7 @@ async def _redis_floors(settings: Settings, progress: Progress) -> list[tuple[st
 
 
 async def restore(
-    settings: Settings, source: Path, operator_floors: dict[str, int], progress: Progress,
-    *, journal_floors: Callable[[Path], Iterable[tuple[str, int]]] | None = None,
+    settings: Settings, source: Path, operator_floors: dict[str, int], progress: Progress
 ) -> dict[str, tuple[int, int]]:
     """Restore the backup in ``source``, then raise every counter above the evidence.
 
@@ -222,8 +231,7 @@ async def restore(
     """
     manifest = _read_manifest(source)
     evidence = await collect_evidence(
-        settings, {k: v for k, v in operator_floors.items() if k != "*"}, progress,
-        journal_floors,
+        settings, {k: v for k, v in operator_floors.items() if k != "*"}, progress
     )
     floor_for_all = operator_floors.get("*")
     if not evidence.sources and floor_for_all is None:

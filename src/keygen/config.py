@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from keygen.constants import MAX_ID
+from keygen.constants import MAX_ID, NAMESPACE_PATTERN
+from keygen.dispensers.sentinel_address_map import parse_address_map
 
 DEFAULT_BLOCK_SIZE = 1000
 DEFAULT_MAX_BLOCK_SIZE = 1_000_000
@@ -31,9 +32,18 @@ DEFAULT_DB_POOL_MIN_SIZE = 1
 DEFAULT_DB_POOL_MAX_SIZE = 10
 DEFAULT_DB_CONNECT_TIMEOUT = 5.0
 DEFAULT_DB_COMMAND_TIMEOUT = 5.0
+#: One worker's peak is ~18k req/s of 1000 IDs (benchmarks/README.md), 1.1e9 IDs a minute:
+#: 5e9 IDs last 4.6 minutes at that peak, 83 minutes at 1k req/s. docs/reserve.md has more.
+DEFAULT_RESERVE_SIZE = 5_000_000_000
+DEFAULT_RESERVE_NAMESPACES = "default"
+DEFAULT_RESERVE_SLOTS = 64
+DEFAULT_RESERVE_TIMEOUT = 0.5
 
 #: How the ``postgresql`` layer serves: a grant per batch of concurrent requests, or leases.
 PostgresqlMode = Literal["direct", "lease"]
+
+#: Whether the emergency reserve layer runs: "auto" = with Redis Sentinels and PostgreSQL.
+ReserveMode = Literal["auto", "on", "off"]
 
 
 def _seed_name(name: str) -> AliasChoices:
@@ -88,6 +98,11 @@ class Settings(BaseSettings):
     redis_max_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
         DEFAULT_REDIS_MAX_LEASE_SIZE, description="The adaptive lease length never grows past.",
     )
+    redis_address_map: str | None = Field(
+        None,
+        description="host:port=host:port,... : reach the Redis node Sentinel names at the "
+        "first address through the second (a proxy, NAT); unnamed addresses are used as is.",
+    )
 
     # Keygen's own.
     database_url: str | None = Field(
@@ -117,6 +132,30 @@ class Settings(BaseSettings):
         DEFAULT_LEASE_SIZE, description="IDs an in-process lease takes from the ledger at once."
     )
     instance_id: str = Field(default_factory=_default_instance_id)
+    reserve: ReserveMode = Field(
+        "auto",
+        description="The emergency reserve layer: 'auto' runs it when REDIS_SENTINEL_HOSTS and "
+        "KEYGEN_DATABASE_URL are both set, 'on' with any ledger, 'off' never.",
+    )
+    reserve_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
+        DEFAULT_RESERVE_SIZE,
+        description="IDs of each namespace's emergency reserve, per worker process.",
+    )
+    reserve_namespaces: str = Field(
+        DEFAULT_RESERVE_NAMESPACES,
+        description="Comma-separated namespaces to hold a reserve for from start-up; every "
+        "namespace served gets one too.",
+    )
+    reserve_slots: Annotated[int, Field(ge=1, le=1024)] = Field(
+        DEFAULT_RESERVE_SLOTS,
+        description="Reserve journals (one per process) a data dir may hold; a process that "
+        "finds them all locked refuses to start.",
+    )
+    reserve_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_RESERVE_TIMEOUT,
+        description="Seconds of ALLOCATION_TIMEOUT kept for the reserve: the layers before it "
+        "give up this long before the deadline (at most half the budget).",
+    )
     breaker_failure_threshold: Annotated[int, Field(ge=1)] = 3
     breaker_reset_timeout: Annotated[float, Field(gt=0)] = 2.0
     max_body_bytes: Annotated[int, Field(ge=64)] = DEFAULT_MAX_BODY_BYTES
@@ -150,10 +189,50 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("reserve_namespaces")
+    @classmethod
+    def _namespaces_are_valid(cls, value: str) -> str:
+        for namespace in _split(value):
+            if NAMESPACE_PATTERN.match(namespace) is None:
+                raise ValueError(f"{namespace!r} is not a valid namespace")
+        return value
+
+    @property
+    def reserve_enabled(self) -> bool:
+        """Whether the emergency reserve layer runs (see ``reserve``)."""
+        if self.reserve == "auto":
+            return bool(self.sentinels) and self.database_url is not None
+        return self.reserve == "on"
+
+    @property
+    def reserve_budget(self) -> float:
+        """Seconds of each request's budget kept for the reserve layer."""
+        return min(self.reserve_timeout, self.allocation_timeout / 2)
+
+    @property
+    def reserve_namespace_list(self) -> tuple[str, ...]:
+        """``KEYGEN_RESERVE_NAMESPACES`` as a tuple, without duplicates."""
+        return tuple(dict.fromkeys(_split(self.reserve_namespaces)))
+
+    @field_validator("redis_address_map")
+    @classmethod
+    def _address_map_is_valid(cls, value: str | None) -> str | None:
+        parse_address_map(value)
+        return value
+
+    @property
+    def redis_addresses(self) -> dict[tuple[str, int], tuple[str, int]]:
+        """``KEYGEN_REDIS_ADDRESS_MAP`` as a dict (empty: Sentinel's addresses as they are)."""
+        return parse_address_map(self.redis_address_map)
+
     @property
     def sentinels(self) -> list[tuple[str, int]]:
         """``REDIS_SENTINEL_HOSTS`` as (host, port) pairs."""
         return _parse_hosts(self.redis_sentinel_hosts) if self.redis_sentinel_hosts else []
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _parse_hosts(value: str) -> list[tuple[str, int]]:

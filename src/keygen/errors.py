@@ -11,8 +11,13 @@
     │   └── InvalidRequest           422 invalid_request
     ├── LayerUnavailable             503 layer_unavailable: one layer failed; the allocator
     │   │                                falls back to the next one
-    │   └── LedgerUnavailable        503 ledger_unavailable
-    └── ServiceUnavailable           503 service_unavailable: no layer could serve in time
+    │   ├── LedgerUnavailable        503 ledger_unavailable
+    │   └── ReserveUnavailable       503 reserve_unavailable: no emergency reserve to serve from
+    │       └── ReserveExhausted     503 reserve_exhausted: the emergency reserve is used up
+    ├── ServiceUnavailable           503 service_unavailable: no layer could serve in time (with
+    │                                    the reserve's code when the reserve refused last)
+    └── JournalLocked                500 journal_locked: start-up refused, every reserve journal
+                                         of the data dir is locked by another process
 
 Backends translate their driver's exceptions into these at the edge (``raise ... from exc``),
 so the allocator and the HTTP layer never see a driver exception.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidRequest",
+    "JournalLocked",
     "KeygenError",
     "LayerUnavailable",
     "LedgerUnavailable",
@@ -31,6 +37,8 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RequestError",
+    "ReserveExhausted",
+    "ReserveUnavailable",
     "ServiceUnavailable",
     "UnsupportedMediaType",
 ]
@@ -122,15 +130,35 @@ class LedgerUnavailable(LayerUnavailable):
     code = "ledger_unavailable"
 
 
+class ReserveUnavailable(LayerUnavailable):
+    """The emergency reserve cannot serve: none is held yet, or its journal cannot be written."""
+
+    code = "reserve_unavailable"
+
+
+class ReserveExhausted(ReserveUnavailable):
+    """The emergency reserve has fewer IDs left than the request asks for."""
+
+    code = "reserve_exhausted"
+
+
 class ServiceUnavailable(KeygenError):
     """No layer could allocate within the time budget."""
 
     status_code = 503
     code = "service_unavailable"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
+    def __init__(self, message: str, retry_after: int = 1, *, code: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+        if code is not None:
+            self.code = code  # e.g. reserve_exhausted: say why the last resort refused too
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class JournalLocked(KeygenError):
+    """Every reserve journal slot of the data dir is locked by another running process."""
+
+    code = "journal_locked"

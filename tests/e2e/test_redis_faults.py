@@ -67,7 +67,8 @@ async def instances(
     try:
         for i in range(count):
             log = tmp_path / f"serve-{i}.log"
-            servers.append(ServeProcess({**env, "KEYGEN_INSTANCE_ID": f"i{i}"}, log=log).start())
+            own = {"KEYGEN_INSTANCE_ID": f"i{i}", "KEYGEN_DATA_DIR": str(tmp_path / f"data-{i}")}
+            servers.append(ServeProcess({**env, **own}, log=log).start())
         yield servers
     finally:
         for server in servers:

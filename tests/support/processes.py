@@ -30,7 +30,8 @@ class ServeProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
-        self.env = {**os.environ, **env}
+        # Local state (reserve journals) next to the log unless the test names a data dir.
+        self.env = {"KEYGEN_DATA_DIR": str(log.parent / f"data-{self.port}"), **os.environ, **env}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 

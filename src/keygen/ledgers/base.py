@@ -27,6 +27,27 @@ class NamespaceStatus:
         return MAX_ID - self.last_id
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveUsage:
+    """What an instance did with an emergency reserve the ledger granted it, reported once the
+    reserve is retired: IDs ``start..used_end`` may have been handed out, the rest never will."""
+
+    namespace: str
+    start: int  # the reserve as granted
+    end: int
+    used_end: int  # highest ID possibly handed out; start - 1 when none was
+    holder: str
+    note: str = ""  # why it was retired ("replaced", "journal damaged: ...")
+
+    @property
+    def ids_used(self) -> int:
+        return self.used_end - self.start + 1
+
+    @property
+    def ids_wasted(self) -> int:
+        return self.end - self.used_end
+
+
 class Ledger(Protocol):
     """Grants spans of a namespace's counter, each exactly once, durably.
 
@@ -51,6 +72,20 @@ class Ledger(Protocol):
         """Raise the namespace's counter so no ID up to ``last_id`` is granted again.
 
         Never lowers it. Returns the counter's (possibly unchanged) last granted ID.
+        """
+        ...
+
+    async def record_reserve_usage(self, usage: ReserveUsage) -> bool:
+        """Record in the audit trail what became of an emergency reserve, once per reserve
+        (recording it again changes nothing), and raise the namespace's counter to at least
+        the reserve's end, in the same transaction: a ledger restored from an older backup
+        never grants the reserve again.
+
+        Returns whether the audit trail holds the reserve's grant (False: this ledger did not
+        grant it, e.g. it was restored from a backup older than the grant).
+
+        Raises:
+            LedgerUnavailable: the ledger cannot be reached or did not commit.
         """
         ...
 

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from keygen.constants import MAX_ID, SOURCE_POSTGRESQL
+from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_POSTGRESQL
 from keygen.errors import KeygenError, LedgerUnavailable, NamespaceExhausted
-from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.base import NamespaceStatus, ReserveUsage
 from keygen.ledgers.postgres_migrations import Connection, SchemaTooNew, migrate
 from keygen.ranges import IdRange
 
@@ -74,6 +74,20 @@ INSERT INTO keygen_counters AS c (namespace, last_id) VALUES ($1, $2)
 ON CONFLICT (namespace) DO UPDATE
 SET last_id = greatest(c.last_id, excluded.last_id), updated_at = now()
 RETURNING last_id
+"""
+
+# $1 namespace, $2 start, $3 end, $4 used_end, $5 holder, $6 note.
+RECORD_USAGE_SQL = """
+INSERT INTO keygen_reserve_usage (namespace, start_id, end_id, used_end_id, holder, note)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (namespace, start_id) DO NOTHING
+"""
+
+RESERVE_GRANTED_SQL = f"""
+SELECT EXISTS (
+    SELECT 1 FROM keygen_grants
+    WHERE namespace = $1 AND start_id = $2 AND end_id = $3 AND kind = '{GRANT_RESERVE}'
+)
 """
 
 STATUS_SQL = """
@@ -343,6 +357,19 @@ class PostgresLedger:
             await conn.execute("SET LOCAL synchronous_commit = on")
             current: int = await conn.fetchval(ADVANCE_SQL, namespace, last_id)
         return current
+
+    async def record_reserve_usage(self, usage: ReserveUsage) -> bool:
+        async with self._connection("record reserve usage") as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute(ADVANCE_SQL, usage.namespace, usage.end)
+            await conn.execute(
+                RECORD_USAGE_SQL, usage.namespace, usage.start, usage.end, usage.used_end,
+                usage.holder, usage.note,
+            )
+            granted: bool = await conn.fetchval(
+                RESERVE_GRANTED_SQL, usage.namespace, usage.start, usage.end
+            )
+        return granted
 
     async def status(self) -> list[NamespaceStatus]:
         try:

@@ -75,6 +75,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX keygen_grants_by_namespace ON keygen_grants (namespace, end_id);
         """,
     ),
+    Migration(
+        2,
+        "the audit trail of emergency reserves: what each instance used of its reserve",
+        """
+        CREATE TABLE keygen_reserve_usage (
+            namespace   text NOT NULL,
+            start_id    bigint NOT NULL,
+            end_id      bigint NOT NULL,
+            -- Highest ID of the reserve possibly handed out; start_id - 1 when none was.
+            used_end_id bigint NOT NULL,
+            holder      text NOT NULL,
+            note        text NOT NULL DEFAULT '',
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (namespace, start_id),
+            CHECK (1 <= start_id AND start_id <= end_id),
+            CHECK (start_id - 1 <= used_end_id AND used_end_id <= end_id)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

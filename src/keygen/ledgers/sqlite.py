@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from keygen.constants import MAX_ID, SOURCE_SQLITE
+from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_SQLITE
 from keygen.errors import LedgerUnavailable, NamespaceExhausted
-from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.base import NamespaceStatus, ReserveUsage
 from keygen.ranges import IdRange
 
 T = TypeVar("T")
@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS grants (
     granted_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS grants_by_namespace ON grants (namespace, end_id);
+CREATE TABLE IF NOT EXISTS reserve_usage (
+    namespace   TEXT NOT NULL,
+    start_id    INTEGER NOT NULL,
+    end_id      INTEGER NOT NULL,
+    used_end_id INTEGER NOT NULL,  -- highest ID possibly handed out; start_id - 1 = none
+    holder      TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (namespace, start_id)
+);
 """
 
 
@@ -120,6 +130,27 @@ class SqliteLedger:
                 return current
             self._store_last_id(db, namespace, last_id, time.time())
             return last_id
+
+        return await self._run(lambda: self._write(work))
+
+    async def record_reserve_usage(self, usage: ReserveUsage) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            now = time.time()
+            if self._last_id(db, usage.namespace) < usage.end:
+                self._store_last_id(db, usage.namespace, usage.end, now)
+            db.execute(
+                "INSERT INTO reserve_usage (namespace, start_id, end_id, used_end_id, holder,"
+                " note, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (namespace, start_id) DO NOTHING",
+                (usage.namespace, usage.start, usage.end, usage.used_end, usage.holder,
+                 usage.note, now),
+            )
+            row = db.execute(
+                "SELECT 1 FROM grants WHERE namespace = ? AND start_id = ? AND end_id = ?"
+                " AND kind = ?",
+                (usage.namespace, usage.start, usage.end, GRANT_RESERVE),
+            ).fetchone()
+            return row is not None
 
         return await self._run(lambda: self._write(work))
 

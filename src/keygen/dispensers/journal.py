@@ -1,0 +1,366 @@
+"""The emergency reserve's journal: an append-only file per reserve slot, locked by its owner.
+
+The file is ``<KEYGEN_DATA_DIR>/reserve-<slot>.journal``. A process takes the first slot whose
+file it can lock (``flock(LOCK_EX | LOCK_NB)``), so each worker of ``keygen serve --workers N``
+gets a journal of its own and no two processes ever serve from one reserve. The lock lasts as
+long as the process (a crash releases it); the next process to take the slot replays the
+journal and carries on where it stopped. When every slot is locked, start-up is refused.
+
+Each line is one record: the CRC32 of the JSON text as 8 hex digits, a space, the JSON, a
+newline::
+
+    5c8e1d0a {"end":5000000000,"ledger":"postgresql://db:5432/keygen","namespace":"default",...}
+
+Records: ``open`` (a process took the slot), ``reserve`` (the ledger granted a reserve to this
+slot), ``mark`` (IDs of the reserve up to ``mark`` may have been handed out: written and
+fsynced *before* any of them is), ``retire`` (the reserve is never served from again),
+``synced`` (its usage is in the ledger's audit trail: the journal may forget it).
+
+Anything else is *damage*: a line without its newline, a checksum that does not match, text
+that is not JSON, or a record that makes no sense where it stands. A torn last append cannot
+be told from a file cut short (which would have lost fsynced marks), so a damaged journal is
+not trusted at all: every reserve it names is retired, wasted, never served from again, the
+damaged file is copied aside, and the journal is rewritten without the damage. Reserves of
+another ledger (``KEYGEN_DATABASE_URL`` changed) are dropped the same way, never served.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from keygen.errors import JournalLocked
+
+log = logging.getLogger(__name__)
+
+JOURNAL_VERSION: Final = 1
+JOURNAL_NAME: Final = "reserve-{}.journal"
+#: A journal with more records than this is rewritten (compacted) when it is opened.
+COMPACT_AFTER: Final = 1024
+
+Record = dict[str, Any]
+
+
+def encode(record: Record) -> bytes:
+    """One journal line: checksum, space, JSON, newline."""
+    body = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+@dataclass(slots=True)
+class JournalReserve:
+    """A reserve as the journal describes it."""
+
+    namespace: str
+    start: int
+    end: int
+    ledger: str  # where the ledger that granted it lives
+    mark: int  # highest ID possibly handed out; start - 1 when none was
+    granted_at: float
+    retired: str | None = None  # why it will never be served from again
+    synced: bool = False
+
+    def records(self) -> list[Record]:
+        """The records that describe it as it is now (for a rewritten journal)."""
+        key = {"namespace": self.namespace, "start": self.start}
+        records: list[Record] = [{
+            "type": "reserve", **key, "end": self.end, "ledger": self.ledger,
+            "at": self.granted_at,
+        }]
+        if self.mark >= self.start:
+            records.append({"type": "mark", **key, "mark": self.mark})
+        if self.retired is not None:
+            records.append({"type": "retire", **key, "reason": self.retired})
+        return records
+
+
+@dataclass
+class Replay:
+    """What a journal's bytes say: its reserves in order, and the first damage if any."""
+
+    reserves: dict[tuple[str, int], JournalReserve]
+    records: int
+    damage: str | None = None
+
+
+def replay(data: bytes) -> Replay:
+    """Read a journal's records, in order; damage is noted, never raised."""
+    result = Replay({}, 0)
+    offset = 0
+    for line in data.split(b"\n")[:-1]:  # the last piece has no newline: empty or torn
+        problem = _apply(result, line)
+        if problem is not None and result.damage is None:
+            result.damage = f"{problem} at byte {offset}"
+        offset += len(line) + 1
+    tail = len(data) - offset
+    if tail and result.damage is None:
+        result.damage = f"the last record is torn ({tail} bytes without a newline) at byte {offset}"
+    return result
+
+
+def _apply(result: Replay, line: bytes) -> str | None:
+    """Apply one line to ``result``; return what is wrong with it, if anything."""
+    checksum, _, body = line.partition(b" ")
+    try:
+        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(body):
+            return "a record fails its checksum"
+        record = json.loads(body)
+    except ValueError:
+        return "a record is unreadable"
+    if not isinstance(record, dict):
+        return "a record is not an object"
+    try:
+        problem = _apply_record(result.reserves, record)
+    except (KeyError, TypeError, ValueError) as exc:
+        problem = f"a {record.get('type')!r} record is malformed ({exc!r})"
+    if problem is None:
+        result.records += 1
+    return problem
+
+
+def _apply_record(reserves: dict[tuple[str, int], JournalReserve], record: Record) -> str | None:
+    kind = record["type"]
+    if kind == "open":
+        return None
+    key = (_text(record["namespace"]), _integer(record["start"]))
+    reserve = reserves.get(key)
+    if kind == "reserve":
+        end = _integer(record["end"])
+        if reserve is not None or not 1 <= key[1] <= end:
+            return f"reserve {key} is granted twice or is empty"
+        reserves[key] = JournalReserve(
+            key[0], key[1], end, _text(record["ledger"]), key[1] - 1, float(record["at"])
+        )
+        return None
+    if reserve is None:
+        return f"a {kind!r} record names the unknown reserve {key}"
+    if kind == "mark":
+        mark = _integer(record["mark"])
+        if not reserve.start - 1 <= mark <= reserve.end:
+            return f"mark {mark} lies outside reserve {key}"
+        reserve.mark = max(reserve.mark, mark)
+    elif kind == "retire":
+        reserve.retired = reserve.retired or _text(record["reason"])
+    elif kind == "synced":
+        reserve.synced = True
+    else:
+        return f"unknown record type {kind!r}"
+    return None
+
+
+def _integer(value: object) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+class Journal:
+    """One slot's journal, locked by this process from :meth:`open` until :meth:`close`.
+
+    Its methods block (file I/O and fsync): the reserve calls them on a thread of its own.
+    """
+
+    def __init__(self, path: Path, slot: int, fd: int, location: str) -> None:
+        self.path = path
+        self.slot = slot
+        self.location = location
+        #: Reserves still to serve from or to report, in the order they were granted.
+        self.reserves: list[JournalReserve] = []
+        #: IDs of reserves retired at open because the journal was damaged.
+        self.abandoned_ids = 0
+        self.records = 0
+        self._fd: int | None = fd
+
+    @classmethod
+    def open(cls, data_dir: Path, *, slots: int, location: str, owner: str) -> Journal:
+        """Lock the first free slot of ``data_dir`` and replay its journal.
+
+        Args:
+            location: where the ledger lives; reserves another ledger granted are dropped.
+            owner: who this process is, written in the journal for the operator.
+
+        Raises:
+            JournalLocked: every slot is locked by another process.
+        """
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for slot in range(slots):
+            path = data_dir / JOURNAL_NAME.format(slot)
+            fd = _lock(path)
+            if fd is None:
+                continue
+            journal = cls(path, slot, fd, location)
+            try:
+                journal._load(owner)
+            except BaseException:
+                journal.close()
+                raise
+            return journal
+        holders = "; ".join(
+            f"{JOURNAL_NAME.format(slot)}: {_owner_of(data_dir / JOURNAL_NAME.format(slot))}"
+            for slot in range(min(slots, 4))
+        )
+        raise JournalLocked(
+            f"every one of the {slots} emergency-reserve journals in {data_dir} is locked by "
+            f"another running process ({holders}{'; ...' if slots > 4 else ''}): each process "
+            "serving from a reserve needs a journal of its own; stop the other process, give "
+            "this one its own KEYGEN_DATA_DIR, or raise KEYGEN_RESERVE_SLOTS"
+        )
+
+    def _load(self, owner: str) -> None:
+        with open(self.path, "rb") as existing:
+            data = existing.read()
+        result = replay(data)
+        keep: list[JournalReserve] = []
+        rewrite = result.damage is not None or result.records > COMPACT_AFTER
+        for reserve in result.reserves.values():
+            if reserve.synced:
+                rewrite = True
+                continue
+            if reserve.ledger != self.location:
+                log.warning(
+                    "reserve journal %s: reserve %d..%d of %r was granted by the ledger at %s, "
+                    "not this one (%s): dropped, never served from",
+                    self.path, reserve.start, reserve.end, reserve.namespace, reserve.ledger,
+                    self.location,
+                )
+                rewrite = True
+                continue
+            keep.append(reserve)
+        if result.damage is not None:
+            self._abandon(keep, result.damage, data)
+        self.reserves = keep
+        opened = {"type": "open", "version": JOURNAL_VERSION, "owner": owner,
+                  "pid": os.getpid(), "at": time.time()}
+        if rewrite:
+            self._rewrite([opened, *(r for reserve in keep for r in reserve.records())])
+        else:
+            self.records = result.records
+            self.append([opened])
+        _fsync_dir(self.path.parent)  # the file's name is durable before it is relied on
+
+    def _abandon(self, reserves: list[JournalReserve], damage: str, data: bytes) -> None:
+        copy = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
+        copy.write_bytes(data)
+        described = []
+        for reserve in reserves:
+            if reserve.retired is None:
+                reserve.retired = f"journal damaged: {damage}"
+                self.abandoned_ids += reserve.end - reserve.mark
+                described.append(f"{reserve.namespace!r} {reserve.start}..{reserve.end}")
+        log.error(
+            "reserve journal %s is damaged (%s): its reserves are abandoned, never served from "
+            "again (their IDs are wasted): %s; the damaged file is kept as %s",
+            self.path, damage, ", ".join(described) or "none open", copy,
+        )
+
+    def append(self, records: Sequence[Record], *, sync: bool = True) -> None:
+        """Append ``records`` and, with ``sync``, wait until they are on disk."""
+        fd = self._require_fd()
+        _write_all(fd, b"".join(encode(record) for record in records))
+        if sync:
+            os.fdatasync(fd)
+        self.records += len(records)
+
+    def _rewrite(self, records: Iterable[Record]) -> None:
+        """Replace the journal by ``records``, atomically, keeping the slot locked throughout.
+
+        The new file is locked before it is renamed over the old one: a process that opened
+        the old file and locks it once we let go sees that it no longer is the journal.
+        """
+        old = self._require_fd()
+        records = list(records)
+        temporary = self.path.with_name(f"{self.path.name}.tmp")
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, b"".join(encode(record) for record in records))
+            os.fsync(fd)
+            os.replace(temporary, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        _fsync_dir(self.path.parent)
+        self._fd = fd
+        os.close(old)
+        self.records = len(records)
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise OSError(f"reserve journal {self.path} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        """Release the slot."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(path: Path) -> int | None:
+    """Open and lock ``path``; None when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)  # replaced (rewritten) after we opened it: lock the file it is now
+
+
+def _owner_of(path: Path) -> str:
+    """Who last opened a journal, from its last readable ``open`` record."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    for line in reversed(lines):
+        _, _, body = line.partition(b" ")
+        try:
+            record = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("type") == "open":
+            return f"pid {record.get('pid')} ({record.get('owner')})"
+    return "unknown process"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

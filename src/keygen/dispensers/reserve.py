@@ -1,0 +1,483 @@
+"""The emergency reserve: the last layer, serving from leases the ledger granted to this process
+alone, journaled to local disk, while Redis and the ledger both cannot serve.
+
+Per namespace, the process holds one reserve of ``KEYGEN_RESERVE_SIZE`` IDs, granted by the
+ledger with kind ``reserve`` and recorded in the process's journal (``journal.py``). A
+background *keeper* takes the reserves (at start-up for ``KEYGEN_RESERVE_NAMESPACES`` and the
+journal's namespaces, then for every namespace served) and, once a reserve has been used and
+the ledger answers again, takes a fresh one, retires the used one, and records in the ledger's
+audit trail what was used of it. The keeper is the only code that talks to the ledger: a
+request never waits for it.
+
+Why this cannot repeat an ID: a reserve is a span the ledger granted once, to this journal
+slot, which one process at a time holds (an exclusive lock). Ranges are carved from it by a
+cursor moved synchronously on the event loop, and only below the journal's *mark*: the mark is
+raised (ahead, by 1/64 of the reserve, so the fsync is paid once per chunk, not per request)
+and fsynced before any range above the previous mark is returned. After a crash the process
+resumes above the mark, which lies at or above everything handed out. A retired reserve is
+never served from again: its unused tail is wasted, counted, never given back. The full
+argument is in ``docs/correctness.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
+from keygen.dispensers.journal import Journal, Record
+from keygen.dispensers.singleflight import SingleFlight
+from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
+from keygen.ledgers.base import Ledger, ReserveUsage
+from keygen.ranges import IdRange
+
+log = logging.getLogger(__name__)
+
+#: The journal's mark runs ahead of the cursor by this fraction of the reserve.
+MARK_CHUNKS: Final = 64
+#: Seconds between the keeper's rounds while all is well; after failures it backs off.
+KEEP_INTERVAL: Final = 1.0
+MAX_BACKOFF: Final = 2.0
+#: A used reserve is replaced once it has served nothing for this long (the outage is over),
+#: or at once when half of it is gone and the ledger answers.
+QUIET: Final = 1.0
+#: ``/health`` says the reserve is serving when it served a request this recently.
+SERVING_WINDOW: Final = 5.0
+#: Most namespaces a process keeps a reserve for.
+MAX_NAMESPACES: Final = 256
+#: The keeper gives up on one ledger call after this long (the ledger's own timeouts are
+#: shorter; this only bounds a ledger that misbehaves).
+LEDGER_CALL_TIMEOUT: Final = 30.0
+#: Seconds of allocations the rate (and so "minutes left") is measured over.
+RATE_WINDOW: Final = 60
+
+
+class _Reserve:
+    """A reserve in memory: IDs ``cursor..end`` are left; ``start..durable`` are journaled."""
+
+    __slots__ = ("cursor", "durable", "end", "namespace", "prefetching", "retired", "start")
+
+    def __init__(self, namespace: str, start: int, end: int, mark: int) -> None:
+        self.namespace = namespace
+        self.start = start
+        self.end = end
+        self.cursor = mark + 1  # after a restart: above everything possibly handed out
+        self.durable = mark  # highest ID the journal's mark covers
+        self.prefetching = False  # a task raising the mark ahead of need is scheduled
+        self.retired: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.cursor + 1
+
+    @property
+    def used_end(self) -> int:
+        return self.cursor - 1
+
+    @property
+    def used(self) -> bool:
+        return self.cursor > self.start
+
+    @property
+    def chunk(self) -> int:
+        return max(1, (self.end - self.start + 1) // MARK_CHUNKS)
+
+    def key(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "start": self.start}
+
+
+class _Rate:
+    """IDs allocated per second over the last minute, in one-second buckets."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+
+    def add(self, ids: int, now: float) -> None:
+        second = int(now)
+        buckets = self.buckets
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += ids
+            return
+        buckets.append([second, ids])
+        while buckets[0][0] <= second - RATE_WINDOW:
+            buckets.popleft()
+
+    def per_minute(self, now: float) -> float:
+        live = [(second, ids) for second, ids in self.buckets if second > now - RATE_WINDOW]
+        if not live:
+            return 0.0
+        covered = max(1.0, now - live[0][0])
+        return 60 * sum(ids for _, ids in live) / covered
+
+
+class ReserveDispenser:
+    """Serves from this process's journaled reserves; a keeper task keeps them filled."""
+
+    source = SOURCE_RESERVE
+
+    def __init__(
+        self, ledger: Ledger, journal: Journal, *, size: int, namespaces: tuple[str, ...],
+        holder: str,
+    ) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size = size
+        self.holder = holder
+        self.journal = journal
+        self.ids_served = 0
+        self.ids_wasted = journal.abandoned_ids  # never handed out, never to be
+        self.reserves_taken = 0
+        self.usages_recorded = 0
+        self.broken: str | None = None  # why the journal cannot be written, if it cannot
+        self.last_error: str | None = None  # the keeper's last failure to reach the ledger
+        self.last_error_at: float | None = None
+        self._ledger = ledger
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-journal")
+        self._current: dict[str, _Reserve] = {}
+        self._pending: list[_Reserve] = []  # retired, usage not yet in the ledger
+        self._wanted: dict[str, None] = dict.fromkeys(namespaces)  # ordered set
+        self._rates: dict[str, _Rate] = {}
+        self._last_served: dict[str, float] = {}
+        self._last_served_at: float | None = None  # any namespace
+        self._marks = SingleFlight()
+        self._wake = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        for entry in journal.reserves:
+            reserve = _Reserve(entry.namespace, entry.start, entry.end, entry.mark)
+            self._wanted[entry.namespace] = None
+            if entry.retired is not None:
+                reserve.retired = entry.retired
+                self._pending.append(reserve)
+                continue
+            log.info("reserve journal %s: resuming reserve %d..%d of %r above its mark %d",
+                     journal.path, reserve.start, reserve.end, reserve.namespace, entry.mark)
+            self._current[entry.namespace] = reserve
+
+    @classmethod
+    async def open(
+        cls, ledger: Ledger, *, data_dir: Path, slots: int, size: int,
+        namespaces: tuple[str, ...], instance_id: str, location: str,
+    ) -> ReserveDispenser:
+        """Lock a journal slot in ``data_dir``, replay it, and start the keeper.
+
+        Raises:
+            JournalLocked: every slot is locked by another process.
+        """
+        journal = await asyncio.to_thread(
+            Journal.open, data_dir, slots=slots, location=location, owner=instance_id
+        )
+        dispenser = cls(ledger, journal, size=size, namespaces=namespaces,
+                        holder=f"{instance_id}/reserve-{journal.slot}")
+        dispenser.start()
+        return dispenser
+
+    def start(self) -> None:
+        """Start the keeper (on the running event loop)."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def allocate(self, namespace: str, size: int) -> IdRange:
+        while True:
+            reserve = self._serving_reserve(namespace, size)
+            start = reserve.cursor
+            if start + size - 1 <= reserve.durable:
+                # No await between the check and the move: nothing can interleave.
+                reserve.cursor = start + size
+                self._served(reserve, size)
+                return IdRange(namespace, start, start + size - 1)
+            # Every request that needs the mark raised waits for the same journal write.
+            await self._marks.run(
+                f"{namespace}:{reserve.start}", partial(self._raise_mark, reserve, size)
+            )
+
+    def _serving_reserve(self, namespace: str, size: int) -> _Reserve:
+        if self.broken is not None or self._closed:
+            raise ReserveUnavailable(self._broken_message())
+        reserve = self._current.get(namespace)
+        if reserve is None:
+            raise ReserveUnavailable(
+                f"no emergency reserve is held for namespace {namespace!r} yet: one is taken "
+                "as soon as the ledger answers"
+            )
+        if reserve.remaining < size:
+            raise ReserveExhausted(
+                f"the emergency reserve of namespace {namespace!r} is exhausted "
+                f"({reserve.remaining} IDs left, {size} asked for); it is refilled as soon as "
+                "the ledger answers"
+            )
+        return reserve
+
+    def _served(self, reserve: _Reserve, size: int) -> None:
+        now = time.monotonic()
+        if self._last_served_at is None or now - self._last_served_at > SERVING_WINDOW:
+            log.warning("serving from the emergency reserve: Redis and the ledger cannot; "
+                        "%d IDs left in %r", reserve.remaining, reserve.namespace)
+        self._last_served_at = self._last_served[reserve.namespace] = now
+        self.ids_served += size
+        if (not reserve.prefetching and reserve.durable < reserve.end
+                and reserve.durable - reserve.cursor + 1 < reserve.chunk // 2):
+            reserve.prefetching = True  # set now: carving never yields, the task starts later
+            self._spawn(self._prefetch_mark(reserve))  # the next chunk, before it is needed
+
+    async def _raise_mark(self, reserve: _Reserve, size: int) -> None:
+        """Journal (and fsync) a mark covering the next ``size`` IDs, and a chunk more."""
+        target = min(reserve.end, max(reserve.cursor + size - 1, reserve.durable + reserve.chunk))
+        if target <= reserve.durable:
+            return
+        await self._append([{"type": "mark", **reserve.key(), "mark": target}])
+        reserve.durable = max(reserve.durable, target)
+
+    async def _prefetch_mark(self, reserve: _Reserve) -> None:
+        key = f"{reserve.namespace}:{reserve.start}"
+        try:
+            await self._marks.run(key, partial(self._raise_mark, reserve, 1))
+        except KeygenError as exc:  # a request that needs the mark will report it
+            log.debug("raising the reserve's mark ahead of need failed: %s", exc)
+        finally:
+            reserve.prefetching = False
+
+    async def _append(self, records: list[Record]) -> None:
+        """Write ``records`` to the journal and wait until they are on disk."""
+        if self.broken is not None or self._closed:
+            raise ReserveUnavailable(self._broken_message())
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.journal.append, records
+            )
+        except OSError as exc:
+            # After a failed write or fsync the file's state is unknown: stop using it. The
+            # next start replays whatever reached the disk, and distrusts it if damaged.
+            if self.broken is None:
+                self.broken = f"{exc.strerror or exc}"
+                log.error("reserve journal %s cannot be written (%s): the emergency reserve "
+                          "is not served from until a restart", self.journal.path, self.broken)
+            raise ReserveUnavailable(self._broken_message()) from exc
+
+    def _broken_message(self) -> str:
+        if self._closed:
+            return "the emergency reserve is closed"
+        return (f"the emergency reserve's journal {self.journal.path} cannot be written "
+                f"({self.broken})")
+
+    def observe(self, namespace: str, size: int) -> None:
+        """Note an allocation served by any layer: its namespace gets a reserve, and its rate
+        gives the reserve's minutes left. Called by the allocator on every success."""
+        rate = self._rates.get(namespace)
+        if rate is None:
+            if len(self._rates) >= MAX_NAMESPACES:
+                return
+            rate = self._rates[namespace] = _Rate()
+            if namespace not in self._wanted:
+                self._wanted[namespace] = None
+                self._wake.set()
+        rate.add(size, time.monotonic())
+
+    # -- keeping the reserves filled -------------------------------------------------------
+
+    async def _keep(self) -> None:
+        delay = 0.0
+        while True:
+            if delay:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                await self._keep_once()
+            except (KeygenError, TimeoutError) as exc:
+                self._note_failure(exc)
+                delay = min(MAX_BACKOFF, max(KEEP_INTERVAL / 2, 2 * delay))
+                continue
+            except Exception as exc:
+                log.exception("the emergency reserve's keeper failed")
+                self._note_failure(exc)
+                delay = MAX_BACKOFF
+                continue
+            if self.last_error is not None:
+                log.info("the emergency reserve's keeper reaches the ledger again")
+                self.last_error = self.last_error_at = None
+            delay = KEEP_INTERVAL
+
+    def _note_failure(self, exc: BaseException) -> None:
+        message = str(exc) or type(exc).__name__
+        if self.last_error is None:
+            log.warning("the emergency reserve's keeper cannot reach the ledger (%s); "
+                        "retrying", message)
+        self.last_error, self.last_error_at = message, time.time()
+
+    async def _keep_once(self) -> None:
+        """Record retired reserves' usage, then take a reserve wherever one is due."""
+        if self.broken is not None:
+            return
+        await self._record_usages()
+        now = time.monotonic()
+        for namespace in list(self._wanted):
+            reserve = self._current.get(namespace)
+            if reserve is None or self._due(reserve, now):
+                await self._take(namespace)
+        await self._record_usages()
+
+    def _due(self, reserve: _Reserve, now: float) -> bool:
+        """A used reserve is replaced once quiet, or when half gone (served while the ledger
+        answers: a slow ledger rather than a dead one)."""
+        if not reserve.used:
+            return False
+        quiet = now - self._last_served.get(reserve.namespace, -QUIET) >= QUIET
+        return quiet or 2 * reserve.remaining <= reserve.end - reserve.start + 1
+
+    async def _take(self, namespace: str) -> None:
+        """Take a fresh reserve from the ledger; the one it replaces is retired."""
+        async with asyncio.timeout(LEDGER_CALL_TIMEOUT):
+            try:
+                granted = await self._ledger.grant(
+                    namespace, self.size, kind=GRANT_RESERVE, holder=self.holder
+                )
+            except NamespaceExhausted as exhausted:
+                if exhausted.remaining < 1:
+                    log.warning("namespace %r is exhausted: no emergency reserve for it",
+                                namespace)
+                    del self._wanted[namespace]
+                    return
+                granted = await self._ledger.grant(
+                    namespace, exhausted.remaining, kind=GRANT_RESERVE, holder=self.holder
+                )
+        fresh = _Reserve(namespace, granted.start, granted.end, granted.start - 1)
+        old = self._current.get(namespace)
+        records: list[Record] = [{
+            "type": "reserve", **fresh.key(), "end": fresh.end,
+            "ledger": self.journal.location, "at": time.time(),
+        }]
+        if old is not None:
+            records.append({"type": "retire", **old.key(), "reason": "replaced"})
+        # Durable before it is served from; if this fails the grant is simply wasted.
+        await self._append(records)
+        self._current[namespace] = fresh  # only the keeper swaps: `old` is still current
+        self.reserves_taken += 1
+        if old is None:
+            log.info("took emergency reserve %d..%d of %r", fresh.start, fresh.end, namespace)
+            return
+        old.retired = "replaced"
+        self._pending.append(old)
+        self.ids_wasted += old.remaining
+        log.info("took emergency reserve %d..%d of %r; retired %d..%d after %d IDs were used "
+                 "(%d wasted)", fresh.start, fresh.end, namespace, old.start, old.end,
+                 old.used_end - old.start + 1, old.remaining)
+
+    async def _record_usages(self) -> None:
+        """Tell the ledger what became of each retired reserve, then forget it."""
+        for reserve in list(self._pending):
+            usage = ReserveUsage(
+                reserve.namespace, reserve.start, reserve.end, reserve.used_end, self.holder,
+                reserve.retired or "",
+            )
+            async with asyncio.timeout(LEDGER_CALL_TIMEOUT):
+                granted = await self._ledger.record_reserve_usage(usage)
+            if not granted:
+                log.warning(
+                    "emergency reserve %d..%d of %r is not in the ledger's audit trail (was the "
+                    "ledger restored from an older backup?): its counter was raised above it",
+                    reserve.start, reserve.end, reserve.namespace,
+                )
+            await self._append([{"type": "synced", **reserve.key(),
+                                 "used_end": reserve.used_end}])
+            self._pending.remove(reserve)
+            self.usages_recorded += 1
+            log.info("recorded in the ledger: emergency reserve %d..%d of %r, %d IDs used, "
+                     "%d wasted (%s)", reserve.start, reserve.end, reserve.namespace,
+                     usage.ids_used, usage.ids_wasted, usage.note)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """Whether the reserve served a request in the last few seconds."""
+        last = self._last_served_at
+        return last is not None and time.monotonic() - last < SERVING_WINDOW
+
+    async def ping(self) -> None:
+        if self.broken is not None or self._closed:
+            raise ReserveUnavailable(self._broken_message())
+        if not self._current:
+            raise ReserveUnavailable("no emergency reserve is held yet")
+        if not any(reserve.remaining for reserve in self._current.values()):
+            raise ReserveExhausted("every emergency reserve is exhausted")
+
+    def describe(self) -> dict[str, Any]:
+        """The reserve's state, for ``/health``."""
+        now = time.monotonic()
+        namespaces: dict[str, Any] = {}
+        for namespace in sorted({*self._wanted, *self._current}):
+            reserve = self._current.get(namespace)
+            rate = self._rates.get(namespace)
+            per_minute = rate.per_minute(now) if rate is not None else 0.0
+            entry: dict[str, Any] = {"held": reserve is not None}
+            if reserve is not None:
+                entry.update(
+                    start=reserve.start, end=reserve.end, remaining=reserve.remaining,
+                    used=reserve.used_end - reserve.start + 1, journaled_mark=reserve.durable,
+                )
+            entry["ids_per_minute"] = round(per_minute, 1)
+            entry["minutes_left"] = (
+                round(reserve.remaining / per_minute, 2)
+                if reserve is not None and per_minute > 0 else None
+            )
+            namespaces[namespace] = entry
+        return {
+            "serving": self.serving,
+            "size": self.size,
+            "journal": str(self.journal.path),
+            "journal_error": self.broken,
+            "holder": self.holder,
+            "ids_served": self.ids_served,
+            "ids_wasted": self.ids_wasted,
+            "reserves_taken": self.reserves_taken,
+            "usages_recorded": self.usages_recorded,
+            "pending_usage_records": len(self._pending),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "namespaces": namespaces,
+        }
+
+    def remaining(self, namespace: str) -> int:
+        """IDs left in the reserve of ``namespace`` (0 when none is held)."""
+        reserve = self._current.get(namespace)
+        return 0 if reserve is None else reserve.remaining
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def wake(self) -> None:
+        """Run the keeper now rather than at its next round."""
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop the keeper, let journal writes in flight finish, and release the slot."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [task for task in (self._keeper, *self._background) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.journal.close)  # after queued writes
+        self._executor.shutdown(wait=False)
