@@ -17,6 +17,7 @@ from rich.table import Table
 
 from keygen import __version__
 from keygen.backup_cli import add_backup_commands
+from keygen.chaos.runner import add_chaos_command
 from keygen.checker import check, read_records
 from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
 from keygen.cluster.cli import add_cluster_commands
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=ledger_status)
 
     add_cluster_commands(commands)
+    add_chaos_command(commands)
     add_backup_commands(commands)
     return parser
 

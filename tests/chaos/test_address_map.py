@@ -1,0 +1,47 @@
+"""KEYGEN_REDIS_ADDRESS_MAP: the master Sentinel names is reached through its mapped address."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keygen.config import Settings
+from keygen.dispensers.sentinel_address_map import MappedSentinel, parse_address_map
+
+pytestmark = pytest.mark.anyio
+
+
+def test_parse_address_map() -> None:
+    """host:port=host:port pairs parse; blanks are skipped; anything else is refused."""
+    assert parse_address_map(" 127.0.0.1:6379=127.0.0.1:7000, ,10.0.0.1:6380=h:1 ") == {
+        ("127.0.0.1", 6379): ("127.0.0.1", 7000), ("10.0.0.1", 6380): ("h", 1),
+    }
+    assert parse_address_map(None) == {}
+    for bad in ("127.0.0.1:6379", "127.0.0.1:x=a:1", "=a:1"):
+        with pytest.raises(ValueError):
+            parse_address_map(bad)
+
+
+def test_settings_validate_the_map(tmp_path: Path) -> None:
+    """The setting is checked when the settings are read."""
+    settings = Settings(_env_file=None, data_dir=tmp_path,
+                        redis_address_map="127.0.0.1:1=127.0.0.1:2")
+    assert settings.redis_addresses == {("127.0.0.1", 1): ("127.0.0.1", 2)}
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, data_dir=tmp_path, redis_address_map="nonsense")
+
+
+async def test_discovered_master_goes_through_the_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address Sentinel names is translated; an unmapped one is used as is."""
+    answers = iter([("127.0.0.1", 6379), ("127.0.0.1", 6380)])
+
+    async def discover(self: object, service_name: str) -> tuple[str, int]:
+        return next(answers)
+
+    monkeypatch.setattr("redis.asyncio.sentinel.Sentinel.discover_master", discover)
+    sentinel = MappedSentinel([("127.0.0.1", 1)],
+                              address_map={("127.0.0.1", 6379): ("127.0.0.1", 7000)})
+    assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 7000)
+    assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 6380)
+    await sentinel.aclose()
