@@ -23,15 +23,21 @@ class ServiceInstance:
     It keeps its port across restarts, so the load's clients find it again.
     """
 
-    def __init__(self, name: str, port: int, env: Mapping[str, str], directory: Path) -> None:
+    def __init__(
+        self, name: str, port: int, env: Mapping[str, str], directory: Path, *,
+        workers: int = 1, log_path: Path | None = None,
+    ) -> None:
+        """``env`` is laid over the process's own environment and over the defaults: the
+        instance ID ``name`` and the data dir ``directory/data``."""
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.directory = directory
-        self.log_path = directory / "serve.log"
+        self.workers = workers
+        self.log_path = log_path or directory / "serve.log"
         self.env = {
-            **os.environ, **env, "KEYGEN_INSTANCE_ID": name,
-            "KEYGEN_DATA_DIR": str(directory / "data"),
+            "KEYGEN_INSTANCE_ID": name, "KEYGEN_DATA_DIR": str(directory / "data"),
+            **os.environ, **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -42,7 +48,7 @@ class ServiceInstance:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "keygen", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
+                 "--port", str(self.port), "--workers", str(self.workers)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.starts += 1
@@ -74,6 +80,8 @@ class ServiceInstance:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout)
+        if sig == signal.SIGKILL:
+            _wait_group_gone(self.proc.pid)  # workers, too, before anyone reuses the data dir
         self.proc = None
 
     def stop(self) -> None:
@@ -93,3 +101,13 @@ class ServiceInstance:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
