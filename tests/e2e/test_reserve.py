@@ -26,6 +26,7 @@ import pytest
 
 from keygen.checker import Record, check
 from keygen.cluster.postgres import PostgresNode
+from keygen.cluster.processes import ClusterError
 from keygen.cluster.topology import LocalCluster
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS, SOURCE_RESERVE
 from keygen.dispensers.journal import JOURNAL_NAME, replay
@@ -334,7 +335,7 @@ async def test_workers_each_lock_a_journal_and_a_process_with_no_free_slot_refus
                 os.close(fd)
         second = ServeProcess(env, log=tmp_path / "second.log")
         try:
-            with pytest.raises(RuntimeError, match="exited early"):
+            with pytest.raises(ClusterError, match="exited while starting"):
                 await asyncio.to_thread(second.start)
         finally:
             second.kill(signal.SIGKILL)  # had it started after all
