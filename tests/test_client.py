@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -50,3 +52,47 @@ def test_sync_client_gives_up_after_retries() -> None:
         with pytest.raises(KeygenAPIError) as caught:
             keygen.allocate()
     assert caught.value.status_code == 503 and caught.value.retry_after == 0
+
+
+def test_sync_client_sends_a_timed_out_request_again_but_raises_other_4xx() -> None:
+    """A 408 (the body was too slow: nothing was allocated) is sent again at once; a 422 is
+    the caller's error and is raised without another attempt."""
+    answers = [
+        httpx.Response(408, headers={"Connection": "close"},
+                       json={"error": {"code": "request_timeout", "message": "slow body"}}),
+        httpx.Response(200, json={"start": 1, "end": 2, "size": 2, "namespace": "default",
+                                  "source": "sqlite", "timestamp": 1.0}),
+        httpx.Response(422, json={"error": {"code": "invalid_request", "message": "bad"}}),
+        httpx.Response(200, json={"start": 3, "end": 4, "size": 2, "namespace": "default",
+                                  "source": "sqlite", "timestamp": 1.0}),
+    ]
+    transport = httpx.MockTransport(lambda request: answers.pop(0))
+    with KeygenClient("http://keygen", transport=transport, retries=3) as keygen:
+        assert keygen.allocate(size=2).end == 2
+        with pytest.raises(KeygenAPIError) as caught:
+            keygen.allocate(size=2)
+    assert caught.value.status_code == 422
+    assert len(answers) == 1  # the 422 was not retried
+
+
+async def test_concurrent_failures_on_one_instance_all_move_to_the_other() -> None:
+    """Many requests refused by a dead instance at once each retry on the other instance:
+    none is sent back to the dead one because another request moved the client meanwhile."""
+    dead, alive = "http://dead.keygen", "http://alive.keygen"
+    sent_to: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent_to.append(request.url.host)
+        await asyncio.sleep(0.01)  # every request is in flight when the others fail
+        if request.url.host == "dead.keygen":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"start": 1, "end": 1, "size": 1, "namespace": "default",
+                                         "source": "sqlite", "timestamp": 1.0})
+
+    async with AsyncKeygenClient([dead, alive], transport=httpx.MockTransport(handler),
+                                 retries=1) as keygen:
+        got = await asyncio.gather(*(keygen.allocate(size=1) for _ in range(10)))
+        assert len(got) == 10  # retries=1: a second refusal would have been raised
+        assert sent_to.count("dead.keygen") == 10 and sent_to.count("alive.keygen") == 10
+        await keygen.allocate(size=1)  # and later requests start on the live instance
+    assert sent_to[-1] == "alive.keygen" and len(sent_to) == 21

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -42,6 +44,26 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with times, and the service's own loggers at ``level`` (they would
+    otherwise reach only Python's last-resort handler: warnings only, and no time)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+    config["formatters"]["keygen"] = {
+        "format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    }
+    config["handlers"]["keygen"] = {
+        "class": "logging.StreamHandler", "formatter": "keygen", "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["keygen"] = {
+        "handlers": ["keygen"], "level": level.upper(), "propagate": False,
+    }
+    return config
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -55,8 +77,10 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=_log_config(settings.log_level),
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.allocation_timeout) + 1,
+        # Long enough for a request whose body arrives at the last moment to get its answer.
+        timeout_graceful_shutdown=int(settings.body_timeout + settings.allocation_timeout) + 1,
     )
     return 0
 

@@ -5,8 +5,8 @@
         for order_id in range(ids.start, ids.end + 1): ...
 
 A 503 (no layer could allocate) is retried after the server's ``Retry-After``, and a request
-that could not reach its instance (refused, reset, timed out) or got another 5xx is sent to
-the next of the given URLs, up to ``retries`` times in all; a 4xx is raised as
+that could not reach its instance (refused, reset, timed out), got a 408 or another 5xx is
+sent to the next of the given URLs, up to ``retries`` times in all; another 4xx is raised as
 ``KeygenAPIError`` at once. Retrying is always safe: a range whose response was lost is never
 handed to anyone else, only wasted.
 """
@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -94,9 +94,10 @@ def _wait_before_retry(
 ) -> float | None:
     """Seconds to wait before the next attempt, or None when the error must be raised.
 
-    A 503 waits for its Retry-After. A transport error (refused, reset, timed out) or another
-    5xx (an instance restarting, a proxy in front of it) moves on to the next URL at once. If
-    the failed request was served after all, its range is simply never used.
+    A 503 waits for its Retry-After. A transport error (refused, reset, timed out), a 408 (the
+    body was too slow to arrive: nothing was allocated) or another 5xx (an instance
+    restarting, a proxy in front of it) moves on to the next URL at once. If the failed
+    request was served after all, its range is simply never used.
     """
     if attempt >= retries:
         return None
@@ -104,7 +105,21 @@ def _wait_before_retry(
         return 0.0
     if error.status_code == 503:
         return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
-    return 0.0 if error.status_code >= 500 else None
+    return 0.0 if error.status_code >= 500 or error.status_code == 408 else None
+
+
+class _HasCurrent(Protocol):
+    _current: int
+
+
+def _move_on(client: _HasCurrent, failed: int, count: int) -> int:
+    """The instance a request tries after instance ``failed``: the next one. Later requests
+    start there too, unless a concurrent request already moved the client on: many requests
+    failing on one instance at once must all leave it, not turn the client back to it."""
+    following = (failed + 1) % count
+    if client._current == failed:
+        client._current = following
+    return following
 
 
 def _urls(base_url: str | Sequence[str]) -> list[str]:
@@ -131,14 +146,15 @@ class KeygenClient:
 
     def allocate(self, size: int | None = None, namespace: str | None = None) -> AllocatedRange:
         body = _request_body(size, namespace)
+        index = self._current
         for attempt in range(self.retries + 1):
             try:
-                return _allocated(self._https[self._current].post("/allocate", json=body))
+                return _allocated(self._https[index].post("/allocate", json=body))
             except (KeygenAPIError, httpx.TransportError) as error:
                 wait = _wait_before_retry(error, attempt, self.retries)
                 if wait is None:
                     raise
-                self._current = (self._current + 1) % len(self._https)
+                index = _move_on(self, index, len(self._https))
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -175,15 +191,15 @@ class AsyncKeygenClient:
         self, size: int | None = None, namespace: str | None = None
     ) -> AllocatedRange:
         body = _request_body(size, namespace)
+        index = self._current
         for attempt in range(self.retries + 1):
-            http = self._https[self._current]
             try:
-                return _allocated(await http.post("/allocate", json=body))
+                return _allocated(await self._https[index].post("/allocate", json=body))
             except (KeygenAPIError, httpx.TransportError) as error:
                 wait = _wait_before_retry(error, attempt, self.retries)
                 if wait is None:
                     raise
-                self._current = (self._current + 1) % len(self._https)
+                index = _move_on(self, index, len(self._https))
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 

@@ -22,6 +22,7 @@ DEFAULT_MAX_BLOCK_SIZE = 1_000_000
 DEFAULT_LEASE_SIZE = 1_000_000
 DEFAULT_ALLOCATION_TIMEOUT = 30.0
 DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_MAX_BODY_BYTES = 4096
 DEFAULT_REDIS_LEASE_SIZE = 1_000_000
 DEFAULT_REDIS_MIN_LEASE_SIZE = 1_000_000
@@ -44,6 +45,7 @@ PostgresqlMode = Literal["direct", "lease"]
 
 #: Whether the emergency reserve layer runs: "auto" = with Redis Sentinels and PostgreSQL.
 ReserveMode = Literal["auto", "on", "off"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 def _seed_name(name: str) -> AliasChoices:
@@ -159,8 +161,13 @@ class Settings(BaseSettings):
     breaker_failure_threshold: Annotated[int, Field(ge=1)] = 3
     breaker_reset_timeout: Annotated[float, Field(gt=0)] = 2.0
     max_body_bytes: Annotated[int, Field(ge=64)] = DEFAULT_MAX_BODY_BYTES
+    body_timeout: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_BODY_TIMEOUT,
+        description="Seconds a client may take to send a request's body before a 408 (and "
+        "the most a request that never sends it delays a graceful shutdown).",
+    )
     health_timeout: Annotated[float, Field(gt=0)] = 1.0
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     access_log: bool = False
 
     @field_validator("redis_sentinel_hosts", "database_url")

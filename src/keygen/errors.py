@@ -37,6 +37,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RequestError",
+    "RequestTimeout",
     "ReserveExhausted",
     "ReserveUnavailable",
     "ServiceUnavailable",
@@ -102,6 +103,16 @@ class NamespaceExhausted(RequestError):
         self.namespace = namespace
         self.requested = requested
         self.remaining = remaining
+
+
+class RequestTimeout(RequestError):
+    """The body did not arrive in time; the connection is closed."""
+
+    status_code = 408
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class PayloadTooLarge(RequestError):

@@ -225,6 +225,11 @@ class Keygen:
         except (KeygenError, TimeoutError) as exc:
             error = str(exc) or "timed out"
             return LayerHealth(layer.source, UNHEALTHY, layer.breaker.state, None, error)
+        except Exception as exc:
+            # An untranslated driver error: the layer is unhealthy, /health still answers.
+            log.exception("pinging layer %s failed unexpectedly", layer.source)
+            error = f"{type(exc).__name__}: {exc}"
+            return LayerHealth(layer.source, UNHEALTHY, layer.breaker.state, None, error)
         latency = round(1000 * (time.perf_counter() - started), 3)
         return LayerHealth(layer.source, HEALTHY, layer.breaker.state, latency, None)
 

@@ -44,6 +44,23 @@ async def test_health_is_503_when_nothing_can_allocate(
     assert response.json()["layers"][0]["error"]
 
 
+async def test_health_answers_when_a_ping_raises_an_untranslated_error(
+    app: AllocateEndpoint, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver error no layer translates (uvloop's RuntimeError on a reset connection)
+    makes the layer unhealthy; /health still answers with its JSON, not a 500."""
+    layer = app.api.state.service.allocator.layers[0]
+
+    async def ping() -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    monkeypatch.setattr(layer.dispenser, "ping", ping)
+    response = await client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy"
+    assert response.json()["layers"][0]["error"].startswith("RuntimeError: unable to perform")
+
+
 async def test_metrics_json_shape(client: httpx.AsyncClient) -> None:
     """/metrics defaults to the seed's JSON shape."""
     await client.post("/allocate", json={"size": 5})

@@ -95,6 +95,22 @@ def test_a_fault_that_never_left_the_primary_layer() -> None:
     assert row["to_full_service_s"] == 1.01
 
 
+def test_a_fallback_caught_by_the_next_fault_counts_for_the_next_window() -> None:
+    """Redis serves again right after the first window; a request sent just before the next
+    fault and served by the reserve because of it does not delay the first window's return
+    to the primary layer."""
+    windows = [window("network-delay", 10, 14), window("all-down", 20, 24, all_down=True)]
+    acks = [
+        ack(100, 13.0, source="postgresql"),
+        ack(200, 14.5),  # redis again, 4.51 s after the first fault began
+        ack(300, 19.99, latency=0.05, source="emergency_reserve"),  # caught by all-down
+        ack(400, 24.5),
+    ]
+    first, second = report_of(acks, [], windows)["faults"]
+    assert first["to_primary_s"] == 4.51
+    assert second["to_primary_s"] == 4.51
+
+
 def test_plans_are_reproducible_and_cover_every_kind() -> None:
     """The short plan has every kind once; a random plan is the same for the same seed and
     covers every kind once it has as many faults as kinds."""

@@ -55,6 +55,30 @@ async def test_sigterm_drains_requests_in_flight(
     assert verdict.ok, verdict.summary()
 
 
+async def test_sigterm_answers_a_request_whose_body_never_came(tmp_path: Path) -> None:
+    """A client that had sent only the headers of its POST when SIGTERM came gets a 408
+    (nothing allocated: it may send the request again, elsewhere) once KEYGEN_BODY_TIMEOUT
+    has passed, not a 500 when the graceful shutdown runs out; then the server exits."""
+    server = ServeProcess({"KEYGEN_BODY_TIMEOUT": "1"}, log=tmp_path / "serve.log").start()
+    try:
+        assert server.proc is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /allocate HTTP/1.1\r\nHost: keygen\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 13\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the request now waits for its body inside the server
+        server.proc.send_signal(signal.SIGTERM)
+        # Read until the server closes the connection (ALLOCATION_TIMEOUT is 30 s here: a
+        # server waiting out its graceful shutdown would not answer within this bound).
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert response.split(b"\r\n", 1)[0] == b"HTTP/1.1 408 Request Timeout", response
+        assert b'"request_timeout"' in response
+        assert server.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+    finally:
+        server.kill(signal.SIGKILL)
+
+
 async def test_rolling_restart_loses_no_request(postgres_url: str, tmp_path: Path) -> None:
     """Two instances restarted one after the other (SIGTERM, start again) under load from
     clients that know both: every request gets its range, and no two ranges overlap."""

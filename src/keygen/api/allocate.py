@@ -9,6 +9,7 @@ the OpenAPI schema (see ``openapi.py``), from the same limits it enforces.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -24,12 +25,14 @@ from keygen.errors import (
     MalformedJSON,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from keygen.api.deadlines import ReadDeadlines
     from keygen.config import Settings
     from keygen.service import Keygen
 
@@ -84,8 +87,11 @@ def _is_json(content_type: bytes) -> bool:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, deadlines: ReadDeadlines
+) -> bytes:
+    """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON,
+    or when it has not all arrived by its deadline."""
     content_type: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -97,14 +103,24 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             f"Content-Type must be application/json, got {content_type.decode('latin-1')!r}"
         )
     body = b""
-    while True:
-        message = await receive()
-        chunk: bytes = message.get("body", b"")
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
-        if not message.get("more_body", False):
-            break
+    reader = deadlines.watch()
+    try:
+        while True:
+            message = await receive()
+            chunk: bytes = message.get("body", b"")
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        if deadlines.expired(reader):
+            raise RequestTimeout(
+                f"the body did not arrive within {deadlines.timeout:g} s"
+            ) from None
+        raise
+    finally:
+        deadlines.done(reader)
     if content_type is None and body.strip():
         raise UnsupportedMediaType("a body needs Content-Type: application/json")
     return body
@@ -124,7 +140,9 @@ class AllocateEndpoint:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
-            body = await read_body(scope, receive, service.settings.max_body_bytes)
+            body = await read_body(
+                scope, receive, service.settings.max_body_bytes, self.api.state.read_deadlines
+            )
             namespace, size = parse_request(body, service.settings)
             allocation = await service.allocator.allocate(namespace, size)
         except KeygenError as exc:

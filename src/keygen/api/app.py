@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from keygen import __version__
 from keygen.api.allocate import AllocateEndpoint
+from keygen.api.deadlines import ReadDeadlines
 from keygen.api.openapi import install_openapi
 from keygen.api.responses import error_response, json_error
 from keygen.api.routes import router
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     """Start the service before the first request; close it after the last."""
     service = await Keygen.start(api.state.settings)
+    read_deadlines = ReadDeadlines(api.state.settings.body_timeout)
+    read_deadlines.start()
+    api.state.read_deadlines = read_deadlines
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KeygenCollector(service.metrics, service.gauges))
     api.state.service = service
@@ -40,6 +44,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await read_deadlines.stop()
         await service.aclose()
 
 

@@ -13,6 +13,7 @@ from keygen.api.schemas import AllocateRequest, Allocation, ErrorResponse
 _ERRORS = {
     "400": "Malformed JSON",
     "405": "Method not allowed",
+    "408": "The body did not arrive within KEYGEN_BODY_TIMEOUT; the connection is closed",
     "409": "The namespace has too few IDs left below 2**63-1",
     "413": "Body too large",
     "415": "Content-Type is not application/json",

@@ -128,14 +128,19 @@ def _recovery(window: dict[str, Any], limit: float, acks: Sequence[Ack], acked_a
     full = next((a.acked_at for a in after(last_failure) if a.sent_at >= last_failure), None)
     # A request sent by the horizon is acknowledged within its timeouts: a minute at most.
     window_acks = itertools.takewhile(lambda a: a.acked_at <= horizon + 60, after(start))
-    elsewhere = [a.sent_at for a in window_acks if start <= a.sent_at <= horizon
-                 and a.record.source != SOURCE_REDIS]
-    elsewhere += [f.sent_at for f in failures if start <= f.sent_at <= horizon]
+    # What was served elsewhere (or failed) from the fault's start until the next fault began,
+    # sent by the horizon: a request sent just before a fault and caught by it counts for that
+    # fault's window, not for the previous one.
+    elsewhere = [a.sent_at for a in window_acks if start <= a.acked_at < limit
+                 and a.sent_at <= horizon and a.record.source != SOURCE_REDIS]
+    elsewhere += [f.sent_at for f in failures
+                  if start <= f.failed_at < limit and f.sent_at <= horizon]
     left_primary = max(elsewhere, default=None)
     primary = None
     if left_primary is not None:
-        primary = next((a.acked_at for a in after(left_primary)
-                        if a.sent_at > left_primary and a.record.source == SOURCE_REDIS), None)
+        since = max(left_primary, start)
+        primary = next((a.acked_at for a in after(since)
+                        if a.sent_at > since and a.record.source == SOURCE_REDIS), None)
     return {
         "to_full_service_s": None if full is None else round(full - start, 3),
         "to_primary_s": (0.0 if left_primary is None else

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -310,6 +311,12 @@ def _env_pair(value: str) -> tuple[str, str]:
     return name, setting
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut short the stopping of what the run started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def chaos(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.instances < 2 and "instance-kill" in args.faults:
@@ -319,6 +326,9 @@ def chaos(args: argparse.Namespace) -> int:
     options = ChaosOptions(duration=args.duration, instances=args.instances, rate=args.rate,
                            seed=args.seed, faults=args.faults, schedule=args.schedule,
                            out=args.out, extra_env=dict(args.env))
+    # SIGTERM (a CI job's timeout, `kill`) stops the run as Ctrl-C does: every process it
+    # started is stopped and the report of the run so far is written.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         run = run_chaos(options, console)
     except ClusterError as exc:
@@ -327,6 +337,8 @@ def chaos(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[red]keygen chaos: interrupted; everything started was stopped[/red]")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     report = run.report
     print(markdown(report))
     colour = "green" if run.passed else "red"

@@ -151,16 +151,16 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
 
 def wait_until(
     condition: Callable[[], bool], timeout: float, what: str,
-    detail: Callable[[], str] | None = None,
+    detail: Callable[[], str] | None = None, *, interval: float = POLL_INTERVAL,
 ) -> None:
-    """Poll ``condition`` until it holds; raise ``ClusterError`` naming ``what`` after
-    ``timeout`` seconds (with ``detail()`` appended, e.g. a log tail)."""
+    """Poll ``condition`` every ``interval`` seconds until it holds; raise ``ClusterError``
+    naming ``what`` after ``timeout`` seconds (with ``detail()`` appended, e.g. a log tail)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             extra = f"\n{detail()}" if detail else ""
             raise ClusterError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(POLL_INTERVAL)
+        time.sleep(interval)
 
 
 def wait_gone(pids: Sequence[int], timeout: float, *, zombies_count: bool = False) -> None:

@@ -305,14 +305,16 @@ class RedisNode(_ServerProcess):
             return None
         return "replica" if role == "slave" else str(role) if role else None
 
-    def in_sync(self) -> bool:
-        """A replica whose link to its master is up and not in a full resync."""
+    def in_sync(self, of: int | None = None) -> bool:
+        """A replica (of the master on port ``of``, if given) whose link to its master is up
+        and not in a full resync."""
         try:
             info = self.info_replication()
         except redis.RedisError:
             return False
         return (info.get("role") == "slave" and info.get("master_link_status") == "up"
-                and not info.get("master_sync_in_progress"))
+                and not info.get("master_sync_in_progress")
+                and (of is None or str(info.get("master_port")) == str(of)))
 
     def master_port(self) -> int | None:
         """For a replica, the port of the master it replicates from."""

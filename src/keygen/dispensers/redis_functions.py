@@ -21,6 +21,13 @@ A restart changes run_id; a promotion (also a demote-then-repromote) changes mas
 a lease is only ever served by the very incarnation that installed it, which is the only
 writer of its ``used`` field: replication lag, lost AOF tails and split brains cannot make
 two servers serve the same lease.
+
+The refill lock (``keygen:refill-lock:<namespace>``, a string ``<run_id>:<replid>|<token>``)
+is fenced the same way. It only saves work, but a lock left behind is costly: every instance
+waits for it before refilling, and until then the namespace is served by a slower layer. A
+lock whose holder's release went to a master that is gone (a failover came between) was
+copied to the promoted replica, and a restarted master reloads it from its AOF; taken on
+another incarnation, it is void here and ``LOCK`` takes it over.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from typing import Final
 
 LIBRARY_NAME: Final = "keygen"
 #: Bumped whenever the code below changes, so a running server gets the new version.
-LIBRARY_VERSION: Final = 1
+LIBRARY_VERSION: Final = 2
 
 ALLOCATE: Final = f"keygen_allocate_v{LIBRARY_VERSION}"
 INSTALL: Final = f"keygen_install_v{LIBRARY_VERSION}"
 PEEK: Final = f"keygen_peek_v{LIBRARY_VERSION}"
+LOCK: Final = f"keygen_lock_v{LIBRARY_VERSION}"
+UNLOCK: Final = f"keygen_unlock_v{LIBRARY_VERSION}"
 
 LIBRARY: Final = f"""#!lua name={LIBRARY_NAME}
 
@@ -104,5 +113,31 @@ redis.register_function('{INSTALL}', function(keys, args)
     redis.call('HSET', keys[1], 'base', args[3], 'length', args[4], 'used', 0,
                'run_id', run_id, 'replid', replid, 'grant', args[2], 'installed_at', args[5])
     return {{'INSTALLED'}}
+end)
+
+-- KEYS[1] lock key; ARGV[1] token; ARGV[2] time to live in milliseconds
+-- returns 1 when taken, 0 when another holder has it on this very incarnation.
+redis.register_function('{LOCK}', function(keys, args)
+    local run_id, replid = incarnation()
+    local here = run_id .. ':' .. replid .. '|'
+    local held = redis.call('GET', keys[1])
+    if held and string.sub(held, 1, #here) == here then
+        return 0
+    end
+    redis.call('SET', keys[1], here .. args[1], 'PX', args[2])
+    return 1
+end)
+
+-- KEYS[1] lock key; ARGV[1] token
+-- returns 1 when released, 0 when the lock is not held with this token (expired, taken over).
+-- Whatever incarnation took it: a release that reaches a promoted replica frees its copy.
+redis.register_function('{UNLOCK}', function(keys, args)
+    local held = redis.call('GET', keys[1])
+    local mine = '|' .. args[1]
+    if held and string.sub(held, -#mine) == mine then
+        redis.call('DEL', keys[1])
+        return 1
+    end
+    return 0
 end)
 """

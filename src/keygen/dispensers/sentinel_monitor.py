@@ -17,7 +17,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+
+from keygen.dispensers.redis import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class SentinelMonitor:
             for node in self.sentinel.sentinels:
                 try:
                     await self._listen(node)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     log.debug("sentinel subscription lost: %s", exc)
             await asyncio.sleep(RESUBSCRIBE_DELAY)
 
@@ -85,7 +86,7 @@ class SentinelMonitor:
                     reply = await node.execute_command(  # type: ignore[no-untyped-call]
                         "SENTINEL", "MASTER", self.master_name
                     )
-            except (RedisError, OSError, TimeoutError):
+            except (*REDIS_FAILURES, TimeoutError):
                 continue
             epoch = _config_epoch(reply)
             if epoch is None:
@@ -101,7 +102,7 @@ class SentinelMonitor:
         try:
             async with asyncio.timeout(self._timeout):
                 host, port = await self.sentinel.discover_master(self.master_name)
-        except (RedisError, OSError, TimeoutError):
+        except (*REDIS_FAILURES, TimeoutError):
             return None
         return f"{host}:{port}"
 
@@ -117,7 +118,7 @@ class SentinelMonitor:
                     )
                     text = reply.decode() if isinstance(reply, bytes) else str(reply)
                     return text.startswith("OK")
-            except (RedisError, OSError, TimeoutError):
+            except (*REDIS_FAILURES, TimeoutError):
                 continue
         return False
 

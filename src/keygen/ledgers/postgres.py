@@ -204,27 +204,16 @@ class PostgresLedger:
         self._closed = False
 
     @classmethod
-    async def open(
-        cls,
-        url: str,
-        *,
-        pool_min_size: int = DEFAULT_POOL_MIN_SIZE,
-        pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        migrate: bool = True,
-    ) -> PostgresLedger:
-        """Connect and bring the schema up to date; if the server is unreachable, go on
-        without it (it is retried on every use).
+    async def open(cls, url: str, **options: Any) -> PostgresLedger:
+        """A ledger on ``url`` (``options`` as for the constructor), connected and its schema
+        brought up to date; if the server is unreachable, go on without it (it is retried on
+        every use).
 
         Raises:
             LedgerUnavailable: the configuration is wrong (URL, credentials, database,
                 privileges, a schema newer than this code); waiting would not help.
         """
-        ledger = cls(
-            url, pool_min_size=pool_min_size, pool_max_size=pool_max_size,
-            connect_timeout=connect_timeout, command_timeout=command_timeout, migrate=migrate,
-        )
+        ledger = cls(url, **options)
         try:
             await ledger._ready()
         except LedgerUnavailable as exc:

@@ -1,0 +1,85 @@
+"""Stopping a chaos run early: SIGTERM (a CI job's timeout, `kill`) stops every process the
+run started and still writes the report of the run so far."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from keygen.cluster import processes as proc
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in proc.children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def started_by_run(pid: int, out: Path) -> dict[int, int | None]:
+    """Every process the run started, with its start time (a pid alone may be reused):
+    its descendants, and PostgreSQL, which ``pg_ctl`` detaches (its command line names the
+    data directory under ``out``)."""
+    pids = descendants(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        candidate = int(stat.parent.name)
+        if any(str(out) in part for part in proc.cmdline(candidate)):
+            pids.add(candidate)
+    return {p: proc.start_time(p) for p in pids}
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_everything_and_writes_the_report() -> None:
+    out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
+    out.chmod(0o755)  # PostgreSQL runs as its own user
+    run = subprocess.Popen(
+        [sys.executable, "-m", "keygen", "chaos", "--duration", "300", "--rate", "50",
+         "--seed", "1", "--faults", "sentinel-kill", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert run.stderr is not None
+        output = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = run.stderr.readline()
+            output.append(line)
+            if "load at" in line or not line:
+                break
+        assert any("load at" in line for line in output), "".join(output)
+        time.sleep(3)  # some load, so that the report has acknowledged ranges
+        started = started_by_run(run.pid, out)
+        kinds = " ".join(" ".join(proc.cmdline(p)) for p in started)
+        assert "redis-server" in kinds and "postgres" in kinds and "serve" in kinds, kinds
+
+        run.send_signal(signal.SIGTERM)
+        rest = run.communicate(timeout=120)[1]
+        assert run.returncode == 130, "".join(output) + rest
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+    still_running = [p for p, began in started.items()
+                     if proc.is_alive(p) and proc.start_time(p) == began]
+    assert still_running == [], [proc.cmdline(p) for p in still_running]
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["interrupted"]
+    assert report["acknowledged"] > 0
+    assert report["checker"]["ok"]
+    assert (out / "report.md").read_text().startswith("# Chaos run: INTERRUPTED")
+    shutil.rmtree(out)
