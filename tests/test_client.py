@@ -96,3 +96,40 @@ async def test_concurrent_failures_on_one_instance_all_move_to_the_other() -> No
         assert sent_to.count("dead.keygen") == 10 and sent_to.count("alive.keygen") == 10
         await keygen.allocate(size=1)  # and later requests start on the live instance
     assert sent_to[-1] == "alive.keygen" and len(sent_to) == 21
+
+
+async def test_a_shared_client_keeps_to_its_connection_limit() -> None:
+    """50 tasks sharing one client reach a real HTTP server over at most ``max_connections``
+    connections, and every request is answered (the others wait for a connection)."""
+    connections = 0
+    answer = (b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 82\r\n\r\n'
+              b'{"start":1,"end":1,"size":1,"namespace":"default","source":"sqlite","timestamp":1}')
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                await asyncio.sleep(0.01)  # slow enough that requests pile up
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        async with AsyncKeygenClient(f"http://127.0.0.1:{port}", max_connections=4) as keygen:
+            got = await asyncio.gather(*(keygen.allocate(size=1) for _ in range(50)))
+    assert len(got) == 50
+    assert 1 <= connections <= 4, connections
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        KeygenClient("http://keygen", max_connections=0)

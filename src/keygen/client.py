@@ -9,6 +9,9 @@ that could not reach its instance (refused, reset, timed out), got a 408 or anot
 sent to the next of the given URLs, up to ``retries`` times in all; another 4xx is raised as
 ``KeygenAPIError`` at once. Retrying is always safe: a range whose response was lost is never
 handed to anyone else, only wasted.
+
+One client is meant to be shared by a program's tasks or threads. It keeps at most
+``max_connections`` connections to each instance; more concurrent requests wait for one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 #: Longer than the service's default ALLOCATION_TIMEOUT (30 s), so its 503 arrives first.
 DEFAULT_TIMEOUT = 35.0
 MAX_RETRY_WAIT = 10.0
+#: Connections per instance. Few on purpose: httpcore's pool spends time in proportion to
+#: its connections on every request, so a client shared by 50 tasks gets several times
+#: more requests through 10 connections than through httpx's default of 100
+#: (benchmarks/client.py). A request waits for a connection at most ``timeout``.
+DEFAULT_MAX_CONNECTIONS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,15 @@ def _move_on(client: _HasCurrent, failed: int, count: int) -> int:
     return following
 
 
+def _limits(max_connections: int) -> httpx.Limits:
+    """All of them kept alive: with a lower keep-alive limit the pool would close idle
+    connections only to open new ones under the next burst."""
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    return httpx.Limits(max_connections=max_connections,
+                        max_keepalive_connections=max_connections)
+
+
 def _urls(base_url: str | Sequence[str]) -> list[str]:
     urls = [base_url] if isinstance(base_url, str) else list(base_url)
     if not urls:
@@ -135,11 +152,13 @@ class KeygenClient:
 
     def __init__(
         self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3, transport: httpx.BaseTransport | None = None,
+        retries: int = 3, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._https = [
-            httpx.Client(base_url=url, timeout=timeout, transport=transport)
+            httpx.Client(base_url=url, timeout=timeout, limits=_limits(max_connections),
+                         transport=transport)
             for url in _urls(base_url)
         ]
         self._current = 0
@@ -178,11 +197,13 @@ class AsyncKeygenClient:
 
     def __init__(
         self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3, transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = 3, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._https = [
-            httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport)
+            httpx.AsyncClient(base_url=url, timeout=timeout, limits=_limits(max_connections),
+                              transport=transport)
             for url in _urls(base_url)
         ]
         self._current = 0
