@@ -93,7 +93,8 @@ class Allocator:
                 if isinstance(exc, ReserveUnavailable):
                     refused = (layer, exc)
                     continue  # expected while it lasts: the 503 says it, not the log
-                log.warning("layer %s could not allocate: %s", layer.source, exc or "timed out")
+                log.warning("layer %s could not allocate: %s", layer.source,
+                            str(exc) or f"no answer in {min(layer.timeout, remaining):.3g} s")
                 continue
             except Exception:
                 # A bug or an untranslated driver error must not become a 500: the range was

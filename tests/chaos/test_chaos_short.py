@@ -1,5 +1,5 @@
-"""The short chaos schedule, as CI runs it: every fault kind once under load against a real
-topology, then the checker over every acknowledged range."""
+"""The short chaos schedule, as CI runs it: every fault kind once, the overlapping pairs too,
+under load against a real topology, then the checker over every acknowledged range."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from keygen.chaos.nemesis import FAULT_KINDS
+from keygen.chaos.nemesis import KNOWN_KINDS
 from keygen.chaos.runner import ChaosOptions, run_chaos
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
@@ -18,12 +18,13 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
 @pytest.mark.timeout(600)
 def test_short_schedule_no_duplicates_no_unexpected_failures() -> None:
-    """Every fault kind runs once under load; no ID is acknowledged twice, and no request
-    fails outside the windows where every layer was down."""
+    """Every fault kind and pair runs once under load; no ID is acknowledged twice, and no
+    request fails outside the windows where every layer was down."""
     # Not pytest's tmp_path: PostgreSQL runs as its own user, which cannot enter a 0700 dir.
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
     out.chmod(0o755)
-    run = run_chaos(ChaosOptions(schedule="short", seed=0, rate=150, out=out),
+    run = run_chaos(ChaosOptions(schedule="short", seed=0, rate=150, out=out,
+                                 faults=list(KNOWN_KINDS)),
                     Console(stderr=True, force_terminal=False))
     report = run.report
     summary = (f"{report['checker']['summary']}; failures outside all-down windows: "
@@ -34,7 +35,7 @@ def test_short_schedule_no_duplicates_no_unexpected_failures() -> None:
     assert report["checker"]["duplicate_ids"] == 0, summary
     assert report["unexpected_failures"] == 0, summary
     assert report["acknowledged"] > 1000, summary
-    assert set(report["faults_by_kind"]) == set(FAULT_KINDS), report["faults_by_kind"]
+    assert set(report["faults_by_kind"]) == set(KNOWN_KINDS), report["faults_by_kind"]
     errors = [(f["label"], f["error"]) for f in report["faults"] if f["error"]]
     assert not errors, errors
     assert run.passed

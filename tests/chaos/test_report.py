@@ -1,12 +1,25 @@
-"""The chaos report's arithmetic: windows, unexpected failures, recovery, percentiles."""
+"""The chaos report's arithmetic (windows, unexpected failures, recovery, percentiles), and
+the plans and fault kinds it is built on."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from typing import Any
 
-from keygen.chaos.nemesis import FAULT_KINDS, plan_random, plan_short
+import pytest
+
+from keygen.chaos.nemesis import (
+    ALL_LAYERS_DOWN,
+    FAULT_KINDS,
+    KNOWN_KINDS,
+    OVERLAPPING_KINDS,
+    Nemesis,
+    plan_random,
+    plan_short,
+)
 from keygen.chaos.report import Ack, Failure, build_report, markdown, percentiles
+from keygen.chaos.runner import _kinds
 from keygen.checker import Record
 
 T0 = 1000.0
@@ -131,3 +144,29 @@ def test_retried_attempts_are_counted_per_window() -> None:
     assert report["faults"][0]["retried_attempts"] == {"ConnectError": 1, "http 503": 1}
     assert report["retried_attempts_outside_windows"] == {"ReadError": 1}
     assert report["passed"]
+
+
+def test_fault_kinds_and_groups_on_the_command_line() -> None:
+    """``--faults``: ``all`` is the single kinds, ``overlapping`` the pairs; names combine,
+    each kind once, in order; an unknown name is refused with the known ones."""
+    assert _kinds("all") == list(FAULT_KINDS)
+    assert _kinds("overlapping") == list(OVERLAPPING_KINDS)
+    assert _kinds("all,overlapping") == list(KNOWN_KINDS)
+    assert _kinds("sentinel-kill,all") == ["sentinel-kill"] + [
+        k for k in FAULT_KINDS if k != "sentinel-kill"]
+    assert _kinds("all-down+instance-kill") == ["all-down+instance-kill"]
+    with pytest.raises(argparse.ArgumentTypeError, match="overlapping"):
+        _kinds("redis-master-kill,disk-full")
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        plan_short(["disk-full"])
+
+
+def test_every_overlapping_kind_is_two_known_kinds_and_has_an_action() -> None:
+    """Each pair names two single kinds, and the nemesis has an action for it; the pairs
+    that leave only the reserve are marked so."""
+    for kind in OVERLAPPING_KINDS:
+        first, second = kind.split("+")
+        assert first in FAULT_KINDS and second in FAULT_KINDS
+        assert callable(getattr(Nemesis, "_" + kind.replace("+", "_then_").replace("-", "_")))
+    assert {k for k in OVERLAPPING_KINDS if k in ALL_LAYERS_DOWN} == {
+        "postgres-kill+redis-master-kill", "all-down+instance-kill"}

@@ -17,6 +17,16 @@ Every fault acts on real processes or on the real TCP path (see ``docs/reliabili
     all-down               Redis and PostgreSQL proxies cut at once: only the emergency
                            reserve can serve, and without it 503s are expected
 
+Two at once (``overlapping``; ``all`` is the single kinds above):
+
+    postgres-kill+redis-master-kill
+                           crash PostgreSQL, then kill the Redis master: the new master's
+                           fenced leases need the ledger, so only the reserve can serve
+    sentinel-kill+redis-master-kill
+                           kill a Sentinel, then the master: the failover with two of three
+    all-down+instance-kill cut every layer, kill -9 an instance serving from its reserve,
+                           restart it while still cut off (its journal is all it has)
+
 A window opens when the fault is applied and closes when the system is whole again (the
 process restarted and, for Redis, every replica in sync with the master Sentinel names).
 The plan (kinds, holds, targets, modes) is drawn from a seeded RNG before the run.
@@ -34,10 +44,14 @@ from typing import Any
 
 from keygen.chaos.instances import ServiceInstance
 from keygen.chaos.proxy import Mode, ProxyServer
+from keygen.cluster.postgres import PostgresNode
 from keygen.cluster.processes import ClusterError
 from keygen.cluster.topology import LocalCluster
 
-__all__ = ["FAULT_KINDS", "FaultWindow", "Nemesis", "PlannedFault", "plan_random", "plan_short"]
+__all__ = [
+    "FAULT_KINDS", "KNOWN_KINDS", "OVERLAPPING_KINDS", "FaultWindow", "Nemesis", "PlannedFault",
+    "plan_random", "plan_short",
+]
 
 FAULT_KINDS = (
     "redis-master-kill",
@@ -51,8 +65,15 @@ FAULT_KINDS = (
     "network-delay",
     "all-down",
 )
+OVERLAPPING_KINDS = (
+    "postgres-kill+redis-master-kill",
+    "sentinel-kill+redis-master-kill",
+    "all-down+instance-kill",
+)
+KNOWN_KINDS = FAULT_KINDS + OVERLAPPING_KINDS
 #: Kinds whose window leaves no layer but the emergency reserve.
-ALL_LAYERS_DOWN = frozenset({"all-down"})
+ALL_LAYERS_DOWN = frozenset({"all-down", "postgres-kill+redis-master-kill",
+                             "all-down+instance-kill"})
 LAG_MEGABYTES = 40
 RECOVERY_TIMEOUT = 60.0
 MIN_GAP = 3.0
@@ -120,8 +141,8 @@ def plan_random(kinds: Sequence[str], duration: float, *, seed: int, warmup: flo
 
 
 def _planned(rng: random.Random, kind: str, at: float, hold: float) -> PlannedFault:
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+    if kind not in KNOWN_KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(KNOWN_KINDS)}")
     return PlannedFault(
         at=round(at, 3), kind=kind, hold=round(hold, 3), target=rng.randrange(1000),
         mode=rng.choice((Mode.DROP.value, Mode.RESET.value)),
@@ -180,7 +201,7 @@ class Nemesis:
                              all_layers_down=fault.kind in ALL_LAYERS_DOWN)
         self.current = window
         self.windows.append(window)
-        action = getattr(self, "_" + fault.kind.replace("-", "_"))
+        action = getattr(self, "_" + fault.kind.replace("+", "_then_").replace("-", "_"))
         try:
             await asyncio.to_thread(action, fault, window)
         except Exception as exc:  # noted in the report (and failing the run), never fatal
@@ -266,9 +287,7 @@ class Nemesis:
         window.detail = f"killed {sentinel.name} for {fault.hold:g}s"
 
     def _postgres_kill(self, fault: PlannedFault, window: FaultWindow) -> None:
-        node = self.cluster.postgres
-        if node is None:
-            raise ClusterError("no PostgreSQL in this cluster")
+        node = self._postgres()
         node.kill()
         self._step(window, "SIGKILL postmaster and backends")
         time.sleep(fault.hold)
@@ -310,6 +329,70 @@ class Nemesis:
     def _all_down(self, fault: PlannedFault, window: FaultWindow) -> None:
         self._cut([*self.redis_proxies, PROXY_POSTGRES], fault, window)
         window.detail = f"Redis and PostgreSQL {fault.mode} for {fault.hold:g}s"
+
+    # -- two at once -----------------------------------------------------------------------
+
+    def _postgres_kill_then_redis_master_kill(self, fault: PlannedFault,
+                                              window: FaultWindow) -> None:
+        postgres = self._postgres()
+        postgres.kill()
+        self._step(window, "SIGKILL postmaster and backends")
+        master = self.cluster.master()
+        master.kill(signal.SIGKILL)
+        self._step(window, f"SIGKILL {master.name}")
+        new = self.cluster.wait_for_failover(master, RECOVERY_TIMEOUT)
+        self._step(window, f"failover to {new.name}")
+        time.sleep(fault.hold)
+        master.start()
+        self._step(window, f"{master.name} restarted")
+        postgres.start()
+        self._step(window, "PostgreSQL restarted (WAL replayed)")
+        self.cluster.wait_in_sync(RECOVERY_TIMEOUT)
+        self._step(window, "replicas in sync")
+        window.detail = (f"PostgreSQL crashed, then {master.name} killed: failover to "
+                         f"{new.name} with no ledger")
+
+    def _sentinel_kill_then_redis_master_kill(self, fault: PlannedFault,
+                                              window: FaultWindow) -> None:
+        sentinel = self.cluster.sentinels[fault.target % len(self.cluster.sentinels)]
+        sentinel.kill(signal.SIGKILL)
+        self._step(window, f"SIGKILL {sentinel.name}")
+        master = self.cluster.master()
+        master.kill(signal.SIGKILL)
+        self._step(window, f"SIGKILL {master.name}")
+        new = self.cluster.wait_for_failover(master, RECOVERY_TIMEOUT)
+        self._step(window, f"failover to {new.name}")
+        time.sleep(fault.hold)
+        master.start()
+        sentinel.start()
+        self._step(window, f"{master.name} and {sentinel.name} restarted")
+        self.cluster.wait_in_sync(RECOVERY_TIMEOUT)
+        self.cluster.wait_sentinels_ready(RECOVERY_TIMEOUT)
+        self._step(window, "replicas in sync, every Sentinel on the new master")
+        window.detail = f"{sentinel.name} killed, then {master.name}: failover to {new.name}"
+
+    def _all_down_then_instance_kill(self, fault: PlannedFault, window: FaultWindow) -> None:
+        instance = self.instances[fault.target % len(self.instances)]
+        names = [*self.redis_proxies, PROXY_POSTGRES]
+        self.proxies.set_mode(names, fault.mode)
+        self._step(window, f"{fault.mode}: {', '.join(names)}")
+        try:
+            time.sleep(fault.hold / 2)  # the instance serves from its reserve
+            instance.kill(signal.SIGKILL)
+            self._step(window, f"kill -9 {instance.name}")
+            instance.start()
+            self._step(window, f"{instance.name} restarted, cut off")
+            time.sleep(fault.hold / 2)
+        finally:
+            self.proxies.set_mode(names, Mode.PASS)
+        self._step(window, "healed")
+        window.detail = (f"Redis and PostgreSQL {fault.mode} for {fault.hold:g}s, "
+                         f"{instance.name} killed and restarted inside")
+
+    def _postgres(self) -> PostgresNode:
+        if self.cluster.postgres is None:
+            raise ClusterError("no PostgreSQL in this cluster")
+        return self.cluster.postgres
 
     # -- repair ---------------------------------------------------------------------------
 

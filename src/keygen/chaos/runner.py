@@ -39,6 +39,8 @@ from keygen.chaos.instances import ServiceInstance
 from keygen.chaos.load import LoadConfig, LoadGenerator
 from keygen.chaos.nemesis import (
     FAULT_KINDS,
+    KNOWN_KINDS,
+    OVERLAPPING_KINDS,
     PROXY_POSTGRES,
     FaultWindow,
     Nemesis,
@@ -293,14 +295,22 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
     return ChaosRun(report, out, interrupted)
 
 
+#: Names for groups of kinds in ``--faults``.
+KIND_GROUPS = {"all": FAULT_KINDS, "overlapping": OVERLAPPING_KINDS}
+
+
 def _kinds(value: str) -> list[str]:
-    if value == "all":
-        return list(FAULT_KINDS)
-    kinds = [k.strip() for k in value.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    """``--faults``: kinds and group names, comma-separated, each kind once."""
+    kinds: list[str] = []
+    for name in (k.strip() for k in value.split(",") if k.strip()):
+        for kind in KIND_GROUPS.get(name, (name,)):
+            if kind not in kinds:
+                kinds.append(kind)
+    unknown = [k for k in kinds if k not in KNOWN_KINDS]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
-            f"unknown fault kinds {unknown}; known: all, {', '.join(FAULT_KINDS)}")
+            f"unknown fault kinds {unknown}; known: all (the single kinds), overlapping "
+            f"(two at once), {', '.join(KNOWN_KINDS)}")
     return kinds
 
 
@@ -319,7 +329,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def chaos(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    if args.instances < 2 and "instance-kill" in args.faults:
+    if args.instances < 2 and any("instance-kill" in kind for kind in args.faults):
         console.print("[red]keygen chaos: instance-kill needs --instances 2 or more (the "
                       "clients fail over to another instance)[/red]")
         return 2
@@ -368,8 +378,9 @@ def add_chaos_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
                    help="requests per second, open loop (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the plan and the load")
     p.add_argument("--faults", type=_kinds, default=list(FAULT_KINDS), metavar="KINDS",
-                   help="comma-separated fault kinds, or all (default all): "
-                   + ", ".join(FAULT_KINDS))
+                   help="comma-separated fault kinds and groups: all (the single kinds, "
+                   "the default), overlapping (two at once), "
+                   + ", ".join(KNOWN_KINDS))
     p.add_argument("--schedule", choices=["short"], default=None,
                    help="short: every kind once, one after another (~2 min; CI)")
     p.add_argument("--env", action="append", type=_env_pair, default=[],

@@ -491,6 +491,12 @@ class LocalCluster:
         _proc.wait_until(synced, timeout, "the replicas to be in sync", self._replication_detail,
                          interval=FAULT_POLL_INTERVAL)
 
+    def wait_sentinels_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every Sentinel names the same master, sees all its replicas and the
+        other Sentinels, and has its quorum (a restarted one learns of failovers it missed)."""
+        _proc.wait_until(self._sentinels_ready, timeout, "the Sentinels to agree",
+                         self._sentinel_detail, interval=FAULT_POLL_INTERVAL)
+
     def status(self) -> ClusterStatus:
         """Each process, its pid, whether it runs, its role, and the Sentinels' master."""
         rows = [status_of(node) for node in self.nodes()]
