@@ -73,6 +73,8 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
         if run.poll() is None:
             run.kill()
             run.wait()
+        if run.stderr is not None:
+            run.stderr.close()  # after a timeout its pipe is still open
 
     still_running = [p for p, began in started.items()
                      if proc.is_alive(p) and proc.start_time(p) == began]

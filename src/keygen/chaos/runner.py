@@ -221,6 +221,7 @@ async def _drive(setup: _Setup, plan: list[PlannedFault], load: LoadGenerator,
                       f"{stats.failed:,} failed, {stats.in_flight} in flight")
 
     shower = asyncio.create_task(show())
+    _sigterm.watch(asyncio.current_task())
     try:
         if options.schedule:
             await nemesis_task
@@ -233,6 +234,7 @@ async def _drive(setup: _Setup, plan: list[PlannedFault], load: LoadGenerator,
             # The plan ends a little before the duration; the load does not.
             await asyncio.sleep(max(0.0, started + options.duration - time.time()))
     finally:
+        _sigterm.watch(None)
         stop.set()
         load.stop()
         await load_task
@@ -272,6 +274,10 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(_drive(setup, plan, load, nemesis, started))
         except KeyboardInterrupt:  # report what was recorded so far, then say so
+            interrupted = True
+        except asyncio.CancelledError:
+            if not _sigterm.received:
+                raise
             interrupted = True
         finally:
             ended = time.time()
@@ -321,10 +327,33 @@ def _env_pair(value: str) -> tuple[str, str]:
     return name, setting
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # Once: a second SIGTERM must not cut short the stopping of what the run started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class _Sigterm:
+    """The SIGTERM handler of ``keygen chaos``: the run stops as on Ctrl-C.
+
+    Outside the event loop it raises KeyboardInterrupt where the run is. While the loop runs,
+    it cancels the load phase's task instead: raised there, the exception could land inside
+    a transport's callback, and the loop would log it and carry on.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def watch(self, task: asyncio.Task[Any] | None) -> None:
+        """Cancel ``task`` on SIGTERM (None: raise KeyboardInterrupt again)."""
+        self._task = task
+
+    def __call__(self, signum: int, frame: object) -> None:
+        # Once: a second SIGTERM must not cut short the stopping of what the run started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.received = True
+        if self._task is not None and not self._task.done():
+            self._task.get_loop().call_soon_threadsafe(self._task.cancel)
+            return
+        raise KeyboardInterrupt
+
+
+_sigterm = _Sigterm()
 
 
 def chaos(args: argparse.Namespace) -> int:
@@ -338,7 +367,7 @@ def chaos(args: argparse.Namespace) -> int:
                            out=args.out, extra_env=dict(args.env))
     # SIGTERM (a CI job's timeout, `kill`) stops the run as Ctrl-C does: every process it
     # started is stopped and the report of the run so far is written.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         run = run_chaos(options, console)
     except ClusterError as exc:
