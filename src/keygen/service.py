@@ -84,6 +84,21 @@ async def _reserve_layer(settings: Settings, ledger: Ledger) -> ReserveDispenser
     )
 
 
+def sentinels_of(settings: Settings) -> MappedSentinel:
+    """The Sentinels, asked with the socket timeouts and without redis-py's retries: it would
+    try a Sentinel that is down 10 more times, with backoffs of up to 1 s, before asking the
+    next one, and the layer's time budget would be spent long before."""
+    timeout = settings.redis_socket_timeout
+    # A Sentinel that sees fewer peers than the quorum needs may be partitioned off: its
+    # idea of the master is not trusted.
+    return MappedSentinel(
+        settings.sentinels, min_other_sentinels=settings.redis_sentinel_quorum - 1,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                         "retry": Retry(NoBackoff(), 0)},
+        address_map=settings.redis_addresses,
+    )
+
+
 async def _redis_layer(
     settings: Settings, ledger: Ledger
 ) -> tuple[RedisDispenser, SentinelMonitor]:
@@ -93,13 +108,7 @@ async def _redis_layer(
     falls back) until it comes up.
     """
     timeout = settings.redis_socket_timeout
-    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    # A Sentinel that sees fewer peers than the quorum needs may be partitioned off: its
-    # idea of the master is not trusted.
-    sentinel = MappedSentinel(
-        settings.sentinels, min_other_sentinels=settings.redis_sentinel_quorum - 1,
-        sentinel_kwargs=timeouts, address_map=settings.redis_addresses,
-    )
+    sentinel = sentinels_of(settings)
     # No retries inside redis-py: a failed call falls back to the next layer at once, and the
     # breaker decides when to try Redis again.
     master = sentinel.master_for(

@@ -4,6 +4,7 @@ run started and still writes the report of the run so far."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,15 @@ def started_by_run(pid: int, out: Path) -> dict[int, int | None]:
     return {p: proc.start_time(p) for p in pids}
 
 
+def _stop_left_behind(out: Path, started: dict[int, int | None]) -> None:
+    """The cluster by its recorded pids, then whatever else the run had started."""
+    subprocess.run([sys.executable, "-m", "keygen", "cluster", "down", "--dir",
+                    str(out / "cluster")], capture_output=True, timeout=60, check=False)
+    for pid, began in started.items():
+        if proc.is_alive(pid) and proc.start_time(pid) == began:
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.timeout(300)
 def test_sigterm_stops_everything_and_writes_the_report() -> None:
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
@@ -51,6 +61,7 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
          "--seed", "1", "--faults", "sentinel-kill", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    started: dict[int, int | None] = {}
     try:
         assert run.stderr is not None
         output = []
@@ -70,9 +81,10 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
         rest = run.communicate(timeout=120)[1]
         assert run.returncode == 130, "".join(output) + rest
     finally:
-        if run.poll() is None:
+        if run.poll() is None:  # it did not stop: neither may what it started outlive the test
             run.kill()
             run.wait()
+            _stop_left_behind(out, started)
         if run.stderr is not None:
             run.stderr.close()  # after a timeout its pipe is still open
 

@@ -19,9 +19,11 @@ from redis.sentinel import Sentinel
 
 from keygen.checker import Record, check
 from keygen.cluster.topology import LocalCluster
+from keygen.config import Settings
 from keygen.constants import SOURCE_REDIS
 from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.redis import LEASE_KEY
+from keygen.service import sentinels_of
 from tests.support.load import LoadResult, run_load, wait_for_acks
 from tests.support.processes import ServeProcess
 
@@ -221,6 +223,35 @@ async def test_two_instances_refilling_at_once(
     assert_clean(result)
     redis_served = [r for r in result.acknowledged if r.source == SOURCE_REDIS]
     assert len(redis_served) > 1000
+
+
+async def test_a_sentinel_that_is_down_is_asked_once(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(f) Discovery asks a Sentinel that resets the connection once, then the next one:
+    redis-py's default would try it 10 more times, with backoffs of up to 1 s, and the
+    layer would time out all the while (seen with a Sentinel killed during a failover)."""
+    attempts = 0
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.transport.abort()
+
+    down = await asyncio.start_server(reset, "127.0.0.1", 0)
+    env = cluster.env()
+    hosts = f"127.0.0.1:{down.sockets[0].getsockname()[1]},{env['REDIS_SENTINEL_HOSTS']}"
+    for name, value in {**env, "REDIS_SENTINEL_HOSTS": hosts}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    sentinel = sentinels_of(settings)
+    try:
+        async with down:
+            host, port = await sentinel.discover_master(settings.redis_sentinel_master_name)
+    finally:
+        await sentinel.aclose()
+    assert (host, int(port)) == ("127.0.0.1", cluster.master().port)
+    assert attempts == 1
 
 
 def naive_allocate(client: redis.Redis, namespace: str, size: int) -> Record:

@@ -16,7 +16,9 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from keygen.dispensers.redis import REDIS_FAILURES
 
@@ -56,7 +58,7 @@ class SentinelMonitor:
         address = node.connection_pool.connection_kwargs
         listener = Redis(
             host=address["host"], port=address["port"], socket_connect_timeout=self._timeout,
-            socket_keepalive=True,
+            socket_keepalive=True, retry=Retry(NoBackoff(), 0),  # the next Sentinel, at once
         )
         pubsub = listener.pubsub()
         try:
