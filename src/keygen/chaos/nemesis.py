@@ -46,6 +46,7 @@ from keygen.chaos.instances import ServiceInstance
 from keygen.chaos.proxy import Mode, ProxyServer
 from keygen.cluster.postgres import PostgresNode
 from keygen.cluster.processes import ClusterError
+from keygen.cluster.redis import RedisNode
 from keygen.cluster.topology import LocalCluster
 
 __all__ = [
@@ -219,12 +220,17 @@ class Nemesis:
     def _step(self, window: FaultWindow, what: str) -> None:
         window.steps.append((round(time.time() - window.start, 3), what))
 
-    def _redis_master_kill(self, fault: PlannedFault, window: FaultWindow) -> None:
+    def _kill_master(self, window: FaultWindow) -> tuple[RedisNode, RedisNode]:
+        """SIGKILL the master and wait for the failover: (the old master, the new one)."""
         master = self.cluster.master()
         master.kill(signal.SIGKILL)
         self._step(window, f"SIGKILL {master.name}")
         new = self.cluster.wait_for_failover(master, RECOVERY_TIMEOUT)
         self._step(window, f"failover to {new.name}")
+        return master, new
+
+    def _redis_master_kill(self, fault: PlannedFault, window: FaultWindow) -> None:
+        master, new = self._kill_master(window)
         time.sleep(fault.hold)
         master.start()
         self._step(window, f"{master.name} restarted")
@@ -337,11 +343,7 @@ class Nemesis:
         postgres = self._postgres()
         postgres.kill()
         self._step(window, "SIGKILL postmaster and backends")
-        master = self.cluster.master()
-        master.kill(signal.SIGKILL)
-        self._step(window, f"SIGKILL {master.name}")
-        new = self.cluster.wait_for_failover(master, RECOVERY_TIMEOUT)
-        self._step(window, f"failover to {new.name}")
+        master, new = self._kill_master(window)
         time.sleep(fault.hold)
         master.start()
         self._step(window, f"{master.name} restarted")
@@ -357,11 +359,7 @@ class Nemesis:
         sentinel = self.cluster.sentinels[fault.target % len(self.cluster.sentinels)]
         sentinel.kill(signal.SIGKILL)
         self._step(window, f"SIGKILL {sentinel.name}")
-        master = self.cluster.master()
-        master.kill(signal.SIGKILL)
-        self._step(window, f"SIGKILL {master.name}")
-        new = self.cluster.wait_for_failover(master, RECOVERY_TIMEOUT)
-        self._step(window, f"failover to {new.name}")
+        master, new = self._kill_master(window)
         time.sleep(fault.hold)
         master.start()
         sentinel.start()
