@@ -182,8 +182,10 @@ async def test_redis_and_postgresql_down_the_reserve_serves_then_is_refilled(
         row = usage[namespace]
         assert row["start_id"] <= min(r.start for r in served)
         assert max(r.end for r in served) <= row["used_end_id"] < row["end_id"]
+        # A fresh reserve above the used one (it may have served already: it is taken as
+        # soon as the ledger answers, maybe before the PostgreSQL layer's breaker closes).
         fresh = refilled["reserve"]["namespaces"][namespace]
-        assert fresh["start"] > row["end_id"] and fresh["used"] == 0
+        assert fresh["start"] > row["end_id"]
     assert refilled["reserve"]["ids_wasted"] > 0
     assert refilled["metrics"]["reserve_ids_wasted"] == refilled["reserve"]["ids_wasted"]
 

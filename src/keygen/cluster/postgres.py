@@ -188,7 +188,7 @@ class PostgresNode:
 
     def pause(self) -> None:
         """SIGSTOP every server process: connections stay open but nothing answers."""
-        _proc.signal_pids(self.pids(), signal.SIGSTOP)
+        _proc.pause_pids(self.pids())
 
     def resume(self) -> None:
         """SIGCONT every server process."""

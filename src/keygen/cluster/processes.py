@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shlex
+import signal
 import socket
 import subprocess
 import time
@@ -147,6 +148,15 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def pause_pids(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """SIGSTOP each pid, and return once the kernel shows each stopped (or gone): the signal
+    is delivered when the process is next scheduled, which on a busy machine is not at once."""
+    pids = list(pids)
+    signal_pids(pids, signal.SIGSTOP)
+    wait_until(lambda: all(process_state(pid) in ("T", "t", "Z", None) for pid in pids), timeout,
+               f"processes {pids} to stop", interval=0.01)
 
 
 def wait_until(

@@ -218,7 +218,7 @@ class _ServerProcess:
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its connections but answers nothing."""
-        os.kill(self._running_pid(), signal.SIGSTOP)
+        _proc.pause_pids([self._running_pid()])
 
     def resume(self) -> None:
         """SIGCONT."""
