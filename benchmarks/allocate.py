@@ -41,6 +41,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from keygen.cluster.processes import free_port
+
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk" / "post_allocate.lua"
 REQUEST_BODY = b'{"size": 1000}'
@@ -62,13 +64,6 @@ class BenchmarkError(Exception):
 
 
 # --- servers -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -67,10 +67,11 @@ from benchmarks.allocate import (  # noqa: E402
 )
 
 from keygen.cluster.binaries import find_postgres_bin_dir  # noqa: E402
-from keygen.cluster.processes import ClusterError, _stat_fields  # noqa: E402
+from keygen.cluster.processes import _stat_fields  # noqa: E402
 from keygen.cluster.topology import LocalCluster  # noqa: E402
 from keygen.dispensers import redis_functions as fn  # noqa: E402
 from keygen.dispensers.redis import LEASE_KEY  # noqa: E402
+from keygen.errors import ClusterError  # noqa: E402
 
 SERVICE, REDIS_BENCHMARK, EMBEDDED = "service-redis", "redis-benchmark", "embedded"
 TARGETS = (SERVICE, REDIS_BENCHMARK, EMBEDDED)

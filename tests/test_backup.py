@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from keygen.api import create_app
-from keygen.backup import BackupError, backup, restore
+from keygen.backup import backup, restore
 from keygen.checker import Record, check
 from keygen.config import Settings
+from keygen.errors import BackupError
 from tests.support.app import running
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from typing import Any
 from keygen import __version__
 from keygen.config import Settings
 from keygen.dispensers.journal import JOURNAL_NAME, replay
-from keygen.errors import KeygenError
+from keygen.errors import BackupError, KeygenError
 from keygen.ledgers.sqlite import LEDGER_FILENAME
+from keygen.progress import Progress
 from keygen.service import open_ledger
 
 MANIFEST = "manifest.json"
@@ -39,12 +40,6 @@ REDIS_LEASES = "redis-leases.json"
 PG_DUMP_FILE = "ledger.pgdump"
 #: The tables a PostgreSQL backup holds: Keygen's own, nothing else of the database.
 PG_TABLES = "keygen_*"
-
-Progress = Callable[[str], None]
-
-
-class BackupError(KeygenError):
-    """A backup or restore could not be made, or was refused; the message says why."""
 
 
 @dataclass

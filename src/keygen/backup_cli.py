@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from keygen.backup import BackupError, backup, parse_floors, restore
+from keygen.backup import backup, parse_floors, restore
 from keygen.config import Settings
 from keygen.errors import KeygenError
 
@@ -63,4 +63,4 @@ def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.set_defaults(run=restore_command)
 
 
-__all__ = ["BackupError", "add_backup_commands"]
+__all__ = ["add_backup_commands"]

@@ -1,23 +1,35 @@
-"""Every error Keygen raises, each carrying the HTTP status and code it is reported with.
+"""Every error Keygen raises, under one base.
 
-    KeygenError                      500 internal_error
-    ├── RequestError                 4xx: the client's request is at fault; nothing is allocated
-    │   ├── MalformedJSON            400 malformed_json
-    │   ├── NotFound                 404 not_found
-    │   ├── MethodNotAllowed         405 method_not_allowed
-    │   ├── NamespaceExhausted       409 namespace_exhausted
-    │   ├── PayloadTooLarge          413 payload_too_large
-    │   ├── UnsupportedMediaType     415 unsupported_media_type
-    │   └── InvalidRequest           422 invalid_request
-    ├── LayerUnavailable             503 layer_unavailable: one layer failed; the allocator
-    │   │                                falls back to the next one
-    │   ├── LedgerUnavailable        503 ledger_unavailable
-    │   └── ReserveUnavailable       503 reserve_unavailable: no emergency reserve to serve from
-    │       └── ReserveExhausted     503 reserve_exhausted: the emergency reserve is used up
-    ├── ServiceUnavailable           503 service_unavailable: no layer could serve in time (with
-    │                                    the reserve's code when the reserve refused last)
-    └── JournalLocked                500 journal_locked: start-up refused, every reserve journal
-                                         of the data dir is locked by another process
+The service's errors carry the HTTP status and code they are reported with; the tools'
+errors (the local cluster, backup and restore, schema migrations) are reported by the
+command line as a message and an exit status, and have no HTTP status.
+
+    KeygenError                      base: a message and a code
+    ├── ServiceError                 500 internal_error: what the service reports over HTTP
+    │   ├── RequestError             4xx: the client's request is at fault; nothing is allocated
+    │   │   ├── MalformedJSON        400 malformed_json
+    │   │   ├── NotFound             404 not_found
+    │   │   ├── MethodNotAllowed     405 method_not_allowed
+    │   │   ├── RequestTimeout       408 request_timeout: the body did not arrive in time
+    │   │   ├── NamespaceExhausted   409 namespace_exhausted
+    │   │   ├── PayloadTooLarge      413 payload_too_large
+    │   │   ├── UnsupportedMediaType 415 unsupported_media_type
+    │   │   └── InvalidRequest       422 invalid_request
+    │   ├── LayerUnavailable         503 layer_unavailable: one layer failed; the allocator
+    │   │   │                            falls back to the next one
+    │   │   ├── LedgerUnavailable    503 ledger_unavailable
+    │   │   └── ReserveUnavailable   503 reserve_unavailable: no emergency reserve to serve from
+    │   │       └── ReserveExhausted 503 reserve_exhausted: the emergency reserve is used up
+    │   ├── ServiceUnavailable       503 service_unavailable: no layer could serve in time (with
+    │   │                                the reserve's code when the reserve refused last)
+    │   └── JournalLocked            500 journal_locked: start-up refused, every reserve journal
+    │                                    of the data dir is locked by another process
+    └── ToolError                    tool_error: a command-line tool failed
+        ├── ClusterError             cluster_error: the local topology could not be started,
+        │                                inspected or stopped
+        ├── BackupError              backup_error: a backup or restore was refused or failed
+        └── MigrationError           migration_error: the ledger's schema cannot be migrated
+            └── SchemaTooNew         schema_too_new: a newer Keygen migrated the ledger
 
 Backends translate their driver's exceptions into these at the edge (``raise ... from exc``),
 so the allocator and the HTTP layer never see a driver exception.
@@ -26,6 +38,8 @@ so the allocator and the HTTP layer never see a driver exception.
 from __future__ import annotations
 
 __all__ = [
+    "BackupError",
+    "ClusterError",
     "InvalidRequest",
     "JournalLocked",
     "KeygenError",
@@ -33,6 +47,7 @@ __all__ = [
     "LedgerUnavailable",
     "MalformedJSON",
     "MethodNotAllowed",
+    "MigrationError",
     "NamespaceExhausted",
     "NotFound",
     "PayloadTooLarge",
@@ -40,7 +55,10 @@ __all__ = [
     "RequestTimeout",
     "ReserveExhausted",
     "ReserveUnavailable",
+    "SchemaTooNew",
+    "ServiceError",
     "ServiceUnavailable",
+    "ToolError",
     "UnsupportedMediaType",
 ]
 
@@ -48,19 +66,24 @@ __all__ = [
 class KeygenError(Exception):
     """Base of all Keygen errors."""
 
-    status_code: int = 500
     code: str = "internal_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+
+class ServiceError(KeygenError):
+    """An error the service reports over HTTP, with its status and code."""
+
+    status_code: int = 500
+
     def headers(self) -> dict[str, str]:
         """Extra HTTP headers the error response carries."""
         return {}
 
 
-class RequestError(KeygenError):
+class RequestError(ServiceError):
     """The request is at fault; it allocated nothing."""
 
     status_code = 400
@@ -130,7 +153,7 @@ class InvalidRequest(RequestError):
     code = "invalid_request"
 
 
-class LayerUnavailable(KeygenError):
+class LayerUnavailable(ServiceError):
     """One layer (dispenser or ledger) could not serve; the next layer is tried."""
 
     status_code = 503
@@ -153,7 +176,7 @@ class ReserveExhausted(ReserveUnavailable):
     code = "reserve_exhausted"
 
 
-class ServiceUnavailable(KeygenError):
+class ServiceUnavailable(ServiceError):
     """No layer could allocate within the time budget."""
 
     status_code = 503
@@ -169,7 +192,48 @@ class ServiceUnavailable(KeygenError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class JournalLocked(KeygenError):
+class JournalLocked(ServiceError):
     """Every reserve journal slot of the data dir is locked by another running process."""
 
     code = "journal_locked"
+
+
+class ToolError(KeygenError):
+    """A command-line tool failed; the command prints the message and exits non-zero."""
+
+    code = "tool_error"
+
+
+class ClusterError(ToolError):
+    """The local topology could not be started, inspected or stopped."""
+
+    code = "cluster_error"
+
+
+class BackupError(ToolError):
+    """A backup or restore could not be made, or was refused; the message says why."""
+
+    code = "backup_error"
+
+
+class MigrationError(ToolError):
+    """The ledger's schema cannot be migrated by this Keygen."""
+
+    code = "migration_error"
+
+
+class SchemaTooNew(MigrationError):
+    """The database was migrated by a newer Keygen; this one must not write to it.
+
+    The ledger translates it into ``LedgerUnavailable`` when the service meets it.
+    """
+
+    code = "schema_too_new"
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"the ledger's schema is at version {found}, newer than this Keygen knows "
+            f"({known}); upgrade Keygen"
+        )
+        self.found = found
+        self.known = known

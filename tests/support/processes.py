@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 from keygen.chaos.instances import ServiceInstance
+from keygen.cluster.processes import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["ServeProcess", "free_port"]
 
 
 class ServeProcess(ServiceInstance):

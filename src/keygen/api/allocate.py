@@ -21,11 +21,11 @@ from keygen.api.responses import error_body
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from keygen.errors import (
     InvalidRequest,
-    KeygenError,
     MalformedJSON,
     MethodNotAllowed,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceError,
     UnsupportedMediaType,
 )
 
@@ -145,7 +145,7 @@ class AllocateEndpoint:
             )
             namespace, size = parse_request(body, service.settings)
             allocation = await service.allocator.allocate(namespace, size)
-        except KeygenError as exc:
+        except ServiceError as exc:
             await _send(send, exc.status_code, error_body(exc.code, exc.message), exc.headers())
             return
         except Exception:

@@ -19,7 +19,7 @@ from keygen.api.openapi import install_openapi
 from keygen.api.responses import error_response, json_error
 from keygen.api.routes import router
 from keygen.config import Settings
-from keygen.errors import InvalidRequest, KeygenError, MethodNotAllowed, NotFound
+from keygen.errors import InvalidRequest, MethodNotAllowed, NotFound, ServiceError
 from keygen.metrics import KeygenCollector
 from keygen.service import Keygen
 
@@ -49,7 +49,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
 
 
 async def _keygen_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, KeygenError)
+    assert isinstance(exc, ServiceError)
     return error_response(exc)
 
 
@@ -73,7 +73,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(KeygenError("internal error"))
+    return error_response(ServiceError("internal error"))
 
 
 def create_app(settings: Settings | None = None) -> AllocateEndpoint:
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> AllocateEndpoint:
     )
     api.state.settings = settings or Settings()
     api.include_router(router)
-    api.add_exception_handler(KeygenError, _keygen_error)
+    api.add_exception_handler(ServiceError, _keygen_error)
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(Exception, _unexpected_error)

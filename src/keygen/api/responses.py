@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import msgspec
 from starlette.responses import Response
 
-from keygen.errors import KeygenError
+from keygen.errors import ServiceError
 
 _encoder = msgspec.json.Encoder()
 
@@ -25,5 +25,5 @@ def json_error(
     )
 
 
-def error_response(exc: KeygenError) -> Response:
+def error_response(exc: ServiceError) -> Response:
     return json_error(exc.status_code, exc.code, exc.message, exc.headers())

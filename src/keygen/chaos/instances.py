@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from keygen.cluster.processes import ClusterError
+from keygen.errors import ClusterError
 
 __all__ = ["ServiceInstance"]
 

@@ -45,9 +45,9 @@ from typing import Any
 from keygen.chaos.instances import ServiceInstance
 from keygen.chaos.proxy import Mode, ProxyServer
 from keygen.cluster.postgres import PostgresNode
-from keygen.cluster.processes import ClusterError
 from keygen.cluster.redis import RedisNode
 from keygen.cluster.topology import LocalCluster
+from keygen.errors import ClusterError
 
 __all__ = [
     "FAULT_KINDS", "KNOWN_KINDS", "OVERLAPPING_KINDS", "FaultWindow", "Nemesis", "PlannedFault",

@@ -58,8 +58,8 @@ from keygen.chaos.report import (
 )
 from keygen.cluster import processes as _proc
 from keygen.cluster.postgres import with_database
-from keygen.cluster.processes import ClusterError
 from keygen.cluster.topology import LocalCluster
+from keygen.errors import ClusterError
 
 __all__ = ["ChaosOptions", "add_chaos_command", "run_chaos"]
 

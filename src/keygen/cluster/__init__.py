@@ -5,10 +5,10 @@ copies on free ports and to inject faults (kill, pause, restart) into single nod
 """
 
 from keygen.cluster.postgres import PostgresNode
-from keygen.cluster.processes import ClusterError
 from keygen.cluster.redis import RedisNode, SentinelNode
 from keygen.cluster.status import ClusterStatus, ProcessStatus
 from keygen.cluster.topology import DEFAULT_BASE_PORT, STATE_FILE, LocalCluster, Ports
+from keygen.errors import ClusterError
 
 __all__ = [
     "DEFAULT_BASE_PORT",

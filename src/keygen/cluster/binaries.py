@@ -12,16 +12,14 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
-from keygen.cluster.processes import ClusterError
+from keygen.errors import ClusterError
+from keygen.progress import Progress
 
 #: Debian packages providing each program.
 REDIS_PACKAGE = "redis-server"
 POSTGRES_PACKAGE = "postgresql"
-
-Progress = Callable[[str], None]
 
 
 def find_redis_server() -> Path | None:

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keygen.cluster.processes import ClusterError
 from keygen.cluster.redis import DEFAULT_DOWN_AFTER_MS
 from keygen.cluster.topology import DEFAULT_BASE_PORT, LocalCluster, Ports
+from keygen.errors import ClusterError
 
 DEFAULT_DIR = Path(".keygen/cluster")
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from keygen.cluster import processes as _proc
-from keygen.cluster.binaries import Progress, ensure_postgres_bin_dir
-from keygen.cluster.processes import ClusterError
+from keygen.cluster.binaries import ensure_postgres_bin_dir
+from keygen.errors import ClusterError
+from keygen.progress import Progress, quiet
 
 #: The server's OS user when we are root, and the database superuser.
 SERVER_USER = "postgres"
@@ -57,10 +58,6 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
-def _quiet(message: str) -> None:
-    """The default progress reporter: say nothing."""
-
-
 class PostgresNode:
     """One PostgreSQL server: ``initdb`` / start / stop / kill / pause / resume.
 
@@ -78,7 +75,7 @@ class PostgresNode:
     def __init__(
         self, directory: Path, port: int, *, bin_dir: Path | None = None,
         database: str | None = DEFAULT_DATABASE, name: str = "postgres",
-        progress: Progress = _quiet,
+        progress: Progress = quiet,
     ) -> None:
         if database is not None and not _IDENTIFIER.match(database):
             raise ValueError(f"database name {database!r} is not a plain identifier")

@@ -17,16 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from keygen.errors import KeygenError
+from keygen.errors import ClusterError
 
 #: How often the wait loops look again.
 POLL_INTERVAL = 0.05
-
-
-class ClusterError(KeygenError):
-    """The local topology could not be started, inspected or stopped."""
-
-    code = "cluster_error"
 
 
 #: Where free ports are looked for: below the kernel's ephemeral range, so that the source

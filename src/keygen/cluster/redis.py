@@ -29,8 +29,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from keygen.cluster import processes as _proc
-from keygen.cluster.binaries import Progress, ensure_redis_server
-from keygen.cluster.processes import ClusterError
+from keygen.cluster.binaries import ensure_redis_server
+from keygen.errors import ClusterError
+from keygen.progress import Progress, quiet
 
 DEFAULT_MASTER_NAME = "mymaster"
 DEFAULT_QUORUM = 2
@@ -42,10 +43,6 @@ DEFAULT_APPENDFSYNC = "everysec"
 CONTROL_TIMEOUT = 1.0
 
 RedisResponse = Any
-
-
-def _quiet(message: str) -> None:
-    """The default progress reporter: say nothing."""
 
 
 def _pairs(reply: RedisResponse) -> dict[str, str]:
@@ -64,7 +61,7 @@ class _ServerProcess:
 
     def __init__(
         self, directory: Path, port: int, *, name: str, binary: Path | None = None,
-        progress: Progress = _quiet,
+        progress: Progress = quiet,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.port = port
@@ -267,7 +264,7 @@ class RedisNode(_ServerProcess):
     def __init__(
         self, directory: Path, port: int, *, name: str | None = None,
         replicaof: int | None = None, appendfsync: str = DEFAULT_APPENDFSYNC,
-        binary: Path | None = None, progress: Progress = _quiet,
+        binary: Path | None = None, progress: Progress = quiet,
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
@@ -341,7 +338,7 @@ class SentinelNode(_ServerProcess):
         master_name: str = DEFAULT_MASTER_NAME, quorum: int = DEFAULT_QUORUM,
         down_after_ms: int = DEFAULT_DOWN_AFTER_MS,
         failover_timeout_ms: int = DEFAULT_FAILOVER_TIMEOUT_MS, parallel_syncs: int = 1,
-        binary: Path | None = None, progress: Progress = _quiet,
+        binary: Path | None = None, progress: Progress = quiet,
     ) -> None:
         super().__init__(directory, port, name=name or f"sentinel-{port}", binary=binary,
                          progress=progress)

@@ -32,9 +32,8 @@ from pathlib import Path
 import redis
 
 from keygen.cluster import processes as _proc
-from keygen.cluster.binaries import Progress, ensure_postgres_bin_dir, ensure_redis_server
+from keygen.cluster.binaries import ensure_postgres_bin_dir, ensure_redis_server
 from keygen.cluster.postgres import PostgresNode
-from keygen.cluster.processes import ClusterError
 from keygen.cluster.redis import (
     DEFAULT_APPENDFSYNC,
     DEFAULT_DOWN_AFTER_MS,
@@ -45,6 +44,8 @@ from keygen.cluster.redis import (
     SentinelNode,
 )
 from keygen.cluster.status import ClusterStatus, Node, status_of
+from keygen.errors import ClusterError
+from keygen.progress import Progress, quiet
 
 STATE_FILE = "cluster.json"
 STATE_VERSION = 1
@@ -58,10 +59,6 @@ SENTINELS = 3
 #: of a chaos run's load generator, in the same process.
 FAULT_POLL_INTERVAL = 0.2
 HOST = "127.0.0.1"
-
-
-def _quiet(message: str) -> None:
-    """The default progress reporter: say nothing."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ class LocalCluster:
         self.with_postgres = with_postgres
         self.failover_timeout_ms = failover_timeout_ms
         self.appendfsync = appendfsync
-        self.progress: Progress = progress or _quiet
+        self.progress: Progress = progress or quiet
         if ports is None:
             ports = (Ports.free(with_postgres=with_postgres) if base_port is None
                      else Ports.from_base(base_port, with_postgres=with_postgres))

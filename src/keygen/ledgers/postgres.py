@@ -27,9 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_POSTGRESQL
-from keygen.errors import KeygenError, LedgerUnavailable, NamespaceExhausted
+from keygen.errors import KeygenError, LedgerUnavailable, NamespaceExhausted, SchemaTooNew
 from keygen.ledgers.base import NamespaceStatus, ReserveUsage
-from keygen.ledgers.postgres_migrations import Connection, SchemaTooNew, migrate
+from keygen.ledgers.postgres_migrations import Connection, migrate
 from keygen.ranges import IdRange
 
 log = logging.getLogger(__name__)

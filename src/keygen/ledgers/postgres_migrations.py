@@ -17,13 +17,14 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from keygen.errors import SchemaTooNew
+
 __all__ = [
     "LATEST_VERSION",
     "MIGRATIONS",
     "MIGRATION_LOCK_KEY",
     "Connection",
     "Migration",
-    "SchemaTooNew",
     "migrate",
 ]
 
@@ -97,21 +98,6 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
-
-
-class SchemaTooNew(Exception):
-    """The database was migrated by a newer Keygen; this one must not write to it.
-
-    Internal: the ledger translates it into ``LedgerUnavailable`` at its edge.
-    """
-
-    def __init__(self, found: int, known: int) -> None:
-        super().__init__(
-            f"the ledger's schema is at version {found}, newer than this Keygen knows "
-            f"({known}); upgrade Keygen"
-        )
-        self.found = found
-        self.known = known
 
 
 async def migrate(conn: Connection, timeout: float | None = None) -> int:
