@@ -69,8 +69,8 @@ from benchmarks.allocate import (  # noqa: E402
 from keygen.cluster.binaries import find_postgres_bin_dir  # noqa: E402
 from keygen.cluster.processes import _stat_fields  # noqa: E402
 from keygen.cluster.topology import LocalCluster  # noqa: E402
+from keygen.constants import LEASE_USED, REDIS_LEASE_KEY  # noqa: E402
 from keygen.dispensers import redis_functions as fn  # noqa: E402
-from keygen.dispensers.redis import LEASE_KEY  # noqa: E402
 from keygen.errors import ClusterError  # noqa: E402
 
 SERVICE, REDIS_BENCHMARK, EMBEDDED = "service-redis", "redis-benchmark", "embedded"
@@ -78,7 +78,7 @@ TARGETS = (SERVICE, REDIS_BENCHMARK, EMBEDDED)
 SOURCES = {SERVICE: "redis_sentinel", EMBEDDED: "sqlite"}
 SIZE: int = json.loads(REQUEST_BODY)["size"]
 BENCH_NAMESPACE = "bench"
-BENCH_KEY = LEASE_KEY.format(BENCH_NAMESPACE)
+BENCH_KEY = REDIS_LEASE_KEY.format(BENCH_NAMESPACE)
 LEASE = 10**12  # IDs per Redis lease: 10**9 allocations of 1000, no refill during a run
 LEASE_SETTINGS = ("KEYGEN_REDIS_LEASE_SIZE", "KEYGEN_REDIS_MIN_LEASE_SIZE",
                   "KEYGEN_REDIS_MAX_LEASE_SIZE")
@@ -329,7 +329,7 @@ class RedisBenchmark:
         """IDs of the ``bench`` lease handed out so far, read on the master."""
         client = redis.Redis(host=HOST, port=self.port, socket_timeout=5)
         try:
-            used = client.hget(BENCH_KEY, "used")
+            used = client.hget(BENCH_KEY, LEASE_USED)
         except redis.RedisError as exc:
             raise BenchmarkError(f"reading {BENCH_KEY} on port {self.port}: {exc}") from exc
         finally:

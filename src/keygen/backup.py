@@ -29,15 +29,18 @@ from typing import Any
 
 from keygen import __version__
 from keygen.config import Settings
+from keygen.constants import LEASE_BASE, LEASE_LENGTH, REDIS_LEASE_KEY
 from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.errors import BackupError, KeygenError
+from keygen.ledgers import open_ledger
 from keygen.ledgers.sqlite import LEDGER_FILENAME
 from keygen.progress import Progress
-from keygen.service import open_ledger
 
 MANIFEST = "manifest.json"
 REDIS_LEASES = "redis-leases.json"
 PG_DUMP_FILE = "ledger.pgdump"
+#: Seconds a Redis command of a backup may take (BGSAVE, SCAN, HGETALL).
+REDIS_TOOL_TIMEOUT = 5.0
 #: The tables a PostgreSQL backup holds: Keygen's own, nothing else of the database.
 PG_TABLES = "keygen_*"
 
@@ -71,7 +74,7 @@ async def backup(settings: Settings, out: Path, progress: Progress) -> dict[str,
         await asyncio.to_thread(_pg_dump, settings.database_url, out / PG_DUMP_FILE)
     leases = await _redis_leases(settings, snapshot=True, progress=progress)
     (out / REDIS_LEASES).write_text(json.dumps(leases, indent=2))
-    ledger = await open_ledger(settings, migrate=False)
+    ledger = await open_ledger(settings, inspect=True)
     try:
         counters = {s.namespace: s.last_id for s in await ledger.status()}
     finally:
@@ -123,19 +126,13 @@ async def _redis_leases(
     """Every lease hash in Redis (by namespace); empty without a Redis layer."""
     if not settings.sentinels:
         return {}
-    from redis.asyncio.sentinel import Sentinel
     from redis.exceptions import RedisError
 
-    from keygen.dispensers.redis import LEASE_KEY
+    from keygen.dispensers.sentinel import master_of, sentinels_of
 
-    timeout = settings.redis_socket_timeout
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        settings.sentinels, sentinel_kwargs={"socket_timeout": timeout}
-    )
-    master = sentinel.master_for(
-        settings.redis_sentinel_master_name, decode_responses=True, socket_timeout=5
-    )
-    prefix = LEASE_KEY.format("")
+    sentinel = sentinels_of(settings)
+    master = master_of(settings, sentinel, socket_timeout=REDIS_TOOL_TIMEOUT)
+    prefix = REDIS_LEASE_KEY.format("")
     try:
         if snapshot:
             progress("BGSAVE on the Redis master")
@@ -147,7 +144,8 @@ async def _redis_leases(
                 await asyncio.sleep(0.1)
         leases = {}
         async for key in master.scan_iter(match=f"{prefix}*"):
-            leases[key[len(prefix):]] = await master.hgetall(key)
+            fields = await master.hgetall(key)  # str: the client decodes responses
+            leases[str(key)[len(prefix):]] = {str(k): str(v) for k, v in fields.items()}
         return leases
     except RedisError as exc:
         raise BackupError(f"Redis: {exc}") from exc
@@ -181,7 +179,7 @@ async def collect_evidence(
 async def _ledger_floors(settings: Settings, progress: Progress) -> list[tuple[str, int]]:
     """Every counter of the ledger about to be replaced: it covers every grant ever made."""
     try:
-        ledger = await open_ledger(settings, migrate=False)
+        ledger = await open_ledger(settings, inspect=True)
         try:
             return [(s.namespace, s.last_id) for s in await ledger.status()]
         finally:
@@ -209,9 +207,9 @@ async def _redis_floors(settings: Settings, progress: Progress) -> list[tuple[st
         progress(f"Redis is not readable ({exc}): no evidence from it")
         return []
     return [
-        (namespace, int(lease["base"]) + int(lease["length"]) - 1)
+        (namespace, int(lease[LEASE_BASE]) + int(lease[LEASE_LENGTH]) - 1)
         for namespace, lease in leases.items()
-        if lease.get("base") and lease.get("length")
+        if lease.get(LEASE_BASE) and lease.get(LEASE_LENGTH)
     ]
 
 

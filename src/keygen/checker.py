@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keygen.constants import MAX_ID, MIN_ID
+import msgspec
+
+from keygen.constants import DEFAULT_NAMESPACE, MAX_ID, MIN_ID
 from keygen.ranges import IdRange
 
 __all__ = ["Record", "Verdict", "check", "find_overlaps", "read_records"]
@@ -36,14 +38,9 @@ class Record:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Record:
-        return cls(
-            namespace=body.get("namespace", "default"),
-            start=int(body["start"]),
-            end=int(body["end"]),
-            size=int(body["size"]),
-            requested=body.get("requested"),
-            source=body.get("source"),
-        )
+        """A record from a ``POST /allocate`` response (and the ``requested`` size, if the
+        client noted it); the namespace defaults as the service's does."""
+        return msgspec.convert({"namespace": DEFAULT_NAMESPACE, **body}, cls, strict=False)
 
     @classmethod
     def of(cls, id_range: IdRange, requested: int | None = None) -> Record:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -26,9 +27,9 @@ from keygen.cluster.cli import add_cluster_commands
 from keygen.config import Settings
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.errors import LedgerUnavailable
-from keygen.ledgers.base import Ledger, NamespaceStatus
-from keygen.ledgers.postgres import PostgresLedger, redact_url
-from keygen.ledgers.sqlite import SqliteLedger
+from keygen.ledgers import open_ledger
+from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.postgres import redact_url
 
 err = Console(stderr=True)
 
@@ -95,11 +96,7 @@ def allocate(args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         err.print(f"[red]keygen: cannot reach {args.url}: {exc}[/red]")
         return 1
-    print(json.dumps({
-        "start": allocated.start, "end": allocated.end, "size": allocated.size,
-        "namespace": allocated.namespace, "source": allocated.source,
-        "timestamp": allocated.timestamp,
-    }))
+    print(msgspec.json.encode(allocated).decode())
     return 0
 
 
@@ -121,16 +118,8 @@ def verify(args: argparse.Namespace) -> int:
 
 
 async def _ledger_status(settings: Settings) -> list[NamespaceStatus]:
-    ledger: Ledger
-    if settings.database_url is not None:
-        # Connects on first use and does not migrate: inspecting changes nothing.
-        ledger = PostgresLedger(
-            settings.database_url, pool_min_size=1, pool_max_size=1,
-            connect_timeout=settings.db_connect_timeout,
-            command_timeout=settings.db_command_timeout, migrate=False,
-        )
-    else:
-        ledger = await SqliteLedger.open(settings.data_dir)
+    # Inspecting changes nothing: no migration, one connection.
+    ledger = await open_ledger(settings, inspect=True)
     try:
         return await ledger.status()
     finally:

@@ -15,7 +15,6 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keygen.constants import MAX_ID, NAMESPACE_PATTERN
-from keygen.dispensers.sentinel_address_map import parse_address_map
 
 DEFAULT_BLOCK_SIZE = 1000
 DEFAULT_MAX_BLOCK_SIZE = 1_000_000
@@ -39,6 +38,9 @@ DEFAULT_RESERVE_SIZE = 5_000_000_000
 DEFAULT_RESERVE_NAMESPACES = "default"
 DEFAULT_RESERVE_SLOTS = 64
 DEFAULT_RESERVE_TIMEOUT = 0.5
+
+#: A host and a port, as ``REDIS_SENTINEL_HOSTS`` and ``KEYGEN_REDIS_ADDRESS_MAP`` name them.
+Address = tuple[str, int]
 
 #: How the ``postgresql`` layer serves: a grant per batch of concurrent requests, or leases.
 PostgresqlMode = Literal["direct", "lease"]
@@ -166,7 +168,13 @@ class Settings(BaseSettings):
         description="Seconds a client may take to send a request's body before a 408 (and "
         "the most a request that never sends it delays a graceful shutdown).",
     )
-    health_timeout: Annotated[float, Field(gt=0)] = 1.0
+    health_timeout: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Seconds a layer's ping (or the Sentinels' answer) may take."
+    )
+    health_max_age: Annotated[float, Field(ge=0)] = Field(
+        2.0, description="Seconds /metrics reuses the last health answer before the layers "
+        "are pinged again (/health always pings).",
+    )
     log_level: LogLevel = "info"
     access_log: bool = False
 
@@ -228,12 +236,12 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def redis_addresses(self) -> dict[tuple[str, int], tuple[str, int]]:
+    def redis_addresses(self) -> dict[Address, Address]:
         """``KEYGEN_REDIS_ADDRESS_MAP`` as a dict (empty: Sentinel's addresses as they are)."""
         return parse_address_map(self.redis_address_map)
 
     @property
-    def sentinels(self) -> list[tuple[str, int]]:
+    def sentinels(self) -> list[Address]:
         """``REDIS_SENTINEL_HOSTS`` as (host, port) pairs."""
         return _parse_hosts(self.redis_sentinel_hosts) if self.redis_sentinel_hosts else []
 
@@ -242,11 +250,26 @@ def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _parse_hosts(value: str) -> list[tuple[str, int]]:
-    pairs = []
-    for item in value.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{item.strip()!r} is not host:port")
-        pairs.append((host, int(port)))
-    return pairs
+def parse_address(text: str) -> Address:
+    """``host:port`` as a pair; ValueError on anything else."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{text.strip()!r} is not host:port")
+    return host, int(port)
+
+
+def _parse_hosts(value: str) -> list[Address]:
+    return [parse_address(item) for item in value.split(",")]
+
+
+def parse_address_map(value: str | None) -> dict[Address, Address]:
+    """``host:port=host:port,...`` as a dict; ValueError on anything else."""
+    mapping: dict[Address, Address] = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        announced, sep, reached = item.strip().partition("=")
+        if not sep:
+            raise ValueError(f"{item.strip()!r} is not host:port=host:port")
+        mapping[parse_address(announced)] = parse_address(reached)
+    return mapping

@@ -23,5 +23,13 @@ GRANT_LEASE: Final = "lease"
 GRANT_DIRECT: Final = "direct"
 GRANT_RESERVE: Final = "reserve"
 
+# Redis's layout: a hash per namespace holds the namespace's lease, a string its refill lock.
+# (The fields' meanings, and the functions that read and write them: redis_functions.py.)
+REDIS_LEASE_KEY: Final = "keygen:lease:{}"
+REDIS_LOCK_KEY: Final = "keygen:refill-lock:{}"
+LEASE_BASE: Final = "base"  # first ID of the lease, as a decimal string
+LEASE_LENGTH: Final = "length"  # IDs in the lease
+LEASE_USED: Final = "used"  # IDs of the lease handed out so far
+
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8010

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from keygen.config import Settings
-from keygen.dispensers.sentinel_address_map import MappedSentinel, parse_address_map
+from keygen.config import Settings, parse_address_map
+from keygen.dispensers.sentinel import MappedSentinel
 
 pytestmark = pytest.mark.anyio
 

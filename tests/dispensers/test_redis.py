@@ -23,9 +23,9 @@ from redis.backoff import NoBackoff
 from keygen.checker import Record, check
 from keygen.cluster.processes import free_port
 from keygen.cluster.redis import RedisNode
-from keygen.constants import MAX_ID
+from keygen.constants import MAX_ID, REDIS_LOCK_KEY
 from keygen.dispensers import redis_functions as fn
-from keygen.dispensers.redis import LOCK_KEY, RedisDispenser
+from keygen.dispensers.redis import RedisDispenser
 from keygen.errors import LayerUnavailable, NamespaceExhausted
 from keygen.ledgers.sqlite import SqliteLedger
 from keygen.ranges import IdRange
@@ -89,7 +89,7 @@ async def test_the_lock_is_exclusive_on_one_incarnation(
     node: RedisNode, ledger: PausableLedger
 ) -> None:
     one, other = dispenser(node, ledger, "one"), dispenser(node, ledger, "other")
-    key = LOCK_KEY.format(NAMESPACE)
+    key = REDIS_LOCK_KEY.format(NAMESPACE)
     try:
         assert await one._call(fn.LOCK, key, "token-1", "60000") == 1
         assert await other._call(fn.LOCK, key, "token-2", "60000") == 0
@@ -109,14 +109,14 @@ async def test_a_lock_of_an_earlier_incarnation_is_void(
     first = dispenser(node, ledger, "first")
     records = [Record.of(await first.allocate(NAMESPACE, 600))]
     life_ms = str(int(LOCK_LIFE * 1000))
-    await first._call(fn.LOCK, LOCK_KEY.format(NAMESPACE), "died-holding-it", life_ms)
+    await first._call(fn.LOCK, REDIS_LOCK_KEY.format(NAMESPACE), "died-holding-it", life_ms)
     await first.aclose()
 
     node.stop()
     node.start()  # from the AOF: the lock is back, and the lease is fenced
     second = dispenser(node, ledger, "second")
     try:
-        assert await second.redis.exists(LOCK_KEY.format(NAMESPACE)) == 1
+        assert await second.redis.exists(REDIS_LOCK_KEY.format(NAMESPACE)) == 1
         async with asyncio.timeout(10):
             records.append(Record.of(await second.allocate(NAMESPACE, 600)))
         assert second.refills == 1
@@ -132,7 +132,7 @@ async def test_a_release_lost_to_a_fault_is_retried(
     answers again the lock is released (not left for ``LOCK_TIMEOUT``) and another instance
     takes it to refill."""
     stalled, other = dispenser(node, ledger, "stalled"), dispenser(node, ledger, "other")
-    key = LOCK_KEY.format(NAMESPACE)
+    key = REDIS_LOCK_KEY.format(NAMESPACE)
     records: list[Record] = []
     try:
         ledger.hold = asyncio.Event()

@@ -189,10 +189,10 @@ async def test_usage_is_recorded_and_the_reserve_refilled_when_the_ledger_return
         ledger.down = False
         await until(lambda: reserve.usages_recorded == 1)
         fresh = await reserve.allocate("default", 30)
-        described = reserve.describe()
+        snapshot = reserve.snapshot()
     assert fresh.start > 10_000  # from the new reserve, above the old one
-    assert described["ids_wasted"] == 10_000 - 300 and described["reserves_taken"] == 2
-    assert described["last_error"] is None
+    assert snapshot.ids_wasted == 10_000 - 300 and snapshot.reserves_taken == 2
+    assert snapshot.last_error is None
     (usage,) = ledger_rows(tmp_path, "SELECT start_id, end_id, used_end_id, note FROM "
                                      "reserve_usage")
     assert usage == (1, 10_000, served[-1].end, "replaced")
@@ -232,8 +232,9 @@ async def test_namespaces_served_by_any_layer_get_a_reserve(
     async with reserve_on(ledger, tmp_path / "data", namespaces=()) as reserve:
         reserve.observe("orders", 500)
         await until(lambda: reserve.remaining("orders") > 0)
-        entry = reserve.describe()["namespaces"]["orders"]
-    assert entry["held"] and entry["ids_per_minute"] > 0 and entry["minutes_left"] > 0
+        entry = reserve.snapshot().namespaces["orders"]
+    assert entry.held and entry.ids_per_minute > 0
+    assert entry.minutes_left is not None and entry.minutes_left > 0
 
 
 async def test_a_journal_that_cannot_be_written_stops_the_reserve(
@@ -252,7 +253,7 @@ async def test_a_journal_that_cannot_be_written_stops_the_reserve(
             await reserve.allocate("default", 10)
         with pytest.raises(ReserveUnavailable, match="cannot be written"):
             await reserve.ping()
-        assert reserve.describe()["journal_error"] == "No space left on device"
+        assert reserve.snapshot().journal_error == "No space left on device"
 
 
 async def test_a_damaged_journal_is_reported_to_the_ledger_as_abandoned(

@@ -20,10 +20,9 @@ from redis.sentinel import Sentinel
 from keygen.checker import Record, check
 from keygen.cluster.topology import LocalCluster
 from keygen.config import Settings
-from keygen.constants import SOURCE_REDIS
+from keygen.constants import REDIS_LEASE_KEY, SOURCE_REDIS
 from keygen.dispensers import redis_functions as fn
-from keygen.dispensers.redis import LEASE_KEY
-from keygen.service import sentinels_of
+from keygen.dispensers.sentinel import sentinels_of
 from tests.support.load import LoadResult, run_load, wait_for_acks
 from tests.support.processes import ServeProcess
 
@@ -166,7 +165,7 @@ async def test_paused_master_split_brain(
             # it (~10 s measured): allocate through it the way a stale pooled connection would.
             split_brain = []
             for _ in range(50):
-                reply = stale.fcall(fn.ALLOCATE, 1, LEASE_KEY.format("default"), 7)
+                reply = stale.fcall(fn.ALLOCATE, 1, REDIS_LEASE_KEY.format("default"), 7)
                 if reply[0] != "OK":
                     break
                 start = int(reply[1]) + int(reply[2]) - 7

@@ -277,8 +277,8 @@ async def test_an_unreachable_server_is_a_clean_error_not_a_failed_start() -> No
             with pytest.raises(LedgerUnavailable, match="cannot reach the server"):
                 await operation
         assert time.monotonic() - started < 4
-        assert ledger.describe()["connected"] is False
-        assert "cannot reach" in (ledger.describe()["last_error"] or "")
+        assert ledger.snapshot().connected is False
+        assert "cannot reach" in (ledger.snapshot().last_error or "")
 
 
 async def test_a_ledger_started_while_the_server_is_down_connects_when_it_returns(
@@ -338,14 +338,14 @@ async def test_a_grant_stuck_on_a_lock_times_out_cleanly(postgres_url: str) -> N
     assert granted.start >= 2  # the timed-out grant may have committed: wasted, not reused
 
 
-async def test_ping_and_describe_report_the_connection(postgres_url: str) -> None:
-    """ping measures latency; describe shows pool and schema without the password."""
+async def test_ping_and_snapshot_report_the_connection(postgres_url: str) -> None:
+    """ping measures latency; the snapshot shows pool and schema without the password."""
     async with opened(postgres_url) as ledger:
         await ledger.ping()
-        described = ledger.describe()
-    assert described["connected"] is True and described["schema_version"] == LATEST_VERSION
-    assert described["ping_ms"] is not None and described["ping_ms"] > 0
-    assert described["pool_max_size"] == 10 and described["last_error"] is None
+        snapshot = ledger.snapshot()
+    assert snapshot.connected is True and snapshot.schema_version == LATEST_VERSION
+    assert snapshot.ping_ms is not None and snapshot.ping_ms > 0
+    assert snapshot.pool_max_size == 10 and snapshot.last_error is None
 
 
 def test_redact_url_hides_only_the_password() -> None:

@@ -118,6 +118,6 @@ async def test_metrics_count_by_source() -> None:
     primary.mode = "fail"
     await allocator.allocate("default", 4)
     snapshot = allocator.metrics.snapshot()
-    assert snapshot["total_allocations"] == 2
-    assert snapshot["allocations_by_source"] == {"fallback": 1, "primary": 1}
-    assert snapshot["ids_allocated"] == 7
+    assert snapshot.total_allocations == 2
+    assert snapshot.allocations_by_source == {"fallback": 1, "primary": 1}
+    assert snapshot.ids_allocated == 7

@@ -28,6 +28,7 @@ from keygen.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from keygen.ranges import AllocatedRange
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -44,15 +45,6 @@ ALLOCATE_PATH = "/allocate"
 class AllocateRequest(msgspec.Struct, forbid_unknown_fields=True):
     size: int | None = None
     namespace: str | None = None
-
-
-class AllocationBody(msgspec.Struct):
-    start: int
-    end: int
-    size: int
-    namespace: str
-    source: str
-    timestamp: float
 
 
 _decode_request = msgspec.json.Decoder(AllocateRequest).decode
@@ -157,7 +149,7 @@ class AllocateEndpoint:
             send,
             200,
             _encode_allocation(
-                AllocationBody(
+                AllocatedRange(
                     id_range.start, id_range.end, id_range.size, id_range.namespace,
                     allocation.source, time.time(),
                 )

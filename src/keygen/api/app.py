@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -20,7 +19,6 @@ from keygen.api.responses import error_response, json_error
 from keygen.api.routes import router
 from keygen.config import Settings
 from keygen.errors import InvalidRequest, MethodNotAllowed, NotFound, ServiceError
-from keygen.metrics import KeygenCollector
 from keygen.service import Keygen
 
 log = logging.getLogger(__name__)
@@ -33,10 +31,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     read_deadlines = ReadDeadlines(api.state.settings.body_timeout)
     read_deadlines.start()
     api.state.read_deadlines = read_deadlines
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KeygenCollector(service.metrics, service.gauges))
     api.state.service = service
-    api.state.registry = registry
     log.info(
         "keygen %s serving from %s", __version__,
         " -> ".join(layer.source for layer in service.allocator.layers),

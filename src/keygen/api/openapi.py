@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from keygen.api.allocate import ALLOCATE_PATH
-from keygen.api.schemas import AllocateRequest, Allocation, ErrorResponse
+from keygen.api.responses import ErrorResponse
+from keygen.api.schemas import AllocateRequest
+from keygen.ranges import AllocatedRange
+
+REF_TEMPLATE = "#/components/schemas/{name}"
 
 _ERRORS = {
     "400": "Malformed JSON",
@@ -23,7 +28,7 @@ _ERRORS = {
 
 
 def _ref(model: type) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"$ref": REF_TEMPLATE.format(name=model.__name__)}
 
 
 def install_openapi(api: FastAPI) -> None:
@@ -37,10 +42,12 @@ def install_openapi(api: FastAPI) -> None:
             routes=api.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (AllocateRequest, Allocation, ErrorResponse):
-            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(definition.pop("$defs", {}))
-            components[model.__name__] = definition
+        request = AllocateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components[AllocateRequest.__name__] = request
+        _, written = msgspec.json.schema_components(
+            [AllocatedRange, ErrorResponse], ref_template=REF_TEMPLATE
+        )
+        components.update(written)
         json_body = {"application/json": {"schema": _ref(ErrorResponse)}}
         schema["paths"][ALLOCATE_PATH] = {
             "post": {
@@ -53,7 +60,7 @@ def install_openapi(api: FastAPI) -> None:
                 "responses": {
                     "200": {
                         "description": "The range, yours alone",
-                        "content": {"application/json": {"schema": _ref(Allocation)}},
+                        "content": {"application/json": {"schema": _ref(AllocatedRange)}},
                     },
                     **{
                         status: {"description": text, "content": json_body}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
 import msgspec
 from starlette.responses import Response
@@ -12,9 +13,19 @@ from keygen.errors import ServiceError
 _encoder = msgspec.json.Encoder()
 
 
+class ErrorDetail(msgspec.Struct, frozen=True):
+    code: Annotated[str, msgspec.Meta(description="What went wrong, for programs.")]
+    message: Annotated[str, msgspec.Meta(description="What went wrong, for people.")]
+
+
+class ErrorResponse(msgspec.Struct, frozen=True):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
 def error_body(code: str, message: str) -> bytes:
-    body: bytes = _encoder.encode({"error": {"code": code, "message": message}})
-    return body
+    return _encoder.encode(ErrorResponse(ErrorDetail(code, message)))
 
 
 def json_error(

@@ -1,12 +1,12 @@
-"""Pydantic models of the HTTP contract, used to document it in the OpenAPI schema.
+"""The request of ``POST /allocate`` as the OpenAPI schema documents it.
 
-``POST /allocate`` is validated by msgspec on the hot path (``allocate.py``); these models
-describe the same shapes for ``/docs``, and a test keeps the two in agreement.
+The hot path decodes it with msgspec (``allocate.py``) and checks the bounds itself, with
+messages of its own; this model states the same rules for ``/docs``, and a test keeps the two
+in agreement. The response and error shapes are documented from the msgspec structs the
+service writes (``AllocatedRange``, ``ErrorResponse``).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,23 +23,3 @@ class AllocateRequest(BaseModel):
         description=f"An independent ID sequence, created on first use; defaults to "
         f"{DEFAULT_NAMESPACE!r}.",
     )
-
-
-class Allocation(BaseModel):
-    start: int = Field(description="First ID of the range.")
-    end: int = Field(description="Last ID of the range (inclusive): end - start + 1 == size.")
-    size: int
-    namespace: str
-    source: Literal["redis_sentinel", "postgresql", "emergency_reserve", "sqlite"] = Field(
-        description="The layer that served the request."
-    )
-    timestamp: float = Field(description="Unix time the range was handed out.")
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from keygen.constants import GRANT_LEASE, SOURCE_REDIS
+from keygen.constants import GRANT_LEASE, REDIS_LEASE_KEY, REDIS_LOCK_KEY, SOURCE_REDIS
 from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
 from keygen.errors import LayerUnavailable, NamespaceExhausted
@@ -42,8 +42,6 @@ from keygen.ranges import IdRange
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY: Final = "keygen:lease:{}"
-LOCK_KEY: Final = "keygen:refill-lock:{}"
 FAST_LEASE: Final = 15 * 60.0  # seconds: a lease used up faster than this doubles the next
 SLOW_LEASE: Final = 30 * 60.0  # seconds: a lease lasting longer than this halves the next
 #: How long an instance that finds another instance refilling waits before looking again.
@@ -94,7 +92,7 @@ class RedisDispenser:
 
     async def _serve(self, namespace: str, batch: list[Waiter]) -> None:
         """One FCALL for the whole batch; refill and call again while the lease falls short."""
-        key = LEASE_KEY.format(namespace)
+        key = REDIS_LEASE_KEY.format(namespace)
         while True:
             batch = [waiter for waiter in batch if not waiter.gave_up]
             if not batch:
@@ -131,7 +129,7 @@ class RedisDispenser:
                 return
 
     async def _refill(self, namespace: str, size: int) -> None:
-        lock_key = LOCK_KEY.format(namespace)
+        lock_key = REDIS_LOCK_KEY.format(namespace)
         token = secrets.token_hex(8)
         ttl_ms = max(1, int(self._lock_timeout * 1000))
         if not await self._call(fn.LOCK, lock_key, token, str(ttl_ms)):
@@ -168,7 +166,7 @@ class RedisDispenser:
         task.add_done_callback(self._background.discard)
 
     async def _install_fresh_lease(self, namespace: str, size: int) -> None:
-        key = LEASE_KEY.format(namespace)
+        key = REDIS_LEASE_KEY.format(namespace)
         state = await self.peek(namespace)
         if state.grant and not state.fenced and state.left >= size:
             return  # another instance refilled it while we took the lock
@@ -215,7 +213,7 @@ class RedisDispenser:
     async def peek(self, namespace: str) -> LeaseState:
         """The namespace's lease as the current master sees it."""
         grant, length, left, installed_at, fenced = await self._call(
-            fn.PEEK, LEASE_KEY.format(namespace)
+            fn.PEEK, REDIS_LEASE_KEY.format(namespace)
         )
         return LeaseState(str(grant), int(length), int(left), float(installed_at), fenced == 1)
 

@@ -37,6 +37,7 @@ from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
 from keygen.ledgers.base import Ledger, ReserveUsage
 from keygen.ranges import IdRange
+from keygen.snapshots import ReserveNamespaceSnapshot, ReserveSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,19 @@ class _Reserve:
 
     def key(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "start": self.start}
+
+
+def _namespace_snapshot(reserve: _Reserve | None, per_minute: float) -> ReserveNamespaceSnapshot:
+    if reserve is None:
+        return ReserveNamespaceSnapshot(
+            held=False, ids_per_minute=round(per_minute, 1), minutes_left=None
+        )
+    return ReserveNamespaceSnapshot(
+        held=True, start=reserve.start, end=reserve.end, remaining=reserve.remaining,
+        used=reserve.used_end - reserve.start + 1, journaled_mark=reserve.durable,
+        ids_per_minute=round(per_minute, 1),
+        minutes_left=round(reserve.remaining / per_minute, 2) if per_minute > 0 else None,
+    )
 
 
 class _Rate:
@@ -417,41 +431,21 @@ class ReserveDispenser:
         if not any(reserve.remaining for reserve in self._current.values()):
             raise ReserveExhausted("every emergency reserve is exhausted")
 
-    def describe(self) -> dict[str, Any]:
-        """The reserve's state, for ``/health``."""
+    def snapshot(self) -> ReserveSnapshot:
+        """The reserve's state, for ``/health`` and ``/metrics``."""
         now = time.monotonic()
-        namespaces: dict[str, Any] = {}
+        namespaces = {}
         for namespace in sorted({*self._wanted, *self._current}):
-            reserve = self._current.get(namespace)
             rate = self._rates.get(namespace)
             per_minute = rate.per_minute(now) if rate is not None else 0.0
-            entry: dict[str, Any] = {"held": reserve is not None}
-            if reserve is not None:
-                entry.update(
-                    start=reserve.start, end=reserve.end, remaining=reserve.remaining,
-                    used=reserve.used_end - reserve.start + 1, journaled_mark=reserve.durable,
-                )
-            entry["ids_per_minute"] = round(per_minute, 1)
-            entry["minutes_left"] = (
-                round(reserve.remaining / per_minute, 2)
-                if reserve is not None and per_minute > 0 else None
-            )
-            namespaces[namespace] = entry
-        return {
-            "serving": self.serving,
-            "size": self.size,
-            "journal": str(self.journal.path),
-            "journal_error": self.broken,
-            "holder": self.holder,
-            "ids_served": self.ids_served,
-            "ids_wasted": self.ids_wasted,
-            "reserves_taken": self.reserves_taken,
-            "usages_recorded": self.usages_recorded,
-            "pending_usage_records": len(self._pending),
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "namespaces": namespaces,
-        }
+            namespaces[namespace] = _namespace_snapshot(self._current.get(namespace), per_minute)
+        return ReserveSnapshot(
+            serving=self.serving, size=self.size, journal=str(self.journal.path),
+            journal_error=self.broken, holder=self.holder, ids_served=self.ids_served,
+            ids_wasted=self.ids_wasted, reserves_taken=self.reserves_taken,
+            usages_recorded=self.usages_recorded, pending_usage_records=len(self._pending),
+            last_error=self.last_error, last_error_at=self.last_error_at, namespaces=namespaces,
+        )
 
     def remaining(self, namespace: str) -> int:
         """IDs left in the reserve of ``namespace`` (0 when none is held)."""

@@ -21,6 +21,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from keygen.dispensers.redis import REDIS_FAILURES
+from keygen.snapshots import SentinelSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,16 @@ class SentinelMonitor:
                 continue
         return False
 
-    async def describe(self) -> dict[str, Any]:
+    async def snapshot(self) -> SentinelSnapshot:
+        """Ask the Sentinels for the master and the quorum (each within the timeout)."""
         master, quorum, _ = await asyncio.gather(
             self.master_address(), self.has_quorum(), self.refresh_failovers()
         )
-        return {
-            "master": master,
-            "sentinel_quorum": quorum,
-            "failovers": self.failovers,
-            "last_failover_at": self.last_failover_at,
-        }
+        return SentinelSnapshot(master, quorum, self.failovers, self.last_failover_at)
+
+    def unreachable(self) -> SentinelSnapshot:
+        """What is known when no Sentinel answered in time: the failovers counted so far."""
+        return SentinelSnapshot(None, False, self.failovers, self.last_failover_at)
 
     async def aclose(self) -> None:
         if self._task is not None:

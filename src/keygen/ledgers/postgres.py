@@ -26,18 +26,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from keygen.config import (
+    DEFAULT_DB_COMMAND_TIMEOUT,
+    DEFAULT_DB_CONNECT_TIMEOUT,
+    DEFAULT_DB_POOL_MAX_SIZE,
+    DEFAULT_DB_POOL_MIN_SIZE,
+)
 from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_POSTGRESQL
-from keygen.errors import KeygenError, LedgerUnavailable, NamespaceExhausted, SchemaTooNew
+from keygen.errors import (
+    LedgerUnavailable,
+    NamespaceExhausted,
+    SchemaTooNew,
+    ServiceError,
+)
 from keygen.ledgers.base import NamespaceStatus, ReserveUsage
 from keygen.ledgers.postgres_migrations import Connection, migrate
 from keygen.ranges import IdRange
+from keygen.snapshots import PostgresSnapshot
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POOL_MIN_SIZE = 1
-DEFAULT_POOL_MAX_SIZE = 10
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_COMMAND_TIMEOUT = 5.0
 
 #: How long ``aclose`` waits for borrowed connections before terminating them.
 CLOSE_TIMEOUT = 5.0
@@ -181,10 +188,10 @@ class PostgresLedger:
         self,
         url: str,
         *,
-        pool_min_size: int = DEFAULT_POOL_MIN_SIZE,
-        pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        pool_min_size: int = DEFAULT_DB_POOL_MIN_SIZE,
+        pool_max_size: int = DEFAULT_DB_POOL_MAX_SIZE,
+        connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT,
+        command_timeout: float = DEFAULT_DB_COMMAND_TIMEOUT,
         migrate: bool = True,
     ) -> None:
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
@@ -296,8 +303,8 @@ class PostgresLedger:
     def _translating(self, action: str) -> Iterator[None]:
         try:
             yield
-        except KeygenError:
-            raise
+        except ServiceError:
+            raise  # already ours; a tool's error (SchemaTooNew) is translated below
         except Exception as exc:
             for error_type, meaning in _ERRORS:
                 if isinstance(exc, error_type):
@@ -376,20 +383,16 @@ class PostgresLedger:
             await conn.fetchval("SELECT 1")
         self.ping_ms = round(1000 * (time.perf_counter() - started), 3)
 
-    def describe(self) -> dict[str, Any]:
+    def snapshot(self) -> PostgresSnapshot:
         """The ledger's connection state, for ``/health``."""
         pool = self._pool
-        return {
-            "url": redact_url(self.url),
-            "connected": pool is not None,
-            "pool_size": pool.get_size() if pool is not None else 0,
-            "pool_idle": pool.get_idle_size() if pool is not None else 0,
-            "pool_max_size": self.pool_max_size,
-            "schema_version": self.schema_version,
-            "ping_ms": self.ping_ms,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
+        return PostgresSnapshot(
+            url=redact_url(self.url), connected=pool is not None,
+            pool_size=pool.get_size() if pool is not None else 0,
+            pool_idle=pool.get_idle_size() if pool is not None else 0,
+            pool_max_size=self.pool_max_size, schema_version=self.schema_version,
+            ping_ms=self.ping_ms, last_error=self.last_error, last_error_at=self.last_error_at,
+        )
 
     async def aclose(self) -> None:
         self._closed = True

@@ -1,0 +1,67 @@
+"""The Sentinel client: built once from the settings, for the Redis layer and for backups.
+
+Sentinel hands out the address a Redis node announces. When the service must reach the
+nodes through something else (a proxy per node, as ``keygen chaos`` uses to cut the service
+off from Redis while Sentinel still sees it healthy, or a NAT), ``KEYGEN_REDIS_ADDRESS_MAP``
+(``host:port=host:port,...``) translates each announced address; an address it does not
+name is used as announced. An empty map is plain Sentinel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from keygen.config import Address, Settings
+
+__all__ = ["MappedSentinel", "master_of", "sentinels_of"]
+
+
+class MappedSentinel(Sentinel):
+    """``redis.asyncio.sentinel.Sentinel`` whose discovered master goes through the map."""
+
+    def __init__(self, *args: Any, address_map: dict[Address, Address] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.address_map = dict(address_map or {})
+
+    async def discover_master(self, service_name: str) -> Address:
+        host, port = await super().discover_master(service_name)
+        return self.address_map.get((str(host), int(port)), (str(host), int(port)))
+
+
+def sentinels_of(settings: Settings) -> MappedSentinel:
+    """The Sentinels, asked with the socket timeouts and without redis-py's retries: it would
+    try a Sentinel that is down 10 more times, with backoffs of up to 1 s, before asking the
+    next one, and the layer's time budget would be spent long before."""
+    timeout = settings.redis_socket_timeout
+    # A Sentinel that sees fewer peers than the quorum needs may be partitioned off: its
+    # idea of the master is not trusted.
+    return MappedSentinel(
+        settings.sentinels, min_other_sentinels=settings.redis_sentinel_quorum - 1,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                         "retry": Retry(NoBackoff(), 0)},
+        address_map=settings.redis_addresses,
+    )
+
+
+def master_of(
+    settings: Settings, sentinel: Sentinel, *, socket_timeout: float | None = None
+) -> redis.asyncio.Redis:
+    """A client of the master the Sentinels name, found again on every new connection.
+
+    No retries inside redis-py: a failed call falls back to the next layer at once, and the
+    breaker decides when to try Redis again. ``socket_timeout`` defaults to
+    ``KEYGEN_REDIS_SOCKET_TIMEOUT``; a tool's long command (BGSAVE, SCAN) may ask for more.
+    """
+    timeout = settings.redis_socket_timeout
+    client: redis.asyncio.Redis = sentinel.master_for(
+        settings.redis_sentinel_master_name, decode_responses=True,
+        retry=Retry(NoBackoff(), 0), socket_timeout=socket_timeout or timeout,
+        socket_connect_timeout=timeout,
+    )
+    return client
