@@ -53,7 +53,7 @@ def test_pause_resume_and_stop_modes(node: PostgresNode) -> None:
         node.resume()
     assert node.accepts_connections()
     for mode in ("immediate", "fast"):
-        node.stop(mode)
+        node.stop(mode=mode)
         assert not node.is_running()
         node.start()
     with pytest.raises(ClusterError):

@@ -55,7 +55,7 @@ async def test_a_crash_under_load_reissues_nothing(
         if crash == "sigkill":
             await asyncio.to_thread(controlled_postgres.kill)
         else:
-            await asyncio.to_thread(controlled_postgres.stop, "immediate")
+            await asyncio.to_thread(controlled_postgres.stop, mode="immediate")
         await asyncio.sleep(0.5)
         refused = result.statuses[503]
         await asyncio.to_thread(controlled_postgres.start)

@@ -31,7 +31,7 @@ async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
     Retry-After (never a 500 or a hang), /health says unhealthy, and once PostgreSQL is back
     the same process serves again with no ID repeated."""
     fail, recover = {
-        "stopped": (lambda: controlled_postgres.stop("fast"), controlled_postgres.start),
+        "stopped": (lambda: controlled_postgres.stop(), controlled_postgres.start),
         "frozen": (controlled_postgres.pause, controlled_postgres.resume),
     }[failure]
     server = ServeProcess(

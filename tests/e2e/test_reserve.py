@@ -157,7 +157,7 @@ async def test_redis_and_postgresql_down_the_reserve_serves_then_is_refilled(
         await health_until(server.url, reserves_held)
         await acks_from(result, SOURCE_REDIS, 200)
         await asyncio.to_thread(cluster.kill_all)
-        await asyncio.to_thread(controlled_postgres.stop, "fast")
+        await asyncio.to_thread(controlled_postgres.stop)
         await acks_from(result, SOURCE_RESERVE, 300)
         degraded = await health(server.url)
         served_from_reserve = [r for r in result.acknowledged if r.source == SOURCE_RESERVE]
@@ -200,7 +200,7 @@ async def test_kill_9_while_serving_from_the_reserve_resumes_above_the_journal_m
     before, after = LoadResult(), LoadResult()
     async with serving(env, tmp_path / "serve.log") as server:
         await health_until(server.url, reserves_held)
-        await asyncio.to_thread(controlled_postgres.stop, "fast")
+        await asyncio.to_thread(controlled_postgres.stop)
         async with loading(server.url, before):
             await acks_from(before, SOURCE_RESERVE, 400)
             server.kill(signal.SIGKILL)  # requests in flight
@@ -228,7 +228,7 @@ async def test_a_used_up_reserve_gives_clean_503s_until_postgresql_returns(
     result = LoadResult()
     async with serving(env, tmp_path / "serve.log") as server:
         await health_until(server.url, reserves_held)
-        await asyncio.to_thread(controlled_postgres.stop, "fast")
+        await asyncio.to_thread(controlled_postgres.stop)
         async with loading(server.url, result, sizes=(100, 100), timed=True):
             await wait_until(lambda: result.statuses[503] >= 50, timeout=30)
             down = await health(server.url)
@@ -265,7 +265,7 @@ async def test_a_truncated_journal_abandons_its_reserve_which_is_never_served_ag
     before, after = LoadResult(), LoadResult()
     async with serving(env, log) as server:
         await health_until(server.url, reserves_held)
-        await asyncio.to_thread(controlled_postgres.stop, "fast")
+        await asyncio.to_thread(controlled_postgres.stop)
         async with loading(server.url, before):
             await acks_from(before, SOURCE_RESERVE, 200)
         server.kill(signal.SIGKILL)
@@ -300,7 +300,7 @@ async def test_everything_down_at_start_up_gives_clear_503s_until_postgresql_ret
     """Started with Redis and PostgreSQL down and no journal, the service answers 503
     reserve_unavailable with Retry-After, keeps trying, and serves (and takes its reserve)
     as soon as PostgreSQL is back."""
-    controlled_postgres.stop("fast")
+    controlled_postgres.stop()
     env = service_env(tmp_path, postgres_url, dead_sentinels())
     result = LoadResult()
     async with serving(env, tmp_path / "serve.log") as server:
@@ -351,7 +351,7 @@ async def test_workers_each_lock_a_journal_and_a_process_with_no_free_slot_refus
             lambda: all(len(replay((data / JOURNAL_NAME.format(i)).read_bytes()).reserves) == 2
                         for i in (0, 1)), timeout=20,
         )
-        await asyncio.to_thread(controlled_postgres.stop, "fast")
+        await asyncio.to_thread(controlled_postgres.stop)
         async with loading(server.url, result):
             await acks_from(result, SOURCE_RESERVE, 400)
     refusal = (tmp_path / "second.log").read_text()

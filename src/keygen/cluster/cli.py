@@ -7,34 +7,49 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from keygen.cluster.redis import DEFAULT_DOWN_AFTER_MS
-from keygen.cluster.topology import DEFAULT_BASE_PORT, LocalCluster, Ports
+from keygen.cluster.layout import DEFAULT_BASE_PORT, DEFAULT_DOWN_AFTER_MS, Ports
 from keygen.errors import ClusterError
+
+if TYPE_CHECKING:  # imported by the commands, not by `keygen serve` building its parser
+    from rich.console import Console
+
+    from keygen.cluster.topology import LocalCluster
 
 DEFAULT_DIR = Path(".keygen/cluster")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _progress(message: str) -> None:
-    err.print(f"[dim]•[/dim] {escape(message)}")
+    _err().print(f"[dim]•[/dim] {_escape(message)}")
 
 
 def _fail(message: str) -> int:
-    err.print(f"[red]keygen cluster: {escape(message)}[/red]")
+    _err().print(f"[red]keygen cluster: {_escape(message)}[/red]")
     return 1
 
 
 def _new_cluster(args: argparse.Namespace) -> LocalCluster:
+    from keygen.cluster.topology import LocalCluster
+
     base: int | None = args.base_port
     if base is None:
         base = DEFAULT_BASE_PORT
@@ -60,6 +75,8 @@ def _reopened_cluster(args: argparse.Namespace, cluster: LocalCluster) -> LocalC
 
 
 def cluster_up(args: argparse.Namespace) -> int:
+    from keygen.cluster.topology import LocalCluster
+
     try:
         if LocalCluster.exists(args.dir):
             cluster = LocalCluster.load(args.dir, progress=_progress)
@@ -79,18 +96,23 @@ def cluster_up(args: argparse.Namespace) -> int:
         return _fail("interrupted; what was started has been stopped")
     for key, value in cluster.env().items():
         print(f"export {key}={shlex.quote(value)}")
-    where = shlex.quote(str(args.dir))
-    err.print(
-        f"[green]cluster up[/green] in {escape(str(cluster.directory))}. Next:\n"
+    where = _escape(shlex.quote(str(args.dir)))
+    _err().print(
+        f"[green]cluster up[/green] in {_escape(str(cluster.directory))}. Next:\n"
         "  set the environment printed on stdout (`eval \"$(keygen cluster up)\"` does it)\n"
         "  keygen serve                          # the service, on this topology\n"
-        f"  keygen cluster status --dir {escape(where)}\n"
-        f"  keygen cluster down --dir {escape(where)}"
+        f"  keygen cluster status --dir {where}\n"
+        f"  keygen cluster down --dir {where}"
     )
     return 0
 
 
 def cluster_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from keygen.cluster.topology import LocalCluster
+
     if not LocalCluster.exists(args.dir):
         return _fail(f"no cluster recorded in {args.dir}")
     try:
@@ -107,7 +129,7 @@ def cluster_status(args: argparse.Namespace) -> int:
     colours = {"running": "green", "paused": "yellow", "stopped": "red"}
     for p in status.processes:
         table.add_row(p.name, str(p.port), str(p.pid or "-"),
-                      f"[{colours[p.state]}]{p.state}[/]", p.role or "-", escape(p.detail))
+                      f"[{colours[p.state]}]{p.state}[/]", p.role or "-", _escape(p.detail))
     console = Console(highlight=False)
     console.print(table)
     if status.master is None:
@@ -120,6 +142,8 @@ def cluster_status(args: argparse.Namespace) -> int:
 
 
 def cluster_down(args: argparse.Namespace) -> int:
+    from keygen.cluster.topology import LocalCluster
+
     if not LocalCluster.exists(args.dir):
         return _fail(f"no cluster recorded in {args.dir}: nothing to stop")
     try:

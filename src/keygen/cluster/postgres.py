@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from keygen.cluster import processes as _proc
 from keygen.cluster.binaries import ensure_postgres_bin_dir
+from keygen.cluster.layout import HOST
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
 
@@ -83,7 +84,7 @@ class PostgresNode:
         self.data_dir = self.directory / "data"
         self.log_path = self.directory / "server.log"
         self.port = port
-        self.host = "127.0.0.1"
+        self.host = HOST
         self.database = database
         self.name = name
         self._bin_dir = bin_dir
@@ -163,7 +164,7 @@ class PostgresNode:
         if self.on_start is not None:
             self.on_start()
 
-    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 60.0, *, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode`` and wait until every server process is gone (reaped)."""
         if mode not in STOP_MODES:
             raise ValueError(f"mode must be one of {STOP_MODES}, not {mode!r}")
@@ -183,6 +184,10 @@ class PostgresNode:
         self._killed.extend(pids)
         _proc.wait_gone(pids, timeout, zombies_count=True)
 
+    def attach(self, pid: int | None, start_time: int | None) -> None:
+        """Nothing to adopt: the postmaster's own pid file, checked through ``/proc``, names
+        the running server."""
+
     def pause(self) -> None:
         """SIGSTOP every server process: connections stay open but nothing answers."""
         _proc.pause_pids(self.pids())
@@ -199,13 +204,13 @@ class PostgresNode:
 
     def restart(self, timeout: float = 60.0) -> None:
         """Stop (fast) if running, then start."""
-        self.stop("fast", timeout)
+        self.stop(timeout)
         self.start(timeout)
 
     def destroy(self) -> None:
         """Stop the server (immediately) and delete its directory."""
         if self.is_running():
-            self.stop("immediate")
+            self.stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- inspection -----------------------------------------------------------------------
@@ -258,6 +263,10 @@ class PostgresNode:
             capture_output=True, check=False, timeout=10,
         )
         return result.returncode == 0
+
+    def describe(self) -> tuple[str | None, str]:
+        """``ledger``, and whether it accepts connections."""
+        return "ledger", "accepts connections" if self.accepts_connections() else "not ready"
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's log."""

@@ -30,14 +30,17 @@ from redis.retry import Retry
 
 from keygen.cluster import processes as _proc
 from keygen.cluster.binaries import ensure_redis_server
+from keygen.cluster.layout import (
+    DEFAULT_APPENDFSYNC,
+    DEFAULT_FAILOVER_TIMEOUT_MS,
+    DEFAULT_MASTER_NAME,
+    DEFAULT_QUORUM,
+    HOST,
+)
+from keygen.cluster.layout import DEFAULT_DOWN_AFTER_MS as DEFAULT_DOWN_AFTER_MS
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
 
-DEFAULT_MASTER_NAME = "mymaster"
-DEFAULT_QUORUM = 2
-DEFAULT_DOWN_AFTER_MS = 5000
-DEFAULT_FAILOVER_TIMEOUT_MS = 10000
-DEFAULT_APPENDFSYNC = "everysec"
 #: Seconds a control connection (status, readiness) waits on a node: a paused node must not
 #: stall `keygen cluster status`.
 CONTROL_TIMEOUT = 1.0
@@ -65,7 +68,7 @@ class _ServerProcess:
     ) -> None:
         self.directory = Path(directory).absolute()
         self.port = port
-        self.host = "127.0.0.1"
+        self.host = HOST
         self.name = name
         self.conf_path = self.directory / self.conf_name
         self.pid_path = self.directory / "redis.pid"
@@ -148,10 +151,6 @@ class _ServerProcess:
     def pid(self) -> int | None:
         """The recorded pid of the server process (whether or not it still runs)."""
         return self._pid
-
-    @property
-    def start_time(self) -> int | None:
-        return self._start_time
 
     def owns(self, pid: int) -> bool:
         """Whether ``pid`` is this node's process: alive, started when we recorded, and a
@@ -313,14 +312,16 @@ class RedisNode(_ServerProcess):
                 and not info.get("master_sync_in_progress")
                 and (of is None or str(info.get("master_port")) == str(of)))
 
-    def master_port(self) -> int | None:
-        """For a replica, the port of the master it replicates from."""
+    def describe(self) -> tuple[str | None, str]:
+        """``master`` with its replica count, or ``replica`` with its master and link."""
         try:
             info = self.info_replication()
-        except redis.RedisError:
-            return None
-        port = info.get("master_port")
-        return int(port) if info.get("role") == "slave" and port is not None else None
+        except redis.RedisError as exc:
+            return None, f"no answer ({exc})"
+        if info.get("role") == "master":
+            return "master", f"{info.get('connected_slaves', 0)} replicas connected"
+        link = info.get("master_link_status")
+        return "replica", f"of {info.get('master_host')}:{info.get('master_port')}, link {link}"
 
 
 class SentinelNode(_ServerProcess):
@@ -393,6 +394,11 @@ class SentinelNode(_ServerProcess):
             return None
         host, port = reply
         return str(host), int(port)
+
+    def describe(self) -> tuple[str | None, str]:
+        """``sentinel``, and the master it names."""
+        address = self.master_address()
+        return "sentinel", f"master at {address[0]}:{address[1]}" if address else "no answer"
 
     def ckquorum(self) -> bool:
         """``SENTINEL CKQUORUM``: enough Sentinels are reachable to authorise a failover."""

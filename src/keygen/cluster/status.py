@@ -6,12 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
-from keygen.cluster.postgres import PostgresNode
-from keygen.cluster.redis import RedisNode, SentinelNode
-
-Node = RedisNode | SentinelNode | PostgresNode
+from keygen.cluster.node import Node
 
 
 @dataclass(frozen=True)
@@ -58,26 +53,6 @@ def status_of(node: Node) -> ProcessStatus:
     running = node.is_running()
     paused = running and node.is_paused()
     state = "paused" if paused else "running" if running else "stopped"
-    role: str | None = None
-    detail = ""
-    if running and not paused:
-        role, detail = _describe(node)
+    role, detail = node.describe() if running and not paused else (None, "")
     return ProcessStatus(node.name, node.kind, node.port, node.pid if running else None, state,
                          role, detail)
-
-
-def _describe(node: Node) -> tuple[str | None, str]:
-    """The role of a running node and a short description of what it sees."""
-    if isinstance(node, PostgresNode):
-        return "ledger", "accepts connections" if node.accepts_connections() else "not ready"
-    if isinstance(node, SentinelNode):
-        address = node.master_address()
-        return "sentinel", f"master at {address[0]}:{address[1]}" if address else "no answer"
-    try:
-        info = node.info_replication()
-    except redis.RedisError as exc:
-        return None, f"no answer ({exc})"
-    if info.get("role") == "master":
-        return "master", f"{info.get('connected_slaves', 0)} replicas connected"
-    link = info.get("master_link_status")
-    return "replica", f"of {info.get('master_host')}:{info.get('master_port')}, link {link}"
