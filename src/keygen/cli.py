@@ -20,7 +20,7 @@ from rich.table import Table
 
 from keygen import __version__
 from keygen.backup_cli import add_backup_commands
-from keygen.chaos.runner import add_chaos_command
+from keygen.chaos.cli import add_chaos_command
 from keygen.checker import check, read_records
 from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
 from keygen.cluster.cli import add_cluster_commands

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from keygen.chaos.nemesis import KNOWN_KINDS
-from keygen.chaos.runner import ChaosOptions, run_chaos
+from keygen.chaos.cli import ChaosOptions
+from keygen.chaos.faults import KNOWN_KINDS
+from keygen.chaos.run import run_chaos
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 

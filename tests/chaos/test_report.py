@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from keygen.chaos.nemesis import (
+from keygen.chaos.cli import _kinds
+from keygen.chaos.faults import (
     ALL_LAYERS_DOWN,
     FAULT_KINDS,
+    FAULTS,
     KNOWN_KINDS,
     OVERLAPPING_KINDS,
-    Nemesis,
-    plan_random,
-    plan_short,
+    FaultWindow,
 )
+from keygen.chaos.nemesis import plan_random, plan_short
 from keygen.chaos.report import Ack, Failure, build_report, markdown, percentiles
-from keygen.chaos.runner import _kinds
 from keygen.checker import Record
 
 T0 = 1000.0
@@ -31,12 +31,12 @@ def ack(start: int, sent: float, latency: float = 0.01, source: str = "redis_sen
     return Ack(record, T0 + sent, T0 + sent + latency)
 
 
-def window(kind: str, start: float, end: float, *, all_down: bool = False) -> dict[str, Any]:
-    return {"kind": kind, "start": T0 + start, "end": T0 + end, "all_layers_down": all_down}
+def window(kind: str, start: float, end: float, *, all_down: bool = False) -> FaultWindow:
+    return FaultWindow(kind, T0 + start, T0 + end, all_layers_down=all_down)
 
 
 def report_of(acks: list[Ack], failures: list[Failure],
-              windows: list[dict[str, Any]]) -> dict[str, Any]:
+              windows: list[FaultWindow]) -> dict[str, Any]:
     return build_report(acks, failures, windows, started=T0, ended=T0 + 60)
 
 
@@ -167,6 +167,6 @@ def test_every_overlapping_kind_is_two_known_kinds_and_has_an_action() -> None:
     for kind in OVERLAPPING_KINDS:
         first, second = kind.split("+")
         assert first in FAULT_KINDS and second in FAULT_KINDS
-        assert callable(getattr(Nemesis, "_" + kind.replace("+", "_then_").replace("-", "_")))
+        assert FAULTS[kind].steps and all(callable(step) for step in FAULTS[kind].steps)
     assert {k for k in OVERLAPPING_KINDS if k in ALL_LAYERS_DOWN} == {
         "postgres-kill+redis-master-kill", "all-down+instance-kill"}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from keygen.chaos.runner import _Sigterm
+from keygen.chaos.run import _Sigterm
 
 
 class _SignalOnData(asyncio.Protocol):

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import msgspec
 
 from keygen.errors import ClusterError
+from keygen.snapshots import HealthSnapshot
 
 __all__ = ["ServiceInstance"]
 
@@ -88,13 +90,13 @@ class ServiceInstance:
         """SIGTERM: uvicorn drains the requests in flight, then exits."""
         self.kill(signal.SIGTERM)
 
-    def health(self) -> dict[str, object] | None:
-        """``/health`` as a dict; None if it does not answer."""
+    def health(self) -> HealthSnapshot | None:
+        """``/health``; None if it does not answer."""
         try:
-            document: dict[str, object] = httpx.get(f"{self.url}/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
+            response = httpx.get(f"{self.url}/health", timeout=5)
+            return msgspec.json.decode(response.content, type=HealthSnapshot)
+        except (httpx.HTTPError, msgspec.DecodeError):
             return None
-        return document
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

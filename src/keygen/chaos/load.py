@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import msgspec
 
 from keygen.client import AsyncKeygenClient, KeygenAPIError
 
@@ -245,10 +246,8 @@ class LoadGenerator:
         stats.sources[allocated.source] += 1
         stats.recent.append((now, allocated.source))
         self._write(self._acks, {
-            "start": allocated.start, "end": allocated.end, "size": allocated.size,
-            "namespace": allocated.namespace, "source": allocated.source,
-            "timestamp": allocated.timestamp, "requested": size,
-            "sent_at": sent_at, "acked_at": now,
+            **msgspec.structs.asdict(allocated), "requested": size, "sent_at": sent_at,
+            "acked_at": now,
         })
 
     @staticmethod

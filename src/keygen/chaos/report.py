@@ -23,20 +23,22 @@ import itertools
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from keygen.chaos.faults import FaultWindow
 from keygen.checker import Record, check
 from keygen.constants import SOURCE_REDIS
+from keygen.snapshots import HealthSnapshot
 
 __all__ = ["Ack", "Failure", "build_report", "markdown", "percentiles", "read_jsonl"]
 
-OUTSIDE = "outside"
 #: How long after a window closes its effects still count as its own.
 AFTERMATH = 30.0
 PERCENTILES = (50, 90, 99, 99.9)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,49 +99,71 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     return result
 
 
-def _window_label(index: int, window: dict[str, Any]) -> str:
-    return f"#{index + 1} {window['kind']}"
+class _Timeline:
+    """The run's records and fault windows, in time order."""
+
+    def __init__(self, acks: Sequence[Ack], failures: Sequence[Failure],
+                 windows: Sequence[FaultWindow], started: float, ended: float) -> None:
+        self.acks = sorted(acks, key=lambda a: a.acked_at)
+        self.acked_at = [a.acked_at for a in self.acks]
+        self.failures = sorted(failures, key=lambda f: f.failed_at)
+        self.windows = sorted(windows, key=lambda w: w.start)
+        self.starts = [w.start for w in self.windows]
+        self.started, self.ended = started, ended
+
+    def limit(self, i: int) -> float:
+        """Until when window ``i``'s effects may count as its own: the next one's start."""
+        return self.windows[i + 1].start if i + 1 < len(self.windows) else self.ended
+
+    def acked_from(self, moment: float) -> Iterator[Ack]:
+        """The acks acknowledged at or after ``moment``, in order."""
+        return itertools.islice(self.acks, bisect.bisect_left(self.acked_at, moment), None)
+
+    def window_of(self, sent: float, done: float) -> int | None:
+        """The window a request [sent, done] overlapped (the latest opened before done)."""
+        i = bisect.bisect_right(self.starts, done) - 1
+        while i >= 0:
+            end = self.windows[i].end or math.inf
+            if sent <= end and done >= self.windows[i].start:
+                return i
+            if end < sent:
+                return None
+            i -= 1
+        return None
+
+    def by_window(self, items: Iterable[T], span: Callable[[T], tuple[float, float]],
+                  ) -> tuple[list[list[T]], list[T]]:
+        """``items`` per window their ``span`` (sent, done) overlapped, and those outside."""
+        inside: list[list[T]] = [[] for _ in self.windows]
+        outside: list[T] = []
+        for item in items:
+            i = self.window_of(*span(item))
+            (outside if i is None else inside[i]).append(item)
+        return inside, outside
 
 
-def _window_of(starts: list[float], windows: Sequence[dict[str, Any]], sent: float,
-               done: float) -> int | None:
-    """The window the request [sent, done] overlapped (the latest that opened before done)."""
-    i = bisect.bisect_right(starts, done) - 1
-    while i >= 0:
-        end = windows[i]["end"] or math.inf
-        if sent <= end and done >= windows[i]["start"]:
-            return i
-        if end < sent:
-            return None
-        i -= 1
-    return None
-
-
-def _recovery(window: dict[str, Any], limit: float, acks: Sequence[Ack], acked_at: list[float],
-              failures: Sequence[Failure]) -> dict[str, float | None]:
-    start, end = window["start"], window["end"] or window["start"]
+def _recovery(t: _Timeline, i: int) -> dict[str, float | None]:
+    window, limit = t.windows[i], t.limit(i)
+    start, end = window.start, window.end or window.start
     horizon = min(limit, end + AFTERMATH)
-
-    def after(moment: float) -> Iterable[Ack]:  # acks acknowledged at or after moment
-        return (acks[i] for i in range(bisect.bisect_left(acked_at, moment), len(acks)))
-
-    failed = [f.failed_at for f in failures if start <= f.failed_at and f.sent_at <= horizon]
+    failed = [f.failed_at for f in t.failures if start <= f.failed_at and f.sent_at <= horizon]
     last_failure = max(failed, default=start)
-    full = next((a.acked_at for a in after(last_failure) if a.sent_at >= last_failure), None)
+    full = next((a.acked_at for a in t.acked_from(last_failure) if a.sent_at >= last_failure),
+                None)
     # A request sent by the horizon is acknowledged within its timeouts: a minute at most.
-    window_acks = itertools.takewhile(lambda a: a.acked_at <= horizon + 60, after(start))
+    window_acks = itertools.takewhile(lambda a: a.acked_at <= horizon + 60, t.acked_from(start))
     # What was served elsewhere (or failed) from the fault's start until the next fault began,
     # sent by the horizon: a request sent just before a fault and caught by it counts for that
     # fault's window, not for the previous one.
     elsewhere = [a.sent_at for a in window_acks if start <= a.acked_at < limit
                  and a.sent_at <= horizon and a.record.source != SOURCE_REDIS]
-    elsewhere += [f.sent_at for f in failures
+    elsewhere += [f.sent_at for f in t.failures
                   if start <= f.failed_at < limit and f.sent_at <= horizon]
     left_primary = max(elsewhere, default=None)
     primary = None
     if left_primary is not None:
         since = max(left_primary, start)
-        primary = next((a.acked_at for a in after(since)
+        primary = next((a.acked_at for a in t.acked_from(since)
                         if a.sent_at > since and a.record.source == SOURCE_REDIS), None)
     return {
         "to_full_service_s": None if full is None else round(full - start, 3),
@@ -149,92 +173,92 @@ def _recovery(window: dict[str, Any], limit: float, acks: Sequence[Ack], acked_a
     }
 
 
+def _sources(acks: Iterable[Ack]) -> dict[str, int]:
+    return dict(Counter(a.record.source or "?" for a in acks))
+
+
+def _causes(failures: Iterable[Failure]) -> dict[str, int]:
+    return dict(Counter(f.cause for f in failures))
+
+
+def _window_row(t: _Timeline, i: int, acks: list[Ack], failures: list[Failure],
+                attempts: list[tuple[float, str]]) -> dict[str, Any]:
+    """One fault window's row: what happened in it, and how fast it healed."""
+    window = t.windows[i]
+    return {
+        "label": f"#{i + 1} {window.kind}", "kind": window.kind,
+        "start_s": round(window.start - t.started, 3),
+        "duration_s": round((window.end or t.ended) - window.start, 3),
+        "all_layers_down": window.all_layers_down,
+        "detail": window.detail, "error": window.error,
+        "acknowledged": len(acks),
+        "sources": _sources(acks),
+        "failed": len(failures),
+        "failures_by_cause": _causes(failures),
+        "latency_ms": percentiles([a.latency for a in acks]),
+        "retried_attempts": dict(Counter(cause for _, cause in attempts)),
+        **_recovery(t, i),
+    }
+
+
+def _checker(acks: Iterable[Ack]) -> dict[str, Any]:
+    verdict = check(a.record for a in acks)
+    return {
+        "ok": verdict.ok, "summary": verdict.summary(),
+        "duplicate_ids": verdict.duplicate_ids, "overlapping_pairs": len(verdict.overlaps),
+        "bad_sizes": len(verdict.bad_sizes), "out_of_bounds": len(verdict.out_of_bounds),
+    }
+
+
+def _source_mix(t: _Timeline) -> dict[str, dict[str, int]]:
+    """Per second of the run: acknowledgements by source, and failures."""
+    buckets: dict[int, Counter[str]] = defaultdict(Counter)
+    for ack in t.acks:
+        buckets[int(ack.acked_at - t.started)][ack.record.source or "?"] += 1
+    for failure in t.failures:
+        buckets[int(failure.failed_at - t.started)]["failed"] += 1
+    return {str(k): dict(v) for k, v in sorted(buckets.items())}
+
+
 def build_report(acks: Sequence[Ack], failures: Sequence[Failure],
-                 windows: Sequence[dict[str, Any]], *, started: float, ended: float,
-                 instances_health: Sequence[dict[str, Any] | None] = (),
+                 windows: Sequence[FaultWindow], *, started: float, ended: float,
+                 instances_health: Sequence[HealthSnapshot | None] = (),
                  attempts: Sequence[tuple[float, str]] = (),
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole report as a JSON-able dict (see the module docstring)."""
-    acks = sorted(acks, key=lambda a: a.acked_at)
-    failures = sorted(failures, key=lambda f: f.failed_at)
-    windows = sorted(windows, key=lambda w: w["start"])
-    starts = [w["start"] for w in windows]
-    acked_at = [a.acked_at for a in acks]
-    verdict = check(a.record for a in acks)
-
-    failures_by_window: list[list[Failure]] = [[] for _ in windows]
-    outside: list[Failure] = []
-    for failure in failures:
-        i = _window_of(starts, windows, failure.sent_at, failure.failed_at)
-        (outside if i is None else failures_by_window[i]).append(failure)
-    acks_by_window: list[list[Ack]] = [[] for _ in windows]
-    for ack in acks:
-        i = _window_of(starts, windows, ack.sent_at, ack.sent_at)
-        if i is not None:
-            acks_by_window[i].append(ack)
-    attempts_by_window: list[Counter[str]] = [Counter() for _ in windows]
-    attempts_outside: Counter[str] = Counter()
-    for at, cause in attempts:
-        i = _window_of(starts, windows, at, at)
-        (attempts_outside if i is None else attempts_by_window[i])[cause] += 1
-    unexpected = len(outside) + sum(
-        len(f) for f, w in zip(failures_by_window, windows, strict=True)
-        if not w.get("all_layers_down")
-    )
-
-    window_rows = []
-    for i, window in enumerate(windows):
-        limit = windows[i + 1]["start"] if i + 1 < len(windows) else ended
-        in_window = acks_by_window[i]
-        window_rows.append({
-            "label": _window_label(i, window), "kind": window["kind"],
-            "start_s": round(window["start"] - started, 3),
-            "duration_s": round((window["end"] or ended) - window["start"], 3),
-            "all_layers_down": bool(window.get("all_layers_down")),
-            "detail": window.get("detail", ""), "error": window.get("error"),
-            "acknowledged": len(in_window),
-            "sources": dict(Counter(a.record.source or "?" for a in in_window)),
-            "failed": len(failures_by_window[i]),
-            "failures_by_cause": dict(Counter(f.cause for f in failures_by_window[i])),
-            "latency_ms": percentiles([a.latency for a in in_window]),
-            "retried_attempts": dict(attempts_by_window[i]),
-            **_recovery(window, limit, acks, acked_at, failures),
-        })
-
-    buckets: dict[int, Counter[str]] = defaultdict(Counter)
-    for ack in acks:
-        buckets[int(ack.acked_at - started)][ack.record.source or "?"] += 1
-    for failure in failures:
-        buckets[int(failure.failed_at - started)]["failed"] += 1
-    wasted = _ids_wasted(instances_health)
+    t = _Timeline(acks, failures, windows, started, ended)
+    failed_in, failed_outside = t.by_window(t.failures, lambda f: (f.sent_at, f.failed_at))
+    acked_in, _ = t.by_window(t.acks, lambda a: (a.sent_at, a.sent_at))
+    tried_in, tried_outside = t.by_window(attempts, lambda a: (a[0], a[0]))
+    rows = [_window_row(t, i, acked_in[i], failed_in[i], tried_in[i])
+            for i in range(len(t.windows))]
+    checker = _checker(t.acks)
+    unexpected = len(failed_outside) + sum(
+        len(f) for f, w in zip(failed_in, t.windows, strict=True) if not w.all_layers_down)
     elapsed = max(ended - started, 1e-9)
     return {
         "meta": meta or {},
         "duration_s": round(elapsed, 3),
-        "acknowledged": len(acks),
-        "acknowledged_ids": sum(a.record.size for a in acks),
-        "throughput_per_s": round(len(acks) / elapsed, 1),
-        "sources": dict(Counter(a.record.source or "?" for a in acks)),
-        "checker": {
-            "ok": verdict.ok, "summary": verdict.summary(),
-            "duplicate_ids": verdict.duplicate_ids, "overlapping_pairs": len(verdict.overlaps),
-            "bad_sizes": len(verdict.bad_sizes), "out_of_bounds": len(verdict.out_of_bounds),
-        },
-        "failed": len(failures),
-        "failures_by_cause": dict(Counter(f.cause for f in failures)),
-        "failures_outside_windows": len(outside),
-        "failures_outside_by_cause": dict(Counter(f.cause for f in outside)),
+        "acknowledged": len(t.acks),
+        "acknowledged_ids": sum(a.record.size for a in t.acks),
+        "throughput_per_s": round(len(t.acks) / elapsed, 1),
+        "sources": _sources(t.acks),
+        "checker": checker,
+        "failed": len(t.failures),
+        "failures_by_cause": _causes(t.failures),
+        "failures_outside_windows": len(failed_outside),
+        "failures_outside_by_cause": _causes(failed_outside),
         "unexpected_failures": unexpected,
         "retried_attempts": dict(Counter(cause for _, cause in attempts)),
-        "retried_attempts_outside_windows": dict(attempts_outside),
-        "latency_ms": percentiles([a.latency for a in acks]),
-        "faults": window_rows,
-        "faults_by_kind": dict(Counter(w["kind"] for w in windows)),
-        "recovery_by_kind": _by_kind(window_rows),
-        "faults_failed": sum(1 for w in windows if w.get("error")),
-        "source_mix_per_second": {str(k): dict(v) for k, v in sorted(buckets.items())},
-        "ids_wasted": wasted,
-        "passed": verdict.ok and unexpected == 0,
+        "retried_attempts_outside_windows": dict(Counter(c for _, c in tried_outside)),
+        "latency_ms": percentiles([a.latency for a in t.acks]),
+        "faults": rows,
+        "faults_by_kind": dict(Counter(w.kind for w in t.windows)),
+        "recovery_by_kind": _by_kind(rows),
+        "faults_failed": sum(1 for w in t.windows if w.error),
+        "source_mix_per_second": _source_mix(t),
+        "ids_wasted": _ids_wasted(instances_health),
+        "passed": checker["ok"] and unexpected == 0,
     }
 
 
@@ -263,17 +287,17 @@ def _by_kind(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _ids_wasted(healths: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+def _ids_wasted(healths: Sequence[HealthSnapshot | None]) -> dict[str, Any]:
     """Lease tails the Redis layer abandoned and reserve IDs retired, per the instances still
     answering at the end (a killed instance's counters died with it)."""
     redis = reserve = 0
     answered = 0
     for health in healths:
-        if not health:
+        if health is None:
             continue
         answered += 1
-        redis += int((health.get("redis") or {}).get("ids_wasted", 0))
-        reserve += int((health.get("metrics") or {}).get("reserve_ids_wasted", 0))
+        redis += health.redis.ids_wasted if health.redis is not None else 0
+        reserve += health.metrics.reserve_ids_wasted or 0
     return {"redis_lease_tails": redis, "reserve": reserve, "total": redis + reserve,
             "instances_reporting": answered}
 
@@ -361,20 +385,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: A second's character in the timeline: that of the first of these it saw.
+_MIX_CHARS = (("failed", "x"), ("emergency_reserve", "E"), ("postgresql", "P"),
+              (SOURCE_REDIS, "R"))
+
+
 def _timeline(report: dict[str, Any]) -> str:
     mix = report["source_mix_per_second"]
-    seconds = int(report["duration_s"]) + 1
-    chars = []
-    for second in range(seconds):
-        bucket = mix.get(str(second), {})
-        if bucket.get("failed"):
-            chars.append("x")
-        elif bucket.get("emergency_reserve"):
-            chars.append("E")
-        elif bucket.get("postgresql"):
-            chars.append("P")
-        elif bucket.get(SOURCE_REDIS):
-            chars.append("R")
-        else:
-            chars.append(".")
+    chars = [next((char for key, char in _MIX_CHARS if mix.get(str(second), {}).get(key)), ".")
+             for second in range(int(report["duration_s"]) + 1)]
     return "\n".join("".join(chars[i:i + 60]) for i in range(0, len(chars), 60))
