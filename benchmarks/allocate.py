@@ -54,8 +54,12 @@ WRK_TIMEOUT = "5s"  # a request slower than this counts as a socket error, and f
 START_TIMEOUT = 30.0
 # Settings Keygen reads without its KEYGEN_ prefix (the original product's names).
 UNPREFIXED_SETTINGS = (
-    "ID_BLOCK_SIZE", "ALLOCATION_TIMEOUT", "LOCK_TIMEOUT", "REDIS_SENTINEL_HOSTS",
-    "REDIS_SENTINEL_MASTER_NAME", "REDIS_SENTINEL_QUORUM",
+    "ID_BLOCK_SIZE",
+    "ALLOCATION_TIMEOUT",
+    "LOCK_TIMEOUT",
+    "REDIS_SENTINEL_HOSTS",
+    "REDIS_SENTINEL_MASTER_NAME",
+    "REDIS_SENTINEL_QUORUM",
 )
 
 
@@ -81,8 +85,13 @@ class Server:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -92,8 +101,9 @@ class Server:
                 return
             except OSError:
                 time.sleep(0.1)
-        raise BenchmarkError(f"{self.name} did not listen within {START_TIMEOUT:.0f} s"
-                             f"{self.log_tail()}")
+        raise BenchmarkError(
+            f"{self.name} did not listen within {START_TIMEOUT:.0f} s{self.log_tail()}"
+        )
 
     def check_alive(self) -> None:
         if self.proc is None:
@@ -150,7 +160,8 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
 def server_env(data_dir: Path) -> dict[str, str]:
     """This environment without Keygen's settings, plus a fresh data directory."""
     env = {
-        name: value for name, value in os.environ.items()
+        name: value
+        for name, value in os.environ.items()
         if not name.upper().startswith("KEYGEN_") and name.upper() not in UNPREFIXED_SETTINGS
     }
     env["KEYGEN_DATA_DIR"] = str(data_dir)
@@ -159,17 +170,42 @@ def server_env(data_dir: Path) -> dict[str, str]:
 
 def keygen_server(workdir: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "keygen", "serve", "--host", HOST, "--port", str(port),
-            "--workers", "1"]
-    return Server(KEYGEN, argv, server_env(workdir / "data"), workdir, port,
-                  workdir / "keygen.log")
+    argv = [
+        sys.executable,
+        "-m",
+        "keygen",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return Server(KEYGEN, argv, server_env(workdir / "data"), workdir, port, workdir / "keygen.log")
 
 
 def bare_server(workdir: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(HERE),
-            "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "uvloop",
-            "--http", "httptools", "--no-access-log"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bare_app:app",
+        "--app-dir",
+        str(HERE),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+    ]
     return Server(BARE, argv, server_env(workdir / "data"), workdir, port, workdir / "bare.log")
 
 
@@ -220,19 +256,26 @@ def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    print("wrk is not installed: installing the Debian package 'wrk' "
-          "(apt-get update && apt-get install -y wrk)", file=sys.stderr, flush=True)
+    print(
+        "wrk is not installed: installing the Debian package 'wrk' "
+        "(apt-get update && apt-get install -y wrk)",
+        file=sys.stderr,
+        flush=True,
+    )
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if sudo and not shutil.which("sudo"):
-        raise BenchmarkError("wrk is missing and installing it needs root or sudo; "
-                             "run: apt-get install -y wrk")
+        raise BenchmarkError(
+            "wrk is missing and installing it needs root or sudo; run: apt-get install -y wrk"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for step in (["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
         try:
             subprocess.run([*sudo, *step], env=env, check=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise BenchmarkError(f"could not install wrk ({shlex.join(step)}: {exc}); "
-                                 "install it by hand: apt-get install -y wrk") from exc
+            raise BenchmarkError(
+                f"could not install wrk ({shlex.join(step)}: {exc}); "
+                "install it by hand: apt-get install -y wrk"
+            ) from exc
     found = shutil.which("wrk")
     if not found:
         raise BenchmarkError("apt-get installed 'wrk' but it is not on PATH")
@@ -266,11 +309,23 @@ class Load:
     threads: int
 
     def run(self, server: Server, duration: int, round_: int) -> WrkRun:
-        argv = [self.wrk, f"-t{self.threads}", f"-c{self.connections}", f"-d{duration}s",
-                f"--timeout={WRK_TIMEOUT}", "-s", str(WRK_SCRIPT),
-                f"http://{HOST}:{server.port}/allocate"]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        argv = [
+            self.wrk,
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{duration}s",
+            f"--timeout={WRK_TIMEOUT}",
+            "-s",
+            str(WRK_SCRIPT),
+            f"http://{HOST}:{server.port}/allocate",
+        ]
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=duration + 30)
         except subprocess.TimeoutExpired:
@@ -280,8 +335,10 @@ class Load:
         stdout = out.decode(errors="replace")
         try:
             if proc.returncode != 0:
-                raise BenchmarkError(f"wrk exited with {proc.returncode}: {shlex.join(argv)}\n"
-                                     f"{stdout}{err.decode(errors='replace')}")
+                raise BenchmarkError(
+                    f"wrk exited with {proc.returncode}: {shlex.join(argv)}\n"
+                    f"{stdout}{err.decode(errors='replace')}"
+                )
             return _parse_wrk(stdout, server.name, round_)
         except BenchmarkError:
             server.check_alive()  # a dead server explains the errors better, with its log
@@ -294,13 +351,18 @@ def _parse_wrk(stdout: str, target: str, round_: int) -> WrkRun:
         raise BenchmarkError(f"wrk printed no WRK_JSON line:\n{stdout}")
     data = json.loads(lines[-1].removeprefix("WRK_JSON "))
     run = WrkRun(
-        target=target, round=round_, requests=data["requests"],
-        seconds=data["duration_us"] / 1e6, errors=data["errors"],
+        target=target,
+        round=round_,
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        errors=data["errors"],
         latency_ms={k: round(v / 1000, 3) for k, v in data["latency_us"].items()},
     )
     if run.requests == 0 or any(run.errors.values()):
-        raise BenchmarkError(f"{target}: {run.requests} responses, errors {run.errors} "
-                             f"(status = responses >= 400)\n{stdout}")
+        raise BenchmarkError(
+            f"{target}: {run.requests} responses, errors {run.errors} "
+            f"(status = responses >= 400)\n{stdout}"
+        )
     return run
 
 
@@ -361,27 +423,36 @@ def environment() -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)),
         "loadavg": os.getloadavg(),
         "python": f"{platform.python_version()} ({sys.executable})",
-        "versions": {name: _package_version(name)
-                     for name in ("keygen", "uvicorn", "uvloop", "httptools", "msgspec")},
+        "versions": {
+            name: _package_version(name)
+            for name in ("keygen", "uvicorn", "uvloop", "httptools", "msgspec")
+        },
     }
 
 
 def print_header(env: dict[str, Any]) -> None:
     print(f"command: {env['command']}")
     print(f"date:    {env['date']}")
-    print(f"nproc:   {env['nproc']}   load average: "
-          + " ".join(f"{x:.2f}" for x in env["loadavg"]))
+    print(
+        f"nproc:   {env['nproc']}   load average: " + " ".join(f"{x:.2f}" for x in env["loadavg"])
+    )
     print(f"python:  {env['python']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), flush=True)
 
 
 def print_run(run: WrkRun) -> None:
     lat = run.latency_ms
-    checked = (f", keygen counted {run.keygen_allocations} allocations"
-               if run.keygen_allocations is not None else "")
-    print(f"round {run.round}  {run.target:<6} {run.rps:>9.0f} req/s   avg {lat['mean']:6.2f} ms"
-          f"   p50 {lat['p50']:6.2f} ms   p99 {lat['p99']:6.2f} ms   "
-          f"({run.requests} responses, 0 errors{checked})", flush=True)
+    checked = (
+        f", keygen counted {run.keygen_allocations} allocations"
+        if run.keygen_allocations is not None
+        else ""
+    )
+    print(
+        f"round {run.round}  {run.target:<6} {run.rps:>9.0f} req/s   avg {lat['mean']:6.2f} ms"
+        f"   p50 {lat['p50']:6.2f} ms   p99 {lat['p99']:6.2f} ms   "
+        f"({run.requests} responses, 0 errors{checked})",
+        flush=True,
+    )
 
 
 def round_ratios(summaries: dict[str, Summary]) -> list[float]:
@@ -392,16 +463,22 @@ def round_ratios(summaries: dict[str, Summary]) -> list[float]:
 
 def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
     print()
-    print(f"{'target':<8}{'median req/s':>14}{'avg ms':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          "   req/s by round")
+    print(
+        f"{'target':<8}{'median req/s':>14}{'avg ms':>9}{'p50 ms':>9}{'p99 ms':>9}   req/s by round"
+    )
     for name, s in summaries.items():
         rounds = " ".join(f"{run.rps:.0f}" for run in s.runs)
-        print(f"{name:<8}{s.rps:>14.0f}{s.median('mean'):>9.2f}{s.median('p50'):>9.2f}"
-              f"{s.median('p99'):>9.2f}   {rounds}")
+        print(
+            f"{name:<8}{s.rps:>14.0f}{s.median('mean'):>9.2f}{s.median('p50'):>9.2f}"
+            f"{s.median('p99'):>9.2f}   {rounds}"
+        )
     by_round = " ".join(f"{r:.2f}" for r in round_ratios(summaries))
     verdict = "PASS" if ratio >= TARGET_RATIO else "BELOW TARGET"
-    print(f"\nratio keygen/bare (median req/s): {ratio:.2f}x   {verdict} (target >= "
-          f"{TARGET_RATIO}x); by round: {by_round}", flush=True)
+    print(
+        f"\nratio keygen/bare (median req/s): {ratio:.2f}x   {verdict} (target >= "
+        f"{TARGET_RATIO}x); by round: {by_round}",
+        flush=True,
+    )
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -450,10 +527,13 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     load = Load(ensure_wrk(), args.connections, args.threads)
     wrk_version = subprocess.run([load.wrk, "-v"], capture_output=True, text=True, timeout=10)
     env["wrk"] = wrk_version.stdout.splitlines()[0].split(" Copyright")[0]
-    print(f"wrk:     {env['wrk']}: -t{args.threads} -c{args.connections} -d{args.duration}s "
-          f"--timeout={WRK_TIMEOUT} -s {WRK_SCRIPT.relative_to(HERE.parent)}, body "
-          f"{REQUEST_BODY.decode()}, {args.rounds} rounds keygen/bare after {args.warmup} s "
-          "warm-up each", flush=True)
+    print(
+        f"wrk:     {env['wrk']}: -t{args.threads} -c{args.connections} -d{args.duration}s "
+        f"--timeout={WRK_TIMEOUT} -s {WRK_SCRIPT.relative_to(HERE.parent)}, body "
+        f"{REQUEST_BODY.decode()}, {args.rounds} rounds keygen/bare after {args.warmup} s "
+        "warm-up each",
+        flush=True,
+    )
     summaries = {KEYGEN: Summary(KEYGEN), BARE: Summary(BARE)}
     with tempfile.TemporaryDirectory(prefix="keygen-bench-") as tmp:
         servers = [keygen_server(Path(tmp)), bare_server(Path(tmp))]
@@ -471,9 +551,14 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     print_summary(summaries, ratio)
     return {
         **env,
-        "load": {"connections": args.connections, "threads": args.threads,
-                 "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
-                 "body": REQUEST_BODY.decode()},
+        "load": {
+            "connections": args.connections,
+            "threads": args.threads,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "warmup_s": args.warmup,
+            "body": REQUEST_BODY.decode(),
+        },
         "runs": [run.as_dict() for s in summaries.values() for run in s.runs],
         "summary": {name: s.as_dict() for name, s in summaries.items()},
         "ratio": round(ratio, 3),
@@ -487,8 +572,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through every cleanup, as Ctrl-C does
 
 
-def run_benchmark(benchmark: Callable[[dict[str, Any]], dict[str, Any]],
-                  json_path: Path | None, **versions: str) -> int:
+def run_benchmark(
+    benchmark: Callable[[dict[str, Any]], dict[str, Any]], json_path: Path | None, **versions: str
+) -> int:
     """A benchmark command from header to exit status: ``benchmark(env)`` with interrupts
     unwinding its cleanups, failures reported, and its results written to ``json_path``.
     ``versions`` adds the versions of packages only this benchmark uses to the header."""

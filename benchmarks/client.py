@@ -71,16 +71,20 @@ async def main(tasks_list: list[int], duration: float, rounds: int) -> None:
                         rates[pool].append(await requests_per_second(url, pool, tasks, duration))
                     server.check_alive()
                 ours, theirs = (statistics.median(rates[pool]) for pool in POOLS)
-                print(f"{tasks:>5}  {ours:>20,.0f} req/s  {theirs:>20,.0f} req/s  "
-                      f"{ours / theirs:.2f}x", flush=True)
+                print(
+                    f"{tasks:>5}  {ours:>20,.0f} req/s  {theirs:>20,.0f} req/s  "
+                    f"{ours / theirs:.2f}x",
+                    flush=True,
+                )
         finally:
             server.stop()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default="1,10,50,200",
-                        help="comma-separated numbers of tasks sharing the client")
+    parser.add_argument(
+        "--tasks", default="1,10,50,200", help="comma-separated numbers of tasks sharing the client"
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     return parser.parse_args(argv)

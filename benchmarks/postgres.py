@@ -98,8 +98,18 @@ class Level:
 
 def keygen_server(workdir: Path, database_url: str, workers: int) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "keygen", "serve", "--host", HOST, "--port", str(port),
-            "--workers", str(workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "keygen",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     env = server_env(workdir / "data")
     env.update({"KEYGEN_DATABASE_URL": database_url, "KEYGEN_POSTGRESQL_MODE": "direct"})
     return Server(KEYGEN, argv, env, workdir, port, workdir / "keygen.log")
@@ -113,15 +123,28 @@ def preflight(server: Server) -> None:
 
 def pgbench_path() -> str:
     bin_dir = find_postgres_bin_dir()
-    for candidate in ([bin_dir / "pgbench"] if bin_dir else []):
+    for candidate in [bin_dir / "pgbench"] if bin_dir else []:
         if candidate.exists():
             return str(candidate)
     raise BenchmarkError("pgbench not found: run scripts/install (Debian package postgresql)")
 
 
 def run_pgbench(pgbench: str, url: str, script: Path, clients: int, duration: int) -> float:
-    argv = [pgbench, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-            "-T", str(duration), "-f", str(script), url]
+    argv = [
+        pgbench,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
+        "-T",
+        str(duration),
+        "-f",
+        str(script),
+        url,
+    ]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:
@@ -153,15 +176,20 @@ def grants_so_far(url: str) -> int:
 def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     wrk = ensure_wrk()
     pgbench = pgbench_path()
-    server = PostgresServer.external(args.database_url) if args.database_url \
+    server = (
+        PostgresServer.external(args.database_url)
+        if args.database_url
         else PostgresServer.private()
+    )
     try:
         url = args.database_url or server.create_database(name=BENCH_DATABASE)
         env["postgresql"] = sql(url, "SELECT version()")
         env["synchronous_commit"] = sql(url, "SHOW synchronous_commit")
         env["fsync"] = sql(url, "SHOW fsync")
-        print(f"postgres: {env['postgresql']}; fsync={env['fsync']}, synchronous_commit="
-              f"{env['synchronous_commit']} ({'private' if server.controllable else 'external'})")
+        print(
+            f"postgres: {env['postgresql']}; fsync={env['fsync']}, synchronous_commit="
+            f"{env['synchronous_commit']} ({'private' if server.controllable else 'external'})"
+        )
         with tempfile.TemporaryDirectory(prefix="keygen-pgbench-") as tmp:
             keygen = keygen_server(Path(tmp), url, args.workers)
             script = Path(tmp) / "grant.sql"
@@ -169,16 +197,25 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
             keygen.start()
             try:
                 preflight(keygen)  # also migrates the ledger: keygen_counters exists now
-                sql(url, "INSERT INTO keygen_counters (namespace) VALUES "
-                         f"('{PGBENCH_NAMESPACE}') ON CONFLICT DO NOTHING")
+                sql(
+                    url,
+                    "INSERT INTO keygen_counters (namespace) VALUES "
+                    f"('{PGBENCH_NAMESPACE}') ON CONFLICT DO NOTHING",
+                )
                 print(f"keygen:  {shlex.join(keygen.argv)} (direct mode)")
-                print(f"pgbench: {pgbench} -n -M prepared -c N -j min(N,2) -T {args.duration} "
-                      f"-f <<{PGBENCH_SCRIPT.strip()}>>")
-                print(f"wrk:     {wrk} -tmin(N,2) -cN -d{args.duration}s -s "
-                      f"{WRK_SCRIPT.relative_to(HERE.parent)}; {args.rounds} rounds each, "
-                      f"{args.warmup} s warm-up", flush=True)
-                levels = [run_level(args, c, keygen, wrk, pgbench, url, script)
-                          for c in args.concurrency]
+                print(
+                    f"pgbench: {pgbench} -n -M prepared -c N -j min(N,2) -T {args.duration} "
+                    f"-f <<{PGBENCH_SCRIPT.strip()}>>"
+                )
+                print(
+                    f"wrk:     {wrk} -tmin(N,2) -cN -d{args.duration}s -s "
+                    f"{WRK_SCRIPT.relative_to(HERE.parent)}; {args.rounds} rounds each, "
+                    f"{args.warmup} s warm-up",
+                    flush=True,
+                )
+                levels = [
+                    run_level(args, c, keygen, wrk, pgbench, url, script) for c in args.concurrency
+                ]
             finally:
                 keygen.stop()
     finally:
@@ -188,16 +225,28 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     passed = bool(concurrent) and all(level.ratio >= TARGET_RATIO for level in concurrent)
     return {
         **env,
-        "load": {"duration_s": args.duration, "rounds": args.rounds, "workers": args.workers,
-                 "body": REQUEST_BODY.decode(), "pgbench_script": PGBENCH_SCRIPT.strip()},
+        "load": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "body": REQUEST_BODY.decode(),
+            "pgbench_script": PGBENCH_SCRIPT.strip(),
+        },
         "levels": [level.as_dict() for level in levels],
         "target_ratio": TARGET_RATIO,
         "verdict": "PASS" if passed else "BELOW TARGET",
     }
 
 
-def run_level(args: argparse.Namespace, concurrency: int, keygen: Server, wrk: str,
-              pgbench: str, url: str, script: Path) -> Level:
+def run_level(
+    args: argparse.Namespace,
+    concurrency: int,
+    keygen: Server,
+    wrk: str,
+    pgbench: str,
+    url: str,
+    script: Path,
+) -> Level:
     level = Level(concurrency)
     load = Load(wrk, concurrency, min(concurrency, 2))
     load.run(keygen, args.warmup, 0)
@@ -210,38 +259,49 @@ def run_level(args: argparse.Namespace, concurrency: int, keygen: Server, wrk: s
         level.keygen_rps.append(run.rps)
         tps = run_pgbench(pgbench, url, script, concurrency, args.duration)
         level.pgbench_tps.append(tps)
-        print(f"c={concurrency:<4} round {round_}: keygen {run.rps:8.0f} req/s "
-              f"(p50 {run.latency_ms['p50']:.2f} ms, p99 {run.latency_ms['p99']:.2f} ms)   "
-              f"pgbench {tps:8.0f} tps   ratio {run.rps / tps:5.2f}", flush=True)
+        print(
+            f"c={concurrency:<4} round {round_}: keygen {run.rps:8.0f} req/s "
+            f"(p50 {run.latency_ms['p50']:.2f} ms, p99 {run.latency_ms['p99']:.2f} ms)   "
+            f"pgbench {tps:8.0f} tps   ratio {run.rps / tps:5.2f}",
+            flush=True,
+        )
     return level
 
 
 def print_summary(levels: Sequence[Level]) -> None:
     print()
-    print(f"{'clients':>7}{'keygen req/s':>14}{'pgbench tps':>13}{'ratio':>8}"
-          f"{'requests/grant':>16}   verdict")
+    print(
+        f"{'clients':>7}{'keygen req/s':>14}{'pgbench tps':>13}{'ratio':>8}"
+        f"{'requests/grant':>16}   verdict"
+    )
     for level in levels:
         d = level.as_dict()
         if level.concurrency == 1:
             verdict = "(nothing to coalesce at 1 client)"
         else:
             verdict = "PASS" if level.ratio >= TARGET_RATIO else "BELOW TARGET"
-        print(f"{level.concurrency:>7}{d['keygen_median_rps']:>14.0f}"
-              f"{d['pgbench_median_tps']:>13.0f}{level.ratio:>7.2f}x"
-              f"{d['requests_per_grant'] or 0:>16.1f}   {verdict}")
+        print(
+            f"{level.concurrency:>7}{d['keygen_median_rps']:>14.0f}"
+            f"{d['pgbench_median_tps']:>13.0f}{level.ratio:>7.2f}x"
+            f"{d['requests_per_grant'] or 0:>16.1f}   {verdict}"
+        )
     print(f"target: keygen >= {TARGET_RATIO}x pgbench at the same concurrency", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--concurrency", default="1,8,32",
-                        help="comma-separated client counts (1,8,32)")
+    parser.add_argument(
+        "--concurrency", default="1,8,32", help="comma-separated client counts (1,8,32)"
+    )
     parser.add_argument("--duration", type=int, default=8, help="seconds per run (8)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency (3)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per level (2)")
     parser.add_argument("--workers", type=int, default=1, help="keygen serve --workers (1)")
-    parser.add_argument("--database-url", help="use this existing database instead of a "
-                        "private server (pgbench writes one row of keygen_counters there)")
+    parser.add_argument(
+        "--database-url",
+        help="use this existing database instead of a "
+        "private server (pgbench writes one row of keygen_counters there)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     args = parser.parse_args(argv)
     check_counts(parser, args, "duration", "rounds", "warmup", "workers")
@@ -250,8 +310,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_benchmark(lambda env: benchmark(args, env), args.json,
-                         asyncpg=asyncpg.__version__)
+    return run_benchmark(lambda env: benchmark(args, env), args.json, asyncpg=asyncpg.__version__)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ async def main(calls: int, rounds: int) -> None:
         rounds_text = " ".join(f"{v:.2f}" for v in values)
         print(f"{name:18} median {medians[name]:6.2f} µs/call   by round: {rounds_text}")
     base = medians["no deadline"]
-    print(f"extra per request: sweeper {medians['sweeper (keygen)'] - base:+.2f} µs, "
-          f"asyncio.timeout {medians['asyncio.timeout'] - base:+.2f} µs")
+    print(
+        f"extra per request: sweeper {medians['sweeper (keygen)'] - base:+.2f} µs, "
+        f"asyncio.timeout {medians['asyncio.timeout'] - base:+.2f} µs"
+    )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,11 @@ SIZE: int = json.loads(REQUEST_BODY)["size"]
 BENCH_NAMESPACE = "bench"
 BENCH_KEY = REDIS_LEASE_KEY.format(BENCH_NAMESPACE)
 LEASE = 10**12  # IDs per Redis lease: 10**9 allocations of 1000, no refill during a run
-LEASE_SETTINGS = ("KEYGEN_REDIS_LEASE_SIZE", "KEYGEN_REDIS_MIN_LEASE_SIZE",
-                  "KEYGEN_REDIS_MAX_LEASE_SIZE")
+LEASE_SETTINGS = (
+    "KEYGEN_REDIS_LEASE_SIZE",
+    "KEYGEN_REDIS_MIN_LEASE_SIZE",
+    "KEYGEN_REDIS_MAX_LEASE_SIZE",
+)
 CLUSTER_TIMEOUT = 120.0  # seconds for the topology to come up (initdb included)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -103,9 +106,17 @@ class Sample:
     @classmethod
     def of_wrk(cls, run: WrkRun, clients: int, checked: str, cpu: Cpu) -> Sample:
         latency = {k: run.latency_ms[k] for k in ("mean", "p50", "p99")}
-        return cls(run.target, clients, run.round, run.rps, run.requests, latency, checked,
-                   worker_cpu_us=round(1e6 * cpu.seconds(0) / run.requests, 1),
-                   master_busy=cpu.busy(1))
+        return cls(
+            run.target,
+            clients,
+            run.round,
+            run.rps,
+            run.requests,
+            latency,
+            checked,
+            worker_cpu_us=round(1e6 * cpu.seconds(0) / run.requests, 1),
+            master_busy=cpu.busy(1),
+        )
 
 
 class Cpu:
@@ -186,14 +197,19 @@ class Level:
     def as_dict(self) -> dict[str, Any]:
         return {
             "clients": self.clients,
-            "median": {t: {"rps": round(self.rps(t), 1),
-                           **{f"{k}_ms": self.latency(t, k) for k in ("mean", "p50", "p99")},
-                           "worker_cpu_us": self.worker_cpu_us(t),
-                           "master_busy": self.master_busy(t)}
-                       for t in TARGETS},
+            "median": {
+                t: {
+                    "rps": round(self.rps(t), 1),
+                    **{f"{k}_ms": self.latency(t, k) for k in ("mean", "p50", "p99")},
+                    "worker_cpu_us": self.worker_cpu_us(t),
+                    "master_busy": self.master_busy(t),
+                }
+                for t in TARGETS
+            },
             "ratio_service_redis_benchmark": round(self.ratio(SERVICE, REDIS_BENCHMARK), 3),
-            "ratio_service_redis_benchmark_by_round":
-                self.ratios_by_round(SERVICE, REDIS_BENCHMARK),
+            "ratio_service_redis_benchmark_by_round": self.ratios_by_round(
+                SERVICE, REDIS_BENCHMARK
+            ),
             "ratio_service_redis_embedded": round(self.ratio(SERVICE, EMBEDDED), 3),
             "ratio_service_redis_embedded_by_round": self.ratios_by_round(SERVICE, EMBEDDED),
             "redis_mode_overhead_us": self.overhead_us(),
@@ -210,20 +226,32 @@ def services(workdir: Path, cluster: LocalCluster) -> list[Server]:
     (workdir / EMBEDDED).mkdir()
     redis_mode = keygen_server(workdir / SERVICE)
     env = {**redis_mode.env, **cluster.env(), **dict.fromkeys(LEASE_SETTINGS, str(LEASE))}
-    return [replace(redis_mode, name=SERVICE, env=env),
-            replace(keygen_server(workdir / EMBEDDED), name=EMBEDDED)]
+    return [
+        replace(redis_mode, name=SERVICE, env=env),
+        replace(keygen_server(workdir / EMBEDDED), name=EMBEDDED),
+    ]
 
 
 def allocate_once(server: Server, namespace: str | None = None) -> None:
     """One ``POST /allocate`` by hand: a 200 with an allocation from the expected layer."""
-    body = REQUEST_BODY if namespace is None else json.dumps(
-        {"size": SIZE, "namespace": namespace}).encode()
+    body = (
+        REQUEST_BODY
+        if namespace is None
+        else json.dumps({"size": SIZE, "namespace": namespace}).encode()
+    )
     status, document = _request(server.port, "POST", "/allocate", body)
     source = SOURCES[server.name]
-    if (status != 200 or not isinstance(document, dict) or set(document) != ALLOCATION_KEYS
-            or document["source"] != source or document["size"] != SIZE):
-        raise BenchmarkError(f"{server.name}: POST /allocate should be served by {source!r}, "
-                             f"it answered {status} {document!r}{server.log_tail()}")
+    if (
+        status != 200
+        or not isinstance(document, dict)
+        or set(document) != ALLOCATION_KEYS
+        or document["source"] != source
+        or document["size"] != SIZE
+    ):
+        raise BenchmarkError(
+            f"{server.name}: POST /allocate should be served by {source!r}, "
+            f"it answered {status} {document!r}{server.log_tail()}"
+        )
 
 
 def counters(server: Server) -> tuple[dict[str, int], int]:
@@ -235,8 +263,9 @@ def counters(server: Server) -> tuple[dict[str, int], int]:
     return dict(metrics["allocations_by_source"]), int(metrics["failed_allocations"])
 
 
-def measure_service(load: Load, server: Server, duration: int, round_: int,
-                    master_pid: int | None = None) -> Sample:
+def measure_service(
+    load: Load, server: Server, duration: int, round_: int, master_pid: int | None = None
+) -> Sample:
     """A wrk run, and the service's own count that it served every response from the layer
     it is meant to measure (a Redis-mode request served by the fallback would not count)."""
     server.check_alive()
@@ -248,8 +277,11 @@ def measure_service(load: Load, server: Server, duration: int, round_: int,
     after, failed_after = counters(server)
     served = {s: n - before.get(s, 0) for s, n in after.items() if n != before.get(s, 0)}
     source = SOURCES[server.name]
-    if (failed_after != failed_before or set(served) - {source}
-            or served.get(source, 0) < run.requests):
+    if (
+        failed_after != failed_before
+        or set(served) - {source}
+        or served.get(source, 0) < run.requests
+    ):
         raise BenchmarkError(
             f"{server.name}: wrk counted {run.requests} responses, but the service served "
             f"{served or 'none'} and failed {failed_after - failed_before}; every one should "
@@ -281,8 +313,23 @@ class RedisBenchmark:
     rate: float = 0.0  # calls per second of the last run: sizes the next one
 
     def argv(self, calls: int) -> list[str]:
-        return [self.path, "-h", HOST, "-p", str(self.port), "-c", str(self.clients),
-                "-n", str(calls), "--csv", "FCALL", fn.ALLOCATE, "1", BENCH_KEY, str(SIZE)]
+        return [
+            self.path,
+            "-h",
+            HOST,
+            "-p",
+            str(self.port),
+            "-c",
+            str(self.clients),
+            "-n",
+            str(calls),
+            "--csv",
+            "FCALL",
+            fn.ALLOCATE,
+            "1",
+            BENCH_KEY,
+            str(SIZE),
+        ]
 
     def calibrate(self, warmup: int) -> None:
         """A short run to learn the rate, then a warm-up of about ``warmup`` seconds."""
@@ -297,14 +344,20 @@ class RedisBenchmark:
         argv = self.argv(calls)
         used_before = self.lease_used()
         cpu = Cpu(None, self.pid)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         timeout = 60 + 4 * calls / max(self.rate, 1000.0)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise BenchmarkError(f"redis-benchmark did not finish in {timeout:.0f} s: "
-                                 f"{shlex.join(argv)}") from None
+            raise BenchmarkError(
+                f"redis-benchmark did not finish in {timeout:.0f} s: {shlex.join(argv)}"
+            ) from None
         finally:
             _stop_group(proc, grace=2.0)  # a no-op unless interrupted or timed out
         cpu.stop()
@@ -313,17 +366,32 @@ class RedisBenchmark:
         advanced = self.lease_used() - used_before
         # Errors are only printed; an EMPTY, FENCED or EXHAUSTED reply is not even that. The
         # lease's own count of handed-out IDs says whether every call carved a range.
-        if proc.returncode != 0 or row is None or "error" in stderr.lower() \
-                or advanced != calls * SIZE:
+        if (
+            proc.returncode != 0
+            or row is None
+            or "error" in stderr.lower()
+            or advanced != calls * SIZE
+        ):
             raise BenchmarkError(
                 f"redis-benchmark: {calls} calls advanced the lease by {advanced} IDs, not "
                 f"{calls * SIZE} (exit {proc.returncode}): {shlex.join(argv)}\n{stdout}{stderr}"
             )
         self.rate = float(row["rps"])
-        latency = {"mean": float(row["avg_latency_ms"]), "p50": float(row["p50_latency_ms"]),
-                   "p99": float(row["p99_latency_ms"])}
-        return Sample(REDIS_BENCHMARK, self.clients, round_, self.rate, calls, latency,
-                      f"lease advanced by {calls} x {SIZE}", master_busy=cpu.busy(1))
+        latency = {
+            "mean": float(row["avg_latency_ms"]),
+            "p50": float(row["p50_latency_ms"]),
+            "p99": float(row["p99_latency_ms"]),
+        }
+        return Sample(
+            REDIS_BENCHMARK,
+            self.clients,
+            round_,
+            self.rate,
+            calls,
+            latency,
+            f"lease advanced by {calls} x {SIZE}",
+            master_busy=cpu.busy(1),
+        )
 
     def lease_used(self) -> int:
         """IDs of the ``bench`` lease handed out so far, read on the master."""
@@ -362,39 +430,54 @@ def print_sample(sample: Sample) -> None:
         cpu.append(f"worker CPU {sample.worker_cpu_us:.0f} µs/request")
     if sample.master_busy is not None:
         cpu.append(f"master {sample.master_busy:.0%} busy")
-    print(f"c={sample.clients:<4} round {sample.round}  {sample.target:<16}{sample.rps:>8.0f} "
-          f"{unit:<8} avg {lat['mean']:6.2f} ms   p50 {lat['p50']:6.2f} ms   "
-          f"p99 {lat['p99']:6.2f} ms   {', '.join(cpu)}   "
-          f"({sample.requests} done, 0 errors, {sample.checked})", flush=True)
+    print(
+        f"c={sample.clients:<4} round {sample.round}  {sample.target:<16}{sample.rps:>8.0f} "
+        f"{unit:<8} avg {lat['mean']:6.2f} ms   p50 {lat['p50']:6.2f} ms   "
+        f"p99 {lat['p99']:6.2f} ms   {', '.join(cpu)}   "
+        f"({sample.requests} done, 0 errors, {sample.checked})",
+        flush=True,
+    )
 
 
 def print_summary(levels: Sequence[Level]) -> None:
     print()
-    print(f"{'clients':>7}  {'target':<16}{'median rps':>11}{'avg ms':>9}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'cpu µs':>7}{'master':>8}   rps by round")
+    print(
+        f"{'clients':>7}  {'target':<16}{'median rps':>11}{'avg ms':>9}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'cpu µs':>7}{'master':>8}   rps by round"
+    )
     for level in levels:
         for t in TARGETS:
             rounds = " ".join(f"{s.rps:.0f}" for s in level.samples[t])
-            print(f"{level.clients:>7}  {t:<16}{level.rps(t):>11.0f}"
-                  f"{level.latency(t, 'mean'):>9.2f}{level.latency(t, 'p50'):>9.2f}"
-                  f"{level.latency(t, 'p99'):>9.2f}"
-                  f"{_cpu(level.worker_cpu_us(t), level.master_busy(t))}   {rounds}")
-    print("(cpu µs: the service worker's CPU time per request; master: the Redis master's "
-          "share of one CPU)")
+            print(
+                f"{level.clients:>7}  {t:<16}{level.rps(t):>11.0f}"
+                f"{level.latency(t, 'mean'):>9.2f}{level.latency(t, 'p50'):>9.2f}"
+                f"{level.latency(t, 'p99'):>9.2f}"
+                f"{_cpu(level.worker_cpu_us(t), level.master_busy(t))}   {rounds}"
+            )
+    print(
+        "(cpu µs: the service worker's CPU time per request; master: the Redis master's "
+        "share of one CPU)"
+    )
     for level in levels:
         c = level.clients
         by_round = " ".join(f"{r:.2f}" for r in level.ratios_by_round(SERVICE, REDIS_BENCHMARK))
-        print(f"\nc={c}: service-redis / redis-benchmark (median rps): "
-              f"{level.ratio(SERVICE, REDIS_BENCHMARK):.2f}x; by round: {by_round}")
+        print(
+            f"\nc={c}: service-redis / redis-benchmark (median rps): "
+            f"{level.ratio(SERVICE, REDIS_BENCHMARK):.2f}x; by round: {by_round}"
+        )
         by_round = " ".join(f"{r:.2f}" for r in level.ratios_by_round(SERVICE, EMBEDDED))
         us = level.overhead_us()
-        print(f"c={c}: service-redis / embedded (median rps): "
-              f"{level.ratio(SERVICE, EMBEDDED):.2f}x; by round: {by_round}")
-        print(f"c={c}: Redis mode's overhead per request against the embedded default: "
-              f"mean latency {us['mean_latency']:+.0f} µs, p50 {us['p50_latency']:+.0f} µs, "
-              f"1/throughput {us['per_request']:+.1f} µs, worker CPU "
-              f"{us.get('worker_cpu', float('nan')):+.1f} µs",
-              flush=True)
+        print(
+            f"c={c}: service-redis / embedded (median rps): "
+            f"{level.ratio(SERVICE, EMBEDDED):.2f}x; by round: {by_round}"
+        )
+        print(
+            f"c={c}: Redis mode's overhead per request against the embedded default: "
+            f"mean latency {us['mean_latency']:+.0f} µs, p50 {us['p50_latency']:+.0f} µs, "
+            f"1/throughput {us['per_request']:+.1f} µs, worker CPU "
+            f"{us.get('worker_cpu', float('nan')):+.1f} µs",
+            flush=True,
+        )
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -414,14 +497,16 @@ def tool_versions(wrk: str, redis_benchmark: str) -> dict[str, str]:
         "wrk": _first_line([wrk, "-v"]),
         "redis-server": _first_line([shutil.which("redis-server") or "redis-server", "-v"]),
         "redis-benchmark": _first_line([redis_benchmark, "--version"]),
-        "postgres": _first_line([str(postgres_bin / "postgres") if postgres_bin
-                                 else "postgres", "--version"]),
+        "postgres": _first_line(
+            [str(postgres_bin / "postgres") if postgres_bin else "postgres", "--version"]
+        ),
     }
 
 
 def start_cluster(directory: Path) -> LocalCluster:
-    cluster = LocalCluster(directory, with_postgres=True,
-                           progress=lambda line: print(f"  cluster: {line}", flush=True))
+    cluster = LocalCluster(
+        directory, with_postgres=True, progress=lambda line: print(f"  cluster: {line}", flush=True)
+    )
     try:
         return cluster.up(timeout=CLUSTER_TIMEOUT)
     except ClusterError as exc:
@@ -450,17 +535,28 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     print_summary(levels)
     return {
         **env,
-        "load": {"duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup,
-                 "wrk_threads": args.threads, "body": REQUEST_BODY.decode(),
-                 "redis_lease_size": LEASE,
-                 "redis_benchmark_command": f"FCALL {fn.ALLOCATE} 1 {BENCH_KEY} {SIZE}"},
+        "load": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "warmup_s": args.warmup,
+            "wrk_threads": args.threads,
+            "body": REQUEST_BODY.decode(),
+            "redis_lease_size": LEASE,
+            "redis_benchmark_command": f"FCALL {fn.ALLOCATE} 1 {BENCH_KEY} {SIZE}",
+        },
         "samples": [asdict(s) for level in levels for t in TARGETS for s in level.samples[t]],
         "levels": [level.as_dict() for level in levels],
     }
 
 
-def measure_all(args: argparse.Namespace, cluster: LocalCluster, servers: list[Server],
-                wrk: str, redis_benchmark: str, env: dict[str, Any]) -> list[Level]:
+def measure_all(
+    args: argparse.Namespace,
+    cluster: LocalCluster,
+    servers: list[Server],
+    wrk: str,
+    redis_benchmark: str,
+    env: dict[str, Any],
+) -> list[Level]:
     redis_mode, embedded = servers
     for server in servers:
         server.start()
@@ -469,15 +565,22 @@ def measure_all(args: argparse.Namespace, cluster: LocalCluster, servers: list[S
     allocate_once(redis_mode, BENCH_NAMESPACE)  # installs the lease redis-benchmark carves
     master = cluster.master()
     env["redis_master_port"] = master.port
-    print(f"cluster: master {master.name} on port {master.port}; Sentinels "
-          f"{cluster.env()['REDIS_SENTINEL_HOSTS']}; ledger {cluster.env()['KEYGEN_DATABASE_URL']}"
-          f"; Redis leases of {LEASE:.0e} IDs")
-    print(f"redis-benchmark: {redis_benchmark} -h {HOST} -p {master.port} -c N -n "
-          f"<calls/s of the last run x {args.duration}> --csv FCALL {fn.ALLOCATE} 1 "
-          f"{BENCH_KEY} {SIZE}")
-    print(f"wrk:     {wrk} -tmin(N,{args.threads}) -cN -d{args.duration}s -s "
-          f"{WRK_SCRIPT.relative_to(HERE.parent)}; {args.rounds} rounds of "
-          f"{', '.join(TARGETS)} after {args.warmup} s warm-up each", flush=True)
+    print(
+        f"cluster: master {master.name} on port {master.port}; Sentinels "
+        f"{cluster.env()['REDIS_SENTINEL_HOSTS']}; ledger {cluster.env()['KEYGEN_DATABASE_URL']}"
+        f"; Redis leases of {LEASE:.0e} IDs"
+    )
+    print(
+        f"redis-benchmark: {redis_benchmark} -h {HOST} -p {master.port} -c N -n "
+        f"<calls/s of the last run x {args.duration}> --csv FCALL {fn.ALLOCATE} 1 "
+        f"{BENCH_KEY} {SIZE}"
+    )
+    print(
+        f"wrk:     {wrk} -tmin(N,{args.threads}) -cN -d{args.duration}s -s "
+        f"{WRK_SCRIPT.relative_to(HERE.parent)}; {args.rounds} rounds of "
+        f"{', '.join(TARGETS)} after {args.warmup} s warm-up each",
+        flush=True,
+    )
     levels = []
     for clients in args.concurrency:
         level = Level(clients)
@@ -487,24 +590,29 @@ def measure_all(args: argparse.Namespace, cluster: LocalCluster, servers: list[S
             load.run(server, args.warmup, 0)
         bench.calibrate(args.warmup)
         for round_ in range(1, args.rounds + 1):
-            for sample in (measure_service(load, redis_mode, args.duration, round_,
-                                           master.pid),
-                           bench.measure(args.duration, round_),
-                           measure_service(load, embedded, args.duration, round_)):
+            for sample in (
+                measure_service(load, redis_mode, args.duration, round_, master.pid),
+                bench.measure(args.duration, round_),
+                measure_service(load, embedded, args.duration, round_),
+            ):
                 level.samples[sample.target].append(sample)
                 print_sample(sample)
         levels.append(level)
     if (now := cluster.master()).port != master.port:
-        raise BenchmarkError(f"the master moved from port {master.port} to {now.port} "
-                             "during the run: a failover, the figures are not comparable")
+        raise BenchmarkError(
+            f"the master moved from port {master.port} to {now.port} "
+            "during the run: a failover, the figures are not comparable"
+        )
     return levels
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--concurrency", default="50",
-                        help="comma-separated connection counts, wrk's and redis-benchmark's "
-                        "(50)")
+    parser.add_argument(
+        "--concurrency",
+        default="50",
+        help="comma-separated connection counts, wrk's and redis-benchmark's (50)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency (3)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per target (2)")
@@ -517,8 +625,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_benchmark(lambda env: benchmark(args, env), args.json,
-                         redis=redis.__version__, asyncpg=asyncpg.__version__)
+    return run_benchmark(
+        lambda env: benchmark(args, env),
+        args.json,
+        redis=redis.__version__,
+        asyncpg=asyncpg.__version__,
+    )
 
 
 if __name__ == "__main__":

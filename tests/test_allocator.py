@@ -16,8 +16,11 @@ pytestmark = pytest.mark.anyio
 
 
 def make(
-    *dispensers: FakeDispenser, timeout: float = 1.0, layer_timeout: float = 1.0,
-    threshold: int = 1, reset: float = 60.0,
+    *dispensers: FakeDispenser,
+    timeout: float = 1.0,
+    layer_timeout: float = 1.0,
+    threshold: int = 1,
+    reset: float = 60.0,
 ) -> Allocator:
     layers = [
         Layer(d, CircuitBreaker(failure_threshold=threshold, reset_timeout=reset), layer_timeout)

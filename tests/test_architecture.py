@@ -14,23 +14,38 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "keygen"
 #: Each module's layer, from the top; a module imports only from its layer or those below.
 #: Longest prefix wins.
 LAYERS = {
-    "keygen.cli": 6, "keygen.backup_cli": 6, "keygen.__main__": 6, "keygen.chaos": 6,
-    "keygen.cluster": 6, "keygen.backup": 6,
+    "keygen.cli": 6,
+    "keygen.backup_cli": 6,
+    "keygen.__main__": 6,
+    "keygen.chaos": 6,
+    "keygen.cluster": 6,
+    "keygen.backup": 6,
     "keygen.api": 5,
-    "keygen.service": 4, "keygen.health": 4,
-    "keygen.allocator": 3, "keygen.breaker": 3, "keygen.metrics": 3,
+    "keygen.service": 4,
+    "keygen.health": 4,
+    "keygen.allocator": 3,
+    "keygen.breaker": 3,
+    "keygen.metrics": 3,
     "keygen.dispensers": 2,
     "keygen.ledgers": 1,
-    "keygen.config": 0, "keygen.constants": 0, "keygen.errors": 0, "keygen.ranges": 0,
-    "keygen.snapshots": 0, "keygen.progress": 0, "keygen": 0,
+    "keygen.config": 0,
+    "keygen.constants": 0,
+    "keygen.errors": 0,
+    "keygen.ranges": 0,
+    "keygen.snapshots": 0,
+    "keygen.progress": 0,
+    "keygen": 0,
     # Stand apart: a program that allocates, or checks ranges, needs nothing of the server.
-    "keygen.client": 0, "keygen.checker": 0,
+    "keygen.client": 0,
+    "keygen.checker": 0,
 }
 
 
 def layer_of(module: str) -> int:
-    best = max((prefix for prefix in LAYERS if module == prefix
-                or module.startswith(prefix + ".")), key=len)
+    best = max(
+        (prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")),
+        key=len,
+    )
     return LAYERS[best]
 
 
@@ -79,10 +94,19 @@ def test_keygen_serve_loads_no_tool_machinery() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
-    heavy = [m for m in loaded if m not in {
-        # The parser names the fault kinds: the registry is plain data.
-        "keygen.chaos", "keygen.chaos.cli", "keygen.chaos.faults",
-        "keygen.cluster", "keygen.cluster.cli",
-        "keygen.cluster.layout", "keygen.cluster.processes",
-    }]
+    heavy = [
+        m
+        for m in loaded
+        if m
+        not in {
+            # The parser names the fault kinds: the registry is plain data.
+            "keygen.chaos",
+            "keygen.chaos.cli",
+            "keygen.chaos.faults",
+            "keygen.cluster",
+            "keygen.cluster.cli",
+            "keygen.cluster.layout",
+            "keygen.cluster.processes",
+        }
+    ]
     assert not heavy, f"keygen.cli loads {heavy}"

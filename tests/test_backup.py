@@ -56,8 +56,9 @@ async def test_postgres_backup_restore_never_rewinds(
 ) -> None:
     """PostgreSQL (pg_dump/pg_restore): allocate, back up, allocate more, restore, allocate:
     no overlap."""
-    await _backup_restore_cycle(settings.model_copy(update={"database_url": postgres_url}),
-                                tmp_path)
+    await _backup_restore_cycle(
+        settings.model_copy(update={"database_url": postgres_url}), tmp_path
+    )
 
 
 async def test_restore_without_evidence_is_refused(settings: Settings, tmp_path: Path) -> None:
@@ -78,8 +79,13 @@ async def test_cli_backup_and_restore(tmp_path: Path) -> None:
     env = {**os.environ, "KEYGEN_DATA_DIR": str(tmp_path / "data"), "KEYGEN_LEASE_SIZE": "50"}
 
     def keygen(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "keygen", *args], env=env, text=True,
-                              capture_output=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "keygen", *args],
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", lease_size=50)
     await allocate(settings, 2)

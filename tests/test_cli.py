@@ -16,7 +16,10 @@ from tests.support.processes import ServeProcess
 
 def keygen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keygen", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "keygen", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 

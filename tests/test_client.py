@@ -31,10 +31,22 @@ async def test_async_client_allocates_and_raises_api_errors(app: AllocateEndpoin
 def test_sync_client_retries_503_after_retry_after() -> None:
     """A 503 is retried after Retry-After, and the later 200 is returned."""
     answers = [
-        httpx.Response(503, headers={"Retry-After": "0"},
-                       json={"error": {"code": "service_unavailable", "message": "down"}}),
-        httpx.Response(200, json={"start": 1, "end": 2, "size": 2, "namespace": "default",
-                                  "source": "sqlite", "timestamp": 1.0}),
+        httpx.Response(
+            503,
+            headers={"Retry-After": "0"},
+            json={"error": {"code": "service_unavailable", "message": "down"}},
+        ),
+        httpx.Response(
+            200,
+            json={
+                "start": 1,
+                "end": 2,
+                "size": 2,
+                "namespace": "default",
+                "source": "sqlite",
+                "timestamp": 1.0,
+            },
+        ),
     ]
     transport = httpx.MockTransport(lambda request: answers.pop(0))
     with KeygenClient("http://keygen", transport=transport, retries=1) as keygen:
@@ -44,10 +56,13 @@ def test_sync_client_retries_503_after_retry_after() -> None:
 
 def test_sync_client_gives_up_after_retries() -> None:
     """Once retries are spent the 503 is raised with its Retry-After."""
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        503, headers={"Retry-After": "0"},
-        json={"error": {"code": "service_unavailable", "message": "down"}},
-    ))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            503,
+            headers={"Retry-After": "0"},
+            json={"error": {"code": "service_unavailable", "message": "down"}},
+        )
+    )
     with KeygenClient("http://keygen", transport=transport, retries=2) as keygen:
         with pytest.raises(KeygenAPIError) as caught:
             keygen.allocate()
@@ -58,13 +73,34 @@ def test_sync_client_sends_a_timed_out_request_again_but_raises_other_4xx() -> N
     """A 408 (the body was too slow: nothing was allocated) is sent again at once; a 422 is
     the caller's error and is raised without another attempt."""
     answers = [
-        httpx.Response(408, headers={"Connection": "close"},
-                       json={"error": {"code": "request_timeout", "message": "slow body"}}),
-        httpx.Response(200, json={"start": 1, "end": 2, "size": 2, "namespace": "default",
-                                  "source": "sqlite", "timestamp": 1.0}),
+        httpx.Response(
+            408,
+            headers={"Connection": "close"},
+            json={"error": {"code": "request_timeout", "message": "slow body"}},
+        ),
+        httpx.Response(
+            200,
+            json={
+                "start": 1,
+                "end": 2,
+                "size": 2,
+                "namespace": "default",
+                "source": "sqlite",
+                "timestamp": 1.0,
+            },
+        ),
         httpx.Response(422, json={"error": {"code": "invalid_request", "message": "bad"}}),
-        httpx.Response(200, json={"start": 3, "end": 4, "size": 2, "namespace": "default",
-                                  "source": "sqlite", "timestamp": 1.0}),
+        httpx.Response(
+            200,
+            json={
+                "start": 3,
+                "end": 4,
+                "size": 2,
+                "namespace": "default",
+                "source": "sqlite",
+                "timestamp": 1.0,
+            },
+        ),
     ]
     transport = httpx.MockTransport(lambda request: answers.pop(0))
     with KeygenClient("http://keygen", transport=transport, retries=3) as keygen:
@@ -86,11 +122,21 @@ async def test_concurrent_failures_on_one_instance_all_move_to_the_other() -> No
         await asyncio.sleep(0.01)  # every request is in flight when the others fail
         if request.url.host == "dead.keygen":
             raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(200, json={"start": 1, "end": 1, "size": 1, "namespace": "default",
-                                         "source": "sqlite", "timestamp": 1.0})
+        return httpx.Response(
+            200,
+            json={
+                "start": 1,
+                "end": 1,
+                "size": 1,
+                "namespace": "default",
+                "source": "sqlite",
+                "timestamp": 1.0,
+            },
+        )
 
-    async with AsyncKeygenClient([dead, alive], transport=httpx.MockTransport(handler),
-                                 retries=1) as keygen:
+    async with AsyncKeygenClient(
+        [dead, alive], transport=httpx.MockTransport(handler), retries=1
+    ) as keygen:
         got = await asyncio.gather(*(keygen.allocate(size=1) for _ in range(10)))
         assert len(got) == 10  # retries=1: a second refusal would have been raised
         assert sent_to.count("dead.keygen") == 10 and sent_to.count("alive.keygen") == 10
@@ -102,16 +148,21 @@ async def test_a_shared_client_keeps_to_its_connection_limit() -> None:
     """50 tasks sharing one client reach a real HTTP server over at most ``max_connections``
     connections, and every request is answered (the others wait for a connection)."""
     connections = 0
-    answer = (b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 82\r\n\r\n'
-              b'{"start":1,"end":1,"size":1,"namespace":"default","source":"sqlite","timestamp":1}')
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 82\r\n\r\n"
+        b'{"start":1,"end":1,"size":1,"namespace":"default","source":"sqlite","timestamp":1}'
+    )
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
                 await reader.readexactly(length)
                 await asyncio.sleep(0.01)  # slow enough that requests pile up
                 writer.write(answer)

@@ -12,8 +12,13 @@ from keygen.config import Settings
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """With nothing set: embedded ledger in ./.keygen, no Redis, the seed's defaults."""
-    for name in ("ID_BLOCK_SIZE", "REDIS_SENTINEL_HOSTS", "KEYGEN_DATABASE_URL",
-                 "KEYGEN_DATA_DIR", "ALLOCATION_TIMEOUT"):
+    for name in (
+        "ID_BLOCK_SIZE",
+        "REDIS_SENTINEL_HOSTS",
+        "KEYGEN_DATABASE_URL",
+        "KEYGEN_DATA_DIR",
+        "ALLOCATION_TIMEOUT",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = Settings(_env_file=None)
     assert settings.id_block_size == 1000
@@ -50,8 +55,12 @@ def test_blank_urls_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("ID_BLOCK_SIZE", "0"), ("ID_BLOCK_SIZE", "ten"), ("ALLOCATION_TIMEOUT", "-1"),
-     ("KEYGEN_LEASE_SIZE", "0")],
+    [
+        ("ID_BLOCK_SIZE", "0"),
+        ("ID_BLOCK_SIZE", "ten"),
+        ("ALLOCATION_TIMEOUT", "-1"),
+        ("KEYGEN_LEASE_SIZE", "0"),
+    ],
 )
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     """Out-of-range or non-numeric settings fail validation at start-up."""

@@ -54,7 +54,11 @@ class Allocator:
     """Serves each request from the first layer that can, and says which one did."""
 
     def __init__(
-        self, layers: Sequence[Layer], *, timeout: float, metrics: AllocationMetrics,
+        self,
+        layers: Sequence[Layer],
+        *,
+        timeout: float,
+        metrics: AllocationMetrics,
         on_allocated: Callable[[str, int], None] | None = None,
     ) -> None:
         """``on_allocated(namespace, size)`` is called after every success, whichever layer
@@ -67,7 +71,7 @@ class Allocator:
         self.on_allocated = on_allocated
         # Per layer, the budget kept for the layers after it.
         self._kept_after = tuple(
-            sum(later.guaranteed for later in self.layers[i + 1:]) for i in range(len(layers))
+            sum(later.guaranteed for later in self.layers[i + 1 :]) for i in range(len(layers))
         )
 
     async def allocate(self, namespace: str, size: int) -> Allocation:
@@ -93,8 +97,11 @@ class Allocator:
                 if isinstance(exc, ReserveUnavailable):
                     refused = (layer, exc)
                     continue  # expected while it lasts: the 503 says it, not the log
-                log.warning("layer %s could not allocate: %s", layer.source,
-                            str(exc) or f"no answer in {min(layer.timeout, remaining):.3g} s")
+                log.warning(
+                    "layer %s could not allocate: %s",
+                    layer.source,
+                    str(exc) or f"no answer in {min(layer.timeout, remaining):.3g} s",
+                )
                 continue
             except Exception:
                 # A bug or an untranslated driver error must not become a 500: the range was
@@ -116,7 +123,8 @@ class Allocator:
             layer, reason = refused
             raise ServiceUnavailable(
                 f"no layer could allocate within the time budget; {reason.message}",
-                retry_after=self.retry_after(skip=layer), code=reason.code,
+                retry_after=self.retry_after(skip=layer),
+                code=reason.code,
             )
         raise ServiceUnavailable(
             "no layer could allocate within the time budget", retry_after=self.retry_after()

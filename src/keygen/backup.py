@@ -116,8 +116,16 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def _pg_dump(url: str, path: Path) -> None:
-    _run([_pg_tool("pg_dump"), "--format=custom", f"--table={PG_TABLES}", f"--file={path}",
-          f"--dbname={url}"], "pg_dump")
+    _run(
+        [
+            _pg_tool("pg_dump"),
+            "--format=custom",
+            f"--table={PG_TABLES}",
+            f"--file={path}",
+            f"--dbname={url}",
+        ],
+        "pg_dump",
+    )
 
 
 async def _redis_leases(
@@ -145,7 +153,7 @@ async def _redis_leases(
         leases = {}
         async for key in master.scan_iter(match=f"{prefix}*"):
             fields = await master.hgetall(key)  # str: the client decodes responses
-            leases[str(key)[len(prefix):]] = {str(k): str(v) for k, v in fields.items()}
+            leases[str(key)[len(prefix) :]] = {str(k): str(v) for k, v in fields.items()}
         return leases
     except RedisError as exc:
         raise BackupError(f"Redis: {exc}") from exc
@@ -243,8 +251,15 @@ async def restore(
             raise BackupError("this backup is of PostgreSQL, but KEYGEN_DATABASE_URL is unset")
         progress("pg_restore of Keygen's tables")
         await asyncio.to_thread(
-            _run, [_pg_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
-                   f"--dbname={settings.database_url}", str(source / PG_DUMP_FILE)],
+            _run,
+            [
+                _pg_tool("pg_restore"),
+                "--clean",
+                "--if-exists",
+                "--single-transaction",
+                f"--dbname={settings.database_url}",
+                str(source / PG_DUMP_FILE),
+            ],
             "pg_restore",
         )
     ledger = await open_ledger(settings)

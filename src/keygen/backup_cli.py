@@ -26,8 +26,10 @@ def backup_command(args: argparse.Namespace) -> int:
     except KeygenError as exc:
         err.print(f"[red]keygen backup: {exc}[/red]")
         return 1
-    err.print(f"[green]backup of the {manifest['ledger']} ledger written to {args.out}[/green] "
-              f"({len(manifest['counters'])} namespaces, {manifest['redis_leases']} Redis leases)")
+    err.print(
+        f"[green]backup of the {manifest['ledger']} ledger written to {args.out}[/green] "
+        f"({len(manifest['counters'])} namespaces, {manifest['redis_leases']} Redis leases)"
+    )
     return 0
 
 
@@ -49,17 +51,26 @@ def restore_command(args: argparse.Namespace) -> int:
 
 def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("backup", help="back up the ledger (and Redis's leases)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="a new (or empty) folder for the backup")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="a new (or empty) folder for the backup",
+    )
     p.set_defaults(run=backup_command)
 
     p = commands.add_parser(
         "restore", help="restore a backup, raising every counter above what was issued since"
     )
     p.add_argument("backup", type=Path, metavar="DIR", help="a folder written by keygen backup")
-    p.add_argument("--floor", action="append", default=[], metavar="[NAMESPACE=]N",
-                   help="the highest ID that may have been issued (all namespaces, or one); "
-                        "repeatable")
+    p.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="[NAMESPACE=]N",
+        help="the highest ID that may have been issued (all namespaces, or one); repeatable",
+    )
     p.set_defaults(run=restore_command)
 
 

@@ -57,10 +57,14 @@ def _log_config(level: str) -> dict[str, Any]:
         "format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     }
     config["handlers"]["keygen"] = {
-        "class": "logging.StreamHandler", "formatter": "keygen", "stream": "ext://sys.stderr",
+        "class": "logging.StreamHandler",
+        "formatter": "keygen",
+        "stream": "ext://sys.stderr",
     }
     config["loggers"]["keygen"] = {
-        "handlers": ["keygen"], "level": level.upper(), "propagate": False,
+        "handlers": ["keygen"],
+        "level": level.upper(),
+        "propagate": False,
     }
     return config
 
@@ -107,8 +111,10 @@ def verify(args: argparse.Namespace) -> int:
         err.print(f"[red]keygen verify: {exc}[/red]")
         return 2
     for first, second in verdict.overlaps[:20]:
-        print(f"overlap in {first.namespace!r}: {first.start}..{first.end} "
-              f"and {second.start}..{second.end}")
+        print(
+            f"overlap in {first.namespace!r}: {first.start}..{first.end} "
+            f"and {second.start}..{second.end}"
+        )
     for record in verdict.bad_sizes[:20]:
         print(f"wrong size: {record}")
     for record in verdict.out_of_bounds[:20]:
@@ -138,11 +144,19 @@ def ledger_status(args: argparse.Namespace) -> int:
         err.print(f"[red]keygen ledger status: {escape(str(exc))}[/red]")
         return 1
     if args.json:
-        print(json.dumps([
-            {"namespace": s.namespace, "next_id": s.next_id, "headroom": s.headroom,
-             "grants": s.grants}
-            for s in statuses
-        ]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "namespace": s.namespace,
+                        "next_id": s.next_id,
+                        "headroom": s.headroom,
+                        "grants": s.grants,
+                    }
+                    for s in statuses
+                ]
+            )
+        )
         return 0
     table = Table(title=f"ledger: {where}")
     for column in ("namespace", "next ID", "headroom to 2^63-1", "grants"):
@@ -173,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=allocate)
 
     p = commands.add_parser("verify", help="check files of acknowledged ranges for overlaps")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                   help="JSON lines, one POST /allocate response per line")
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="JSON lines, one POST /allocate response per line",
+    )
     p.set_defaults(run=verify)
 
     p = commands.add_parser("ledger", help="inspect the ledger")

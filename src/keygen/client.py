@@ -69,7 +69,9 @@ def _error(response: httpx.Response) -> KeygenAPIError:
         code, message = "http_error", response.text[:200]
     retry_after = response.headers.get("retry-after")
     return KeygenAPIError(
-        response.status_code, code, message,
+        response.status_code,
+        code,
+        message,
         float(retry_after) if retry_after and retry_after.isdigit() else None,
     )
 
@@ -118,8 +120,7 @@ def _limits(max_connections: int) -> httpx.Limits:
     connections only to open new ones under the next burst."""
     if max_connections < 1:
         raise ValueError("max_connections must be at least 1")
-    return httpx.Limits(max_connections=max_connections,
-                        max_keepalive_connections=max_connections)
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
 def _urls(base_url: str | Sequence[str]) -> list[str]:
@@ -134,14 +135,19 @@ class KeygenClient:
     instance is sent to the next."""
 
     def __init__(
-        self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        self,
+        base_url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._https = [
-            httpx.Client(base_url=url, timeout=timeout, limits=_limits(max_connections),
-                         transport=transport)
+            httpx.Client(
+                base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
+            )
             for url in _urls(base_url)
         ]
         self._current = 0
@@ -179,14 +185,19 @@ class AsyncKeygenClient:
     """Asynchronous client, for asyncio and AnyIO programs; URLs as in ``KeygenClient``."""
 
     def __init__(
-        self, base_url: str | Sequence[str] = DEFAULT_URL, *, timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        self,
+        base_url: str | Sequence[str] = DEFAULT_URL,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._https = [
-            httpx.AsyncClient(base_url=url, timeout=timeout, limits=_limits(max_connections),
-                              transport=transport)
+            httpx.AsyncClient(
+                base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
+            )
             for url in _urls(base_url)
         ]
         self._current = 0

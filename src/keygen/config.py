@@ -66,19 +66,23 @@ class Settings(BaseSettings):
 
     # The original product's names.
     id_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
-        DEFAULT_BLOCK_SIZE, validation_alias=_seed_name("ID_BLOCK_SIZE"),
+        DEFAULT_BLOCK_SIZE,
+        validation_alias=_seed_name("ID_BLOCK_SIZE"),
         description="Size of a request that names none.",
     )
     allocation_timeout: Annotated[float, Field(gt=0)] = Field(
-        DEFAULT_ALLOCATION_TIMEOUT, validation_alias=_seed_name("ALLOCATION_TIMEOUT"),
+        DEFAULT_ALLOCATION_TIMEOUT,
+        validation_alias=_seed_name("ALLOCATION_TIMEOUT"),
         description="Seconds a request may take across all layers before it gets a 503.",
     )
     lock_timeout: Annotated[float, Field(gt=0)] = Field(
-        DEFAULT_LOCK_TIMEOUT, validation_alias=_seed_name("LOCK_TIMEOUT"),
+        DEFAULT_LOCK_TIMEOUT,
+        validation_alias=_seed_name("LOCK_TIMEOUT"),
         description="Seconds a lease-refill lock is held at most.",
     )
     redis_sentinel_hosts: str | None = Field(
-        None, validation_alias=_seed_name("REDIS_SENTINEL_HOSTS"),
+        None,
+        validation_alias=_seed_name("REDIS_SENTINEL_HOSTS"),
         description="host:port,host:port of the Sentinels; unset means no Redis layer.",
     )
     redis_sentinel_master_name: str = Field(
@@ -88,19 +92,24 @@ class Settings(BaseSettings):
         2, validation_alias=_seed_name("REDIS_SENTINEL_QUORUM")
     )
     redis_timeout: Annotated[float, Field(gt=0)] = Field(
-        1.0, description="Seconds one request may spend on the Redis layer before falling back.",
+        1.0,
+        description="Seconds one request may spend on the Redis layer before falling back.",
     )
     redis_socket_timeout: Annotated[float, Field(gt=0)] = Field(
-        0.5, description="Seconds a Redis or Sentinel command (or connect) may take.",
+        0.5,
+        description="Seconds a Redis or Sentinel command (or connect) may take.",
     )
     redis_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
-        DEFAULT_REDIS_LEASE_SIZE, description="Length of the first lease installed in Redis.",
+        DEFAULT_REDIS_LEASE_SIZE,
+        description="Length of the first lease installed in Redis.",
     )
     redis_min_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
-        DEFAULT_REDIS_MIN_LEASE_SIZE, description="The adaptive lease length never drops below.",
+        DEFAULT_REDIS_MIN_LEASE_SIZE,
+        description="The adaptive lease length never drops below.",
     )
     redis_max_lease_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
-        DEFAULT_REDIS_MAX_LEASE_SIZE, description="The adaptive lease length never grows past.",
+        DEFAULT_REDIS_MAX_LEASE_SIZE,
+        description="The adaptive lease length never grows past.",
     )
     redis_address_map: str | None = Field(
         None,
@@ -172,7 +181,8 @@ class Settings(BaseSettings):
         1.0, description="Seconds a layer's ping (or the Sentinels' answer) may take."
     )
     health_max_age: Annotated[float, Field(ge=0)] = Field(
-        2.0, description="Seconds /metrics reuses the last health answer before the layers "
+        2.0,
+        description="Seconds /metrics reuses the last health answer before the layers "
         "are pinged again (/health always pings).",
     )
     log_level: LogLevel = "info"

@@ -84,9 +84,16 @@ class HealthReporter:
     """Answers health questions about the parts the service was built from."""
 
     def __init__(
-        self, *, instance_id: str, layers: Sequence[Layer], ledger: Ledger,
-        metrics: AllocationMetrics, timeout: float, max_age: float,
-        redis: RedisDispenser | None = None, sentinel_monitor: SentinelMonitor | None = None,
+        self,
+        *,
+        instance_id: str,
+        layers: Sequence[Layer],
+        ledger: Ledger,
+        metrics: AllocationMetrics,
+        timeout: float,
+        max_age: float,
+        redis: RedisDispenser | None = None,
+        sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
     ) -> None:
         self.instance_id = instance_id
@@ -174,7 +181,8 @@ class HealthReporter:
         if self.reserve is None:
             return metrics
         return msgspec.structs.replace(
-            metrics, reserve_allocations=self.metrics.by_source.get(SOURCE_RESERVE, 0),
+            metrics,
+            reserve_allocations=self.metrics.by_source.get(SOURCE_RESERVE, 0),
             reserve_ids_wasted=self.reserve.ids_wasted,
         )
 
@@ -182,7 +190,10 @@ class HealthReporter:
         if self.redis is None or sentinels is None:
             return None
         return RedisSnapshot(
-            master=sentinels.master, sentinel_quorum=sentinels.sentinel_quorum,
-            failovers=sentinels.failovers, last_failover_at=sentinels.last_failover_at,
-            lease_refills=self.redis.refills, ids_wasted=self.redis.ids_wasted,
+            master=sentinels.master,
+            sentinel_quorum=sentinels.sentinel_quorum,
+            failovers=sentinels.failovers,
+            last_failover_at=sentinels.last_failover_at,
+            lease_refills=self.redis.refills,
+            ids_wasted=self.redis.ids_wasted,
         )

@@ -95,11 +95,13 @@ class KeygenCollector(Collector):
         yield from _allocation_metrics(self._metrics)
         health = self._health
         yield GaugeMetricFamily(
-            "keygen_active_locks", "Distributed locks held by this instance",
+            "keygen_active_locks",
+            "Distributed locks held by this instance",
             value=health.active_locks,
         )
         breakers = GaugeMetricFamily(
-            "keygen_breaker_open", "1 while a layer's circuit breaker is open or half-open",
+            "keygen_breaker_open",
+            "1 while a layer's circuit breaker is open or half-open",
             labels=["source"],
         )
         for layer in health.layers:
@@ -107,7 +109,8 @@ class KeygenCollector(Collector):
         yield breakers
         if health.redis is not None:
             yield CounterMetricFamily(
-                "keygen_redis_failovers", "Redis master failovers announced by Sentinel",
+                "keygen_redis_failovers",
+                "Redis master failovers announced by Sentinel",
                 value=health.redis.failovers,
             )
         if health.reserve is not None:
@@ -123,7 +126,8 @@ def registry_of(health: HealthSnapshot, metrics: AllocationMetrics) -> Collector
 
 def _allocation_metrics(m: AllocationMetrics) -> Iterator[Metric]:
     requests = CounterMetricFamily(
-        "keygen_allocations", "Allocation requests by outcome and source",
+        "keygen_allocations",
+        "Allocation requests by outcome and source",
         labels=["outcome", "source"],
     )
     for source, count in sorted(m.by_source.items()):
@@ -136,14 +140,17 @@ def _allocation_metrics(m: AllocationMetrics) -> Iterator[Metric]:
         cumulative += count
         buckets.append((_bound_label(bound), cumulative))
     yield HistogramMetricFamily(
-        "keygen_allocation_duration_seconds", "Time to serve POST /allocate",
-        buckets=buckets, sum_value=m.latency_sum,
+        "keygen_allocation_duration_seconds",
+        "Time to serve POST /allocate",
+        buckets=buckets,
+        sum_value=m.latency_sum,
     )
 
 
 def _reserve_metrics(reserve: ReserveSnapshot) -> Iterator[Metric]:
     remaining = GaugeMetricFamily(
-        "keygen_reserve_remaining_ids", "IDs left in this process's emergency reserve",
+        "keygen_reserve_remaining_ids",
+        "IDs left in this process's emergency reserve",
         labels=["namespace"],
     )
     minutes = GaugeMetricFamily(
@@ -158,7 +165,8 @@ def _reserve_metrics(reserve: ReserveSnapshot) -> Iterator[Metric]:
     yield remaining
     yield minutes
     yield GaugeMetricFamily(
-        "keygen_reserve_serving", "1 while requests are served from the emergency reserve",
+        "keygen_reserve_serving",
+        "1 while requests are served from the emergency reserve",
         value=1.0 if reserve.serving else 0.0,
     )
     yield CounterMetricFamily(
@@ -167,11 +175,13 @@ def _reserve_metrics(reserve: ReserveSnapshot) -> Iterator[Metric]:
         value=reserve.ids_wasted,
     )
     yield CounterMetricFamily(
-        "keygen_reserve_ids_served", "IDs served from the emergency reserve",
+        "keygen_reserve_ids_served",
+        "IDs served from the emergency reserve",
         value=reserve.ids_served,
     )
     yield CounterMetricFamily(
-        "keygen_reserve_refills", "Emergency reserves taken from the ledger",
+        "keygen_reserve_refills",
+        "Emergency reserves taken from the ledger",
         value=reserve.reserves_taken,
     )
 

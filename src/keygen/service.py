@@ -36,9 +36,13 @@ RESERVE_BREAKER_THRESHOLD = 2**62
 async def _reserve_layer(settings: Settings, ledger: Ledger) -> ReserveDispenser:
     """The emergency reserve, on the first free journal slot of the data dir."""
     return await ReserveDispenser.open(
-        ledger, data_dir=settings.data_dir, slots=settings.reserve_slots,
-        size=settings.reserve_size, namespaces=settings.reserve_namespace_list,
-        instance_id=settings.instance_id, location=ledger_location(settings),
+        ledger,
+        data_dir=settings.data_dir,
+        slots=settings.reserve_slots,
+        size=settings.reserve_size,
+        namespaces=settings.reserve_namespace_list,
+        instance_id=settings.instance_id,
+        location=ledger_location(settings),
     )
 
 
@@ -52,10 +56,13 @@ async def _redis_layer(
     """
     sentinel = sentinels_of(settings)
     dispenser = RedisDispenser(
-        master_of(settings, sentinel), ledger, holder=settings.instance_id,
+        master_of(settings, sentinel),
+        ledger,
+        holder=settings.instance_id,
         lease_size=settings.redis_lease_size,
         min_lease_size=settings.redis_min_lease_size,
-        max_lease_size=settings.redis_max_lease_size, lock_timeout=settings.lock_timeout,
+        max_lease_size=settings.redis_max_lease_size,
+        lock_timeout=settings.lock_timeout,
     )
     try:
         async with asyncio.timeout(settings.redis_timeout):
@@ -73,8 +80,13 @@ class Keygen:
     """The service: owns the ledger, the allocator and the health reporter."""
 
     def __init__(
-        self, settings: Settings, ledger: Ledger, allocator: Allocator, *,
-        redis: RedisDispenser | None = None, sentinel_monitor: SentinelMonitor | None = None,
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        allocator: Allocator,
+        *,
+        redis: RedisDispenser | None = None,
+        sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
     ) -> None:
         self.settings = settings
@@ -85,9 +97,14 @@ class Keygen:
         self.reserve = reserve
         self.metrics = allocator.metrics
         self.health = HealthReporter(
-            instance_id=settings.instance_id, layers=allocator.layers, ledger=ledger,
-            metrics=allocator.metrics, timeout=settings.health_timeout,
-            max_age=settings.health_max_age, redis=redis, sentinel_monitor=sentinel_monitor,
+            instance_id=settings.instance_id,
+            layers=allocator.layers,
+            ledger=ledger,
+            metrics=allocator.metrics,
+            timeout=settings.health_timeout,
+            max_age=settings.health_max_age,
+            redis=redis,
+            sentinel_monitor=sentinel_monitor,
             reserve=reserve,
         )
 
@@ -130,7 +147,9 @@ class Keygen:
             breaker = CircuitBreaker(failure_threshold=RESERVE_BREAKER_THRESHOLD)
             layers.append(Layer(reserve, breaker, budget, guaranteed=budget))
         allocator = Allocator(
-            layers, timeout=settings.allocation_timeout, metrics=AllocationMetrics(),
+            layers,
+            timeout=settings.allocation_timeout,
+            metrics=AllocationMetrics(),
             on_allocated=reserve.observe if reserve is not None else None,
         )
         return cls(

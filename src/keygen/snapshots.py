@@ -159,6 +159,9 @@ class MetricsDocument(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, health: HealthSnapshot) -> MetricsDocument:
         return cls(
-            health.status, health.redis_health, health.postgresql_health, health.active_locks,
+            health.status,
+            health.redis_health,
+            health.postgresql_health,
+            health.active_locks,
             health.metrics,
         )

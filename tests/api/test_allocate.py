@@ -70,9 +70,9 @@ async def test_concurrent_requests_are_disjoint(client: httpx.AsyncClient) -> No
     sizes = [1 + (i * 37) % 500 for i in range(300)]
 
     async def one(i: int, size: int) -> Record:
-        body = (await client.post(
-            "/allocate", json={"size": size, "namespace": f"ns{i % 3}"}
-        )).json()
+        body = (
+            await client.post("/allocate", json={"size": size, "namespace": f"ns{i % 3}"})
+        ).json()
         return Record.from_json({**body, "requested": size})
 
     verdict = check(await asyncio.gather(*(one(i, s) for i, s in enumerate(sizes))))

@@ -66,16 +66,23 @@ async def test_metrics_json_shape(client: httpx.AsyncClient) -> None:
     await client.post("/allocate", json={"size": 5})
     body = (await client.get("/metrics")).json()
     assert body["overall_health"] == "healthy"
-    assert set(body) >= {"overall_health", "redis_health", "postgresql_health", "active_locks",
-                         "metrics"}
+    assert set(body) >= {
+        "overall_health",
+        "redis_health",
+        "postgresql_health",
+        "active_locks",
+        "metrics",
+    }
     assert body["metrics"]["total_allocations"] == 1
     assert body["metrics"]["allocations_by_source"] == {"sqlite": 1}
 
 
 @pytest.mark.parametrize(
     "accept",
-    ["text/plain",
-     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"],
+    [
+        "text/plain",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    ],
 )
 async def test_metrics_prometheus_format(client: httpx.AsyncClient, accept: str) -> None:
     """A Prometheus scraper's Accept header gets the text exposition with our counters."""

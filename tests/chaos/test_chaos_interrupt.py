@@ -45,8 +45,12 @@ def started_by_run(pid: int, out: Path) -> dict[int, int | None]:
 
 def _stop_left_behind(out: Path, started: dict[int, int | None]) -> None:
     """The cluster by its recorded pids, then whatever else the run had started."""
-    subprocess.run([sys.executable, "-m", "keygen", "cluster", "down", "--dir",
-                    str(out / "cluster")], capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "keygen", "cluster", "down", "--dir", str(out / "cluster")],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     for pid, began in started.items():
         if proc.is_alive(pid) and proc.start_time(pid) == began:
             os.kill(pid, signal.SIGKILL)
@@ -57,9 +61,25 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
     out.chmod(0o755)  # PostgreSQL runs as its own user
     run = subprocess.Popen(
-        [sys.executable, "-m", "keygen", "chaos", "--duration", "300", "--rate", "50",
-         "--seed", "1", "--faults", "sentinel-kill", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "keygen",
+            "chaos",
+            "--duration",
+            "300",
+            "--rate",
+            "50",
+            "--seed",
+            "1",
+            "--faults",
+            "sentinel-kill",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     started: dict[int, int | None] = {}
     try:
@@ -88,8 +108,9 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
         if run.stderr is not None:
             run.stderr.close()  # after a timeout its pipe is still open
 
-    still_running = [p for p, began in started.items()
-                     if proc.is_alive(p) and proc.start_time(p) == began]
+    still_running = [
+        p for p, began in started.items() if proc.is_alive(p) and proc.start_time(p) == began
+    ]
     assert still_running == [], [proc.cmdline(p) for p in still_running]
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["interrupted"]

@@ -24,14 +24,16 @@ def test_short_schedule_no_duplicates_no_unexpected_failures() -> None:
     # Not pytest's tmp_path: PostgreSQL runs as its own user, which cannot enter a 0700 dir.
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
     out.chmod(0o755)
-    run = run_chaos(ChaosOptions(schedule="short", seed=0, rate=150, out=out,
-                                 faults=list(KNOWN_KINDS)),
-                    Console(stderr=True, force_terminal=False))
+    run = run_chaos(
+        ChaosOptions(schedule="short", seed=0, rate=150, out=out, faults=list(KNOWN_KINDS)),
+        Console(stderr=True, force_terminal=False),
+    )
     report = run.report
-    summary = (f"{report['checker']['summary']}; failures outside all-down windows: "
-               f"{report['failures_outside_by_cause']} / by window: "
-               + str([(f["label"], f["failures_by_cause"]) for f in report["faults"]
-                      if f["failed"]]))
+    summary = (
+        f"{report['checker']['summary']}; failures outside all-down windows: "
+        f"{report['failures_outside_by_cause']} / by window: "
+        + str([(f["label"], f["failures_by_cause"]) for f in report["faults"] if f["failed"]])
+    )
     assert report["checker"]["ok"], summary
     assert report["checker"]["duplicate_ids"] == 0, summary
     assert report["unexpected_failures"] == 0, summary

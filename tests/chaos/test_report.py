@@ -25,8 +25,9 @@ from keygen.checker import Record
 T0 = 1000.0
 
 
-def ack(start: int, sent: float, latency: float = 0.01, source: str = "redis_sentinel",
-        size: int = 10) -> Ack:
+def ack(
+    start: int, sent: float, latency: float = 0.01, source: str = "redis_sentinel", size: int = 10
+) -> Ack:
     record = Record("default", start, start + size - 1, size, size, source)
     return Ack(record, T0 + sent, T0 + sent + latency)
 
@@ -35,16 +36,22 @@ def window(kind: str, start: float, end: float, *, all_down: bool = False) -> Fa
     return FaultWindow(kind, T0 + start, T0 + end, all_layers_down=all_down)
 
 
-def report_of(acks: list[Ack], failures: list[Failure],
-              windows: list[FaultWindow]) -> dict[str, Any]:
+def report_of(
+    acks: list[Ack], failures: list[Failure], windows: list[FaultWindow]
+) -> dict[str, Any]:
     return build_report(acks, failures, windows, started=T0, ended=T0 + 60)
 
 
 def test_percentiles_nearest_rank_in_milliseconds() -> None:
     """Percentiles are nearest-rank, in milliseconds; empty input gives None."""
     values = [i / 1000 for i in range(1, 101)]
-    assert percentiles(values) == {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 100.0,
-                                   "max": 100.0}
+    assert percentiles(values) == {
+        "p50": 50.0,
+        "p90": 90.0,
+        "p99": 99.0,
+        "p99.9": 100.0,
+        "max": 100.0,
+    }
     assert percentiles([])["p50"] is None
 
 
@@ -90,7 +97,8 @@ def test_recovery_times_to_full_service_and_to_primary() -> None:
     assert row["to_primary_s"] == 5.55
     assert row["left_primary"]
     assert report["recovery_by_kind"]["all-down"] == {
-        "faults": 1, "failed": 1,
+        "faults": 1,
+        "failed": 1,
         "to_full_service_s": {"median": 5.01, "max": 5.01, "never": 0},
         "to_primary_s": {"median": 5.55, "max": 5.55, "never": 0},
     }
@@ -131,7 +139,7 @@ def test_plans_are_reproducible_and_cover_every_kind() -> None:
     first = plan_random(FAULT_KINDS, 600, seed=7)
     assert first == plan_random(FAULT_KINDS, 600, seed=7)
     assert first != plan_random(FAULT_KINDS, 600, seed=8)
-    assert set(p.kind for p in first[:len(FAULT_KINDS)]) == set(FAULT_KINDS)
+    assert set(p.kind for p in first[: len(FAULT_KINDS)]) == set(FAULT_KINDS)
     assert all(b.at >= a.at + a.hold for a, b in itertools.pairwise(first))
 
 
@@ -139,8 +147,7 @@ def test_retried_attempts_are_counted_per_window() -> None:
     """Attempts the client retried are counted in the window they happened in, or outside."""
     windows = [window("instance-kill", 10, 14)]
     attempts = [(T0 + 11, "ConnectError"), (T0 + 12, "http 503"), (T0 + 30, "ReadError")]
-    report = build_report([ack(1, 1)], [], windows, started=T0, ended=T0 + 60,
-                          attempts=attempts)
+    report = build_report([ack(1, 1)], [], windows, started=T0, ended=T0 + 60, attempts=attempts)
     assert report["faults"][0]["retried_attempts"] == {"ConnectError": 1, "http 503": 1}
     assert report["retried_attempts_outside_windows"] == {"ReadError": 1}
     assert report["passed"]
@@ -153,7 +160,8 @@ def test_fault_kinds_and_groups_on_the_command_line() -> None:
     assert _kinds("overlapping") == list(OVERLAPPING_KINDS)
     assert _kinds("all,overlapping") == list(KNOWN_KINDS)
     assert _kinds("sentinel-kill,all") == ["sentinel-kill"] + [
-        k for k in FAULT_KINDS if k != "sentinel-kill"]
+        k for k in FAULT_KINDS if k != "sentinel-kill"
+    ]
     assert _kinds("all-down+instance-kill") == ["all-down+instance-kill"]
     with pytest.raises(argparse.ArgumentTypeError, match="overlapping"):
         _kinds("redis-master-kill,disk-full")
@@ -169,4 +177,6 @@ def test_every_overlapping_kind_is_two_known_kinds_and_has_an_action() -> None:
         assert first in FAULT_KINDS and second in FAULT_KINDS
         assert FAULTS[kind].steps and all(callable(step) for step in FAULTS[kind].steps)
     assert {k for k in OVERLAPPING_KINDS if k in ALL_LAYERS_DOWN} == {
-        "postgres-kill+redis-master-kill", "all-down+instance-kill"}
+        "postgres-kill+redis-master-kill",
+        "all-down+instance-kill",
+    }

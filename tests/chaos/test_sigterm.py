@@ -36,7 +36,8 @@ async def _signalled_inside_a_callback(handler: _Sigterm, *, watch: bool) -> str
     if watch:
         handler.watch(asyncio.current_task())
     transport, _ = await asyncio.get_running_loop().create_connection(
-        _SignalOnData, "127.0.0.1", port)
+        _SignalOnData, "127.0.0.1", port
+    )
     try:
         await asyncio.sleep(2)
         return "carried on"

@@ -41,8 +41,9 @@ def _config(compose: dict[str, Any], name: str) -> list[str]:
     return content.splitlines()
 
 
-def test_services_are_the_launchers_processes(compose: dict[str, Any],
-                                              cluster: LocalCluster) -> None:
+def test_services_are_the_launchers_processes(
+    compose: dict[str, Any], cluster: LocalCluster
+) -> None:
     """Compose runs exactly the launcher's processes plus the service, all on the host
     network, each data node and Sentinel with its own volume."""
     names = [node.name for node in cluster.nodes()]
@@ -55,8 +56,9 @@ def test_services_are_the_launchers_processes(compose: dict[str, Any],
     assert set(compose["volumes"]) == {*names, "keygen"}
 
 
-def test_data_node_configs_match_the_launcher(compose: dict[str, Any],
-                                              cluster: LocalCluster) -> None:
+def test_data_node_configs_match_the_launcher(
+    compose: dict[str, Any], cluster: LocalCluster
+) -> None:
     """Each Redis config equals the one the launcher writes (ports, appendonly, appendfsync,
     replicaof), paths aside; the data lives in the volume."""
     for node in cluster.redis_nodes:
@@ -64,19 +66,23 @@ def test_data_node_configs_match_the_launcher(compose: dict[str, Any],
         assert _without_paths(lines) == _without_paths(node.config_lines())
         assert 'dir "/data"' in lines and "appendonly yes" in lines
         service = compose["services"][node.name]
-        assert service["configs"] == [{"source": f"{node.name}.conf",
-                                       "target": "/etc/keygen/redis.conf"}]
+        assert service["configs"] == [
+            {"source": f"{node.name}.conf", "target": "/etc/keygen/redis.conf"}
+        ]
         assert "redis-server /data/redis.conf" in service["entrypoint"][-1]
         assert str(node.port) in service["healthcheck"]["test"]
 
 
-def test_sentinel_configs_match_the_launcher(compose: dict[str, Any],
-                                             cluster: LocalCluster) -> None:
+def test_sentinel_configs_match_the_launcher(
+    compose: dict[str, Any], cluster: LocalCluster
+) -> None:
     """Each Sentinel config equals the launcher's: same port, ``sentinel monitor mymaster
     127.0.0.1 6379 2``, down-after, failover-timeout, parallel-syncs; started with
     ``--sentinel`` from a writable copy, since Sentinel rewrites it."""
-    monitor = f"sentinel monitor {cluster.master_name} 127.0.0.1 {cluster.ports.redis[0]} " \
-              f"{cluster.quorum}"
+    monitor = (
+        f"sentinel monitor {cluster.master_name} 127.0.0.1 {cluster.ports.redis[0]} "
+        f"{cluster.quorum}"
+    )
     assert monitor == "sentinel monitor mymaster 127.0.0.1 6379 2"
     for sentinel in cluster.sentinels:
         lines = _config(compose, sentinel.name)
@@ -88,8 +94,7 @@ def test_sentinel_configs_match_the_launcher(compose: dict[str, Any],
         assert entrypoint.rstrip().endswith("redis-server /data/sentinel.conf --sentinel")
 
 
-def test_ports_follow_the_documented_scheme(compose: dict[str, Any],
-                                            cluster: LocalCluster) -> None:
+def test_ports_follow_the_documented_scheme(compose: dict[str, Any], cluster: LocalCluster) -> None:
     """Redis 6379-6381, Sentinels 26379-26381, PostgreSQL 6382, the service 8010: in the
     configs, the PostgreSQL service and the service's command."""
     assert cluster.ports.redis == (6379, 6380, 6381)
@@ -104,8 +109,7 @@ def test_ports_follow_the_documented_scheme(compose: dict[str, Any],
     assert command[-1] == str(DEFAULT_PORT)
 
 
-def test_postgres_is_the_launchers_ledger(compose: dict[str, Any],
-                                          cluster: LocalCluster) -> None:
+def test_postgres_is_the_launchers_ledger(compose: dict[str, Any], cluster: LocalCluster) -> None:
     """The PostgreSQL service has the launcher's database, user and durability settings,
     listening on 127.0.0.1 only."""
     assert cluster.postgres is not None
@@ -118,8 +122,9 @@ def test_postgres_is_the_launchers_ledger(compose: dict[str, Any],
     assert options["listen_addresses"] == SERVER_SETTINGS["listen_addresses"].strip("'")
 
 
-def test_service_environment_is_the_launchers(compose: dict[str, Any],
-                                              cluster: LocalCluster) -> None:
+def test_service_environment_is_the_launchers(
+    compose: dict[str, Any], cluster: LocalCluster
+) -> None:
     """The service gets exactly the environment `keygen cluster up` prints, and is built
     from deploy/Dockerfile."""
     service = compose["services"]["keygen"]

@@ -32,8 +32,10 @@ def node() -> Iterator[PostgresNode]:
 def test_sigkill_then_restart_keeps_committed_data(node: PostgresNode) -> None:
     """SIGKILL of every server process returns only once all are gone, and a restart
     recovers what was committed before."""
-    node.psql("CREATE TABLE IF NOT EXISTS t (v int); INSERT INTO t VALUES (42)", node.database
-              or "postgres")
+    node.psql(
+        "CREATE TABLE IF NOT EXISTS t (v int); INSERT INTO t VALUES (42)",
+        node.database or "postgres",
+    )
     pids = node.pids()
     assert len(pids) > 1  # the postmaster and its background processes
     node.kill()

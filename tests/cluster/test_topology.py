@@ -50,8 +50,13 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def _keygen(*args: str, timeout: float = 45) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keygen", "cluster", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "keygen", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_cli_up_status_down() -> None:
@@ -63,10 +68,15 @@ def test_cli_up_status_down() -> None:
     try:
         up = _keygen("up", "--dir", where, "--base-port", "0", "--down-after-ms", "1000")
         assert up.returncode == 0, up.stderr
-        exports = dict(line.removeprefix("export ").split("=", 1)
-                       for line in up.stdout.splitlines())
-        assert set(exports) == {"REDIS_SENTINEL_HOSTS", "REDIS_SENTINEL_MASTER_NAME",
-                                "REDIS_SENTINEL_QUORUM", "KEYGEN_DATABASE_URL"}
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()
+        )
+        assert set(exports) == {
+            "REDIS_SENTINEL_HOSTS",
+            "REDIS_SENTINEL_MASTER_NAME",
+            "REDIS_SENTINEL_QUORUM",
+            "KEYGEN_DATABASE_URL",
+        }
         assert len(exports["REDIS_SENTINEL_HOSTS"].split(",")) == 3
 
         again = _keygen("up", "--dir", where, "--base-port", "0")
@@ -76,8 +86,15 @@ def test_cli_up_status_down() -> None:
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         roles = sorted(p["role"] for p in report["processes"])
-        assert roles == ["ledger", "master", "replica", "replica",
-                         "sentinel", "sentinel", "sentinel"]
+        assert roles == [
+            "ledger",
+            "master",
+            "replica",
+            "replica",
+            "sentinel",
+            "sentinel",
+            "sentinel",
+        ]
         pids = [p["pid"] for p in report["processes"]]
         assert all(processes.is_alive(pid) for pid in pids)
 
@@ -99,7 +116,11 @@ def test_up_starts_a_ready_topology(cluster: LocalCluster) -> None:
     name the master, and a ledger that answers SQL; cluster.json records every pid."""
     status = cluster.status()
     assert [status.count(role) for role in ("master", "replica", "sentinel", "ledger")] == [
-        1, 2, 3, 1]
+        1,
+        2,
+        3,
+        1,
+    ]
     master = cluster.master()
     assert master is cluster.redis_nodes[0]
     assert status.master == ("127.0.0.1", master.port)
@@ -165,8 +186,20 @@ def test_down_stops_exactly_the_recorded_processes(cluster: LocalCluster) -> Non
     scratch = _scratch_dir("keygen-decoy-")
     decoy_port = processes.free_port()
     decoys = [
-        subprocess.Popen([str(redis_server), "--port", str(decoy_port), "--bind", "127.0.0.1",
-                          "--save", "", "--dir", str(scratch)], stdout=subprocess.DEVNULL),
+        subprocess.Popen(
+            [
+                str(redis_server),
+                "--port",
+                str(decoy_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(scratch),
+            ],
+            stdout=subprocess.DEVNULL,
+        ),
         subprocess.Popen(["sleep", "60"]),
     ]
     try:

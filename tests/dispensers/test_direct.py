@@ -55,18 +55,21 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 def test_a_lone_request_is_granted_at_once_alone() -> None:
     """With nothing in flight a request is its own grant, of exactly its size."""
+
     async def scenario() -> None:
         ledger = FakeLedger()
         dispenser = DirectDispenser(ledger, holder="test")
         assert await dispenser.allocate("default", 7) == IdRange("default", 1, 7)
         assert await dispenser.allocate("default", 3) == IdRange("default", 8, 10)
         assert [(g.size, kind) for g, kind in ledger.grants] == [(7, "direct"), (3, "direct")]
+
     run(scenario)
 
 
 def test_requests_arriving_during_a_grant_share_the_next_one() -> None:
     """Requests that queue while a grant is in flight are served by one grant of their total,
     split in arrival order into ranges of exactly the sizes asked."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -81,12 +84,14 @@ def test_requests_arriving_during_a_grant_share_the_next_one() -> None:
         assert ledger.asked == [5, 111]
         assert [(r.start, r.end) for r in results] == [(1, 5), (6, 6), (7, 16), (17, 116)]
         assert dispenser.grants == 2 and dispenser.requests_served == 4
+
     run(scenario)
 
 
 def test_a_request_that_gives_up_in_flight_wastes_its_share() -> None:
     """A request cancelled while its batch's grant is in flight gets nothing, and its slice
     is handed to no other request: it is counted as wasted."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -105,11 +110,13 @@ def test_a_request_that_gives_up_in_flight_wastes_its_share() -> None:
         assert (third.start, third.end) == (31, 60)  # 11..30 was the cancelled share
         assert (fourth.start, fourth.end) == (61, 80)  # never 11..30
         assert dispenser.ids_wasted == 20
+
     run(scenario)
 
 
 def test_a_request_that_gives_up_before_its_grant_is_left_out() -> None:
     """A request cancelled while still queued is not part of the grant at all."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -125,12 +132,14 @@ def test_a_request_that_gives_up_before_its_grant_is_left_out() -> None:
         assert ledger.asked == [1, 3]
         assert (served.start, served.end) == (2, 4)
         assert dispenser.ids_wasted == 0
+
     run(scenario)
 
 
 def test_a_failed_grant_fails_its_whole_batch_and_nothing_else() -> None:
     """When the ledger fails, every request of the batch gets its own LedgerUnavailable, and
     the next request is granted normally."""
+
     async def scenario() -> None:
         ledger = FakeLedger(delay=0.01)
         dispenser = DirectDispenser(ledger, holder="test")
@@ -142,12 +151,14 @@ def test_a_failed_grant_fails_its_whole_batch_and_nothing_else() -> None:
         assert len({id(r) for r in results}) == 4  # one exception object per request
         ledger.down = False
         assert await dispenser.allocate("default", 5) == IdRange("default", 1, 5)
+
     run(scenario)
 
 
 def test_near_exhaustion_the_requests_that_fit_are_served() -> None:
     """If a batch's total does not fit below 2**63-1, the requests that still fit (in arrival
     order) are served and only the others get NamespaceExhausted."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         await ledger.advance_to("default", MAX_ID - 10)
@@ -160,11 +171,13 @@ def test_near_exhaustion_the_requests_that_fit_are_served() -> None:
         assert results[0] == IdRange("default", MAX_ID - 9, MAX_ID - 4)
         assert isinstance(results[1], NamespaceExhausted) and results[1].remaining == 10 - 6
         assert results[2] == IdRange("default", MAX_ID - 3, MAX_ID)
+
     run(scenario)
 
 
 def test_namespaces_are_granted_independently() -> None:
     """A grant in flight for one namespace does not hold up another namespace."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -174,12 +187,14 @@ def test_namespaces_are_granted_independently() -> None:
         assert ledger.in_flight == 2
         ledger.release(2)
         assert (await a, await b) == (IdRange("a", 1, 1), IdRange("b", 1, 2))
+
     run(scenario)
 
 
 def test_closing_fails_every_waiting_request() -> None:
     """aclose ends in-flight and queued requests with LayerUnavailable instead of leaving
     them waiting, and later requests are refused."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -193,6 +208,7 @@ def test_closing_fails_every_waiting_request() -> None:
                 await task
         with pytest.raises(LayerUnavailable):
             await dispenser.allocate("default", 1)
+
     run(scenario)
 
 
@@ -201,7 +217,8 @@ waves_strategy = st.lists(
     st.lists(
         st.tuples(st.integers(1, 10**6), st.none() | st.integers(0, 4)), min_size=1, max_size=12
     ),
-    min_size=1, max_size=5,
+    min_size=1,
+    max_size=5,
 )
 
 
@@ -213,6 +230,7 @@ def test_coalesced_ranges_are_exact_disjoint_and_account_for_every_grant(
     """Whatever the arrivals and give-ups, every served range has exactly its size, no two
     overlap, each lies in a grant, every granted ID is served once or counted as wasted, and
     there are no more grants than waves."""
+
     async def scenario() -> None:
         ledger = GatedLedger()
         dispenser = DirectDispenser(ledger, holder="test")
@@ -231,8 +249,11 @@ def test_coalesced_ranges_are_exact_disjoint_and_account_for_every_grant(
         ledger.release(len(waves) + 1)
         outcomes = await asyncio.gather(*(t for _, _, t in tasks), return_exceptions=True)
 
-        served = [(size, r) for (size, _, _), r in zip(tasks, outcomes, strict=True)
-                  if isinstance(r, IdRange)]
+        served = [
+            (size, r)
+            for (size, _, _), r in zip(tasks, outcomes, strict=True)
+            if isinstance(r, IdRange)
+        ]
         assert all(isinstance(r, IdRange | asyncio.CancelledError) for r in outcomes)
         verdict = check(Record.of(r, requested=size) for size, r in served)
         assert verdict.ok, verdict.summary()
@@ -243,6 +264,7 @@ def test_coalesced_ranges_are_exact_disjoint_and_account_for_every_grant(
         assert len(grants) <= len(waves)
         uncancelled = [t for _, give_up_at, t in tasks if give_up_at is None]
         assert all(not t.cancelled() for t in uncancelled)
+
     run(scenario)
 
 

@@ -39,8 +39,9 @@ def opened(data_dir: Path) -> Iterator[list[Journal]]:
         journal.close()
 
 
-def open_journal(data_dir: Path, opened: list[Journal], *, slots: int = 4,
-                 location: str = LEDGER) -> Journal:
+def open_journal(
+    data_dir: Path, opened: list[Journal], *, slots: int = 4, location: str = LEDGER
+) -> Journal:
     journal = Journal.open(data_dir, slots=slots, location=location, owner="test")
     opened.append(journal)
     return journal
@@ -48,8 +49,7 @@ def open_journal(data_dir: Path, opened: list[Journal], *, slots: int = 4,
 
 def grant(journal: Journal, namespace: str, start: int, end: int, *marks: int) -> None:
     key = {"namespace": namespace, "start": start}
-    journal.append([{"type": "reserve", **key, "end": end, "ledger": journal.location,
-                     "at": 1.0}])
+    journal.append([{"type": "reserve", **key, "end": end, "ledger": journal.location, "at": 1.0}])
     for mark in marks:
         journal.append([{"type": "mark", **key, "mark": mark}])
 
@@ -58,14 +58,32 @@ def sample_journal() -> bytes:
     """A journal with two namespaces, marks, a retired and a synced reserve."""
     records = [
         {"type": "open", "version": 1, "owner": "a b", "pid": 1, "at": 1.0},
-        {"type": "reserve", "namespace": "default", "start": 1, "end": 1000, "ledger": LEDGER,
-         "at": 1.0},
+        {
+            "type": "reserve",
+            "namespace": "default",
+            "start": 1,
+            "end": 1000,
+            "ledger": LEDGER,
+            "at": 1.0,
+        },
         {"type": "mark", "namespace": "default", "start": 1, "mark": 100},
-        {"type": "reserve", "namespace": "orders", "start": 1, "end": 500, "ledger": LEDGER,
-         "at": 1.0},
+        {
+            "type": "reserve",
+            "namespace": "orders",
+            "start": 1,
+            "end": 500,
+            "ledger": LEDGER,
+            "at": 1.0,
+        },
         {"type": "mark", "namespace": "default", "start": 1, "mark": 200},
-        {"type": "reserve", "namespace": "default", "start": 5001, "end": 6000,
-         "ledger": LEDGER, "at": 2.0},
+        {
+            "type": "reserve",
+            "namespace": "default",
+            "start": 5001,
+            "end": 6000,
+            "ledger": LEDGER,
+            "at": 2.0,
+        },
         {"type": "retire", "namespace": "default", "start": 1, "reason": "replaced"},
         {"type": "mark", "namespace": "orders", "start": 1, "mark": 50},
         {"type": "synced", "namespace": "default", "start": 1, "used_end": 150},
@@ -92,7 +110,8 @@ def test_a_restart_resumes_above_the_mark(data_dir: Path, opened: list[Journal])
     again = open_journal(data_dir, opened)
     assert again.slot == 0 and again.abandoned_ids == 0
     assert [(r.namespace, r.start, r.end, r.mark, r.retired) for r in again.reserves] == [
-        ("default", 1, 1000, 128, None), ("orders", 1001, 3000, 1000, None),
+        ("default", 1, 1000, 128, None),
+        ("orders", 1001, 3000, 1000, None),
     ]
 
 
@@ -127,8 +146,9 @@ def test_the_lock_holds_against_another_process(data_dir: Path, opened: list[Jou
     )
 
     def try_lock() -> int:
-        return subprocess.run([sys.executable, "-c", probe, str(journal.path)],
-                              check=False, timeout=30).returncode
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(journal.path)], check=False, timeout=30
+        ).returncode
 
     assert try_lock() == 3
     journal.close()
@@ -149,8 +169,10 @@ def test_a_torn_last_record_abandons_every_open_reserve(
     path.write_bytes(data[:-7])
     with caplog.at_level(logging.ERROR):
         again = open_journal(data_dir, opened)
-    assert [(r.namespace, r.mark) for r in again.reserves] == [("default", 100),
-                                                               ("orders", 1001 - 1)]
+    assert [(r.namespace, r.mark) for r in again.reserves] == [
+        ("default", 100),
+        ("orders", 1001 - 1),
+    ]
     assert all(r.retired and "journal damaged" in r.retired for r in again.reserves)
     assert "is damaged" in caplog.text and "never served from again" in caplog.text
     assert again.abandoned_ids == (1000 - 100) + (2000 - 1000)
@@ -181,7 +203,7 @@ def test_every_cut_and_every_flipped_byte_is_noticed(data: st.DataObject) -> Non
     journal = sample_journal()
     cut = data.draw(st.integers(0, len(journal)))
     result = replay(journal[:cut])
-    at_boundary = cut == 0 or journal[cut - 1:cut] == b"\n"
+    at_boundary = cut == 0 or journal[cut - 1 : cut] == b"\n"
     assert (result.damage is None) == at_boundary
     if at_boundary:
         assert result.records == journal[:cut].count(b"\n")
@@ -211,8 +233,12 @@ def test_synced_reserves_are_forgotten_and_big_journals_compacted(
     keeping every live reserve and its mark, and the slot stays locked throughout."""
     journal = open_journal(data_dir, opened)
     grant(journal, "default", 1, 1000, 10)
-    journal.append([{"type": "retire", "namespace": "default", "start": 1, "reason": "x"},
-                    {"type": "synced", "namespace": "default", "start": 1, "used_end": 10}])
+    journal.append(
+        [
+            {"type": "retire", "namespace": "default", "start": 1, "reason": "x"},
+            {"type": "synced", "namespace": "default", "start": 1, "used_end": 10},
+        ]
+    )
     grant(journal, "default", 1001, 100_000, *range(1001, 1001 + COMPACT_AFTER))
     journal.close()
     again = open_journal(data_dir, opened)

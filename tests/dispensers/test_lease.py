@@ -34,8 +34,9 @@ def test_random_interleavings_are_exact_and_disjoint(
 
     async def run() -> list[Record]:
         ledger = FakeLedger(delay=0.0005)
-        pool = [LeaseDispenser(ledger, lease_size=lease_size, holder=f"d{i}")
-                for i in range(dispensers)]
+        pool = [
+            LeaseDispenser(ledger, lease_size=lease_size, holder=f"d{i}") for i in range(dispensers)
+        ]
 
         async def one(namespace: str, size: int) -> Record:
             await asyncio.sleep(rng.random() / 1000)

@@ -76,12 +76,21 @@ async def ledger(tmp_path: Path) -> AsyncIterator[PausableLedger]:
 
 def dispenser(node: RedisNode, ledger: SqliteLedger, holder: str) -> RedisDispenser:
     redis = Redis(
-        host=node.host, port=node.port, decode_responses=True, retry=Retry(NoBackoff(), 0),
-        socket_timeout=0.3, socket_connect_timeout=0.3,
+        host=node.host,
+        port=node.port,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=0.3,
+        socket_connect_timeout=0.3,
     )
     return RedisDispenser(
-        redis, ledger, holder=holder, lease_size=1000, min_lease_size=1000,
-        max_lease_size=10**6, lock_timeout=LOCK_LIFE,
+        redis,
+        ledger,
+        holder=holder,
+        lease_size=1000,
+        min_lease_size=1000,
+        max_lease_size=10**6,
+        lock_timeout=LOCK_LIFE,
     )
 
 
@@ -231,7 +240,8 @@ async def test_the_end_of_a_namespace_serves_what_fits_and_refuses_the_rest(
     try:
         first = await dispenser_.allocate(NAMESPACE, 2500)  # a lease of 2,500: 500 left
         served, refused = await asyncio.gather(
-            dispenser_.allocate(NAMESPACE, 400), dispenser_.allocate(NAMESPACE, 300),
+            dispenser_.allocate(NAMESPACE, 400),
+            dispenser_.allocate(NAMESPACE, 300),
             return_exceptions=True,
         )
         with pytest.raises(NamespaceExhausted) as too_big:
@@ -256,10 +266,14 @@ async def test_what_is_left_split_between_lease_and_ledger_is_served_one_at_a_ti
     await ledger.advance_to(NAMESPACE, MAX_ID - 1150)
     try:
         first = await dispenser_.allocate(NAMESPACE, 900)  # a lease of 1,000: 100 left
-        outcomes = await asyncio.wait_for(asyncio.gather(
-            dispenser_.allocate(NAMESPACE, 120), dispenser_.allocate(NAMESPACE, 110),
-            return_exceptions=True,
-        ), 10)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                dispenser_.allocate(NAMESPACE, 120),
+                dispenser_.allocate(NAMESPACE, 110),
+                return_exceptions=True,
+            ),
+            10,
+        )
     finally:
         await dispenser_.aclose()
     served, refused = outcomes

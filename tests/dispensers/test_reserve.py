@@ -91,12 +91,19 @@ async def ledger(tmp_path: Path) -> AsyncIterator[SwitchedLedger]:
 
 @asynccontextmanager
 async def reserve_on(
-    ledger: SwitchedLedger, data_dir: Path, size: int = 64_000,
+    ledger: SwitchedLedger,
+    data_dir: Path,
+    size: int = 64_000,
     namespaces: tuple[str, ...] = ("default",),
 ) -> AsyncIterator[ReserveDispenser]:
     reserve = await ReserveDispenser.open(
-        ledger, data_dir=data_dir, slots=4, size=size, namespaces=namespaces,
-        instance_id="test", location=LOCATION,
+        ledger,
+        data_dir=data_dir,
+        slots=4,
+        size=size,
+        namespaces=namespaces,
+        instance_id="test",
+        location=LOCATION,
     )
     try:
         yield reserve
@@ -111,8 +118,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def journal_mark(data_dir: Path, namespace: str, start: int) -> int:
-    return replay((data_dir / JOURNAL_NAME.format(0)).read_bytes()).reserves[
-        (namespace, start)].mark
+    return (
+        replay((data_dir / JOURNAL_NAME.format(0)).read_bytes()).reserves[(namespace, start)].mark
+    )
 
 
 def ledger_rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -151,8 +159,9 @@ async def test_concurrent_requests_get_disjoint_exact_ranges(
         results = await asyncio.gather(
             *(reserve.allocate("default", size) for size in sizes), return_exceptions=True
         )
-    served = [Record.of(r, size) for r, size in zip(results, sizes, strict=True)
-              if isinstance(r, IdRange)]
+    served = [
+        Record.of(r, size) for r, size in zip(results, sizes, strict=True) if isinstance(r, IdRange)
+    ]
     refused = [r for r in results if not isinstance(r, IdRange)]
     assert check(served).ok and served and refused
     assert all(isinstance(r, ReserveExhausted) for r in refused)
@@ -193,8 +202,9 @@ async def test_usage_is_recorded_and_the_reserve_refilled_when_the_ledger_return
     assert fresh.start > 10_000  # from the new reserve, above the old one
     assert snapshot.ids_wasted == 10_000 - 300 and snapshot.reserves_taken == 2
     assert snapshot.last_error is None
-    (usage,) = ledger_rows(tmp_path, "SELECT start_id, end_id, used_end_id, note FROM "
-                                     "reserve_usage")
+    (usage,) = ledger_rows(
+        tmp_path, "SELECT start_id, end_id, used_end_id, note FROM reserve_usage"
+    )
     assert usage == (1, 10_000, served[-1].end, "replaced")
     grants = ledger_rows(tmp_path, "SELECT kind, count(*) FROM grants GROUP BY kind")
     assert grants == [(GRANT_RESERVE, 2)]
@@ -287,11 +297,15 @@ async def test_a_hanging_ledger_leaves_the_reserve_its_time() -> None:
     guaranteed share of the budget, even when one of them hangs."""
     redis, ledger, reserve = FakeDispenser("redis"), FakeDispenser("ledger"), FakeDispenser("r")
     redis.mode, ledger.mode = "fail", "hang"
-    allocator = Allocator([
-        Layer(redis, CircuitBreaker(), 0.2),
-        Layer(ledger, CircuitBreaker(), 10.0),
-        Layer(reserve, CircuitBreaker(), 0.2, guaranteed=0.2),
-    ], timeout=0.6, metrics=AllocationMetrics())
+    allocator = Allocator(
+        [
+            Layer(redis, CircuitBreaker(), 0.2),
+            Layer(ledger, CircuitBreaker(), 10.0),
+            Layer(reserve, CircuitBreaker(), 0.2, guaranteed=0.2),
+        ],
+        timeout=0.6,
+        metrics=AllocationMetrics(),
+    )
     started = time.perf_counter()
     allocation = await allocator.allocate("default", 5)
     assert allocation.source == "r" and time.perf_counter() - started < 0.6
@@ -304,8 +318,13 @@ async def test_the_service_degrades_then_refuses_with_reserve_exhausted(
     with the remaining reserve and the minutes it lasts; once the reserve is used up,
     requests get a 503 reserve_exhausted with Retry-After, and /health turns 503."""
     settings = Settings(
-        _env_file=None, data_dir=tmp_path / "data", instance_id="test", reserve="on",
-        reserve_size=5_000, lease_size=100, breaker_failure_threshold=1,
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        instance_id="test",
+        reserve="on",
+        reserve_size=5_000,
+        lease_size=100,
+        breaker_failure_threshold=1,
     )
     app = create_app(settings)
     async with running(app) as http:
@@ -343,8 +362,9 @@ def test_the_reserve_is_on_by_default_in_the_full_topology() -> None:
     assert not Settings(_env_file=None, database_url=url).reserve_enabled
     assert not Settings(_env_file=None, redis_sentinel_hosts="h:1").reserve_enabled
     assert Settings(_env_file=None, reserve="on").reserve_enabled
-    assert not Settings(_env_file=None, redis_sentinel_hosts="h:1", database_url=url,
-                        reserve="off").reserve_enabled
+    assert not Settings(
+        _env_file=None, redis_sentinel_hosts="h:1", database_url=url, reserve="off"
+    ).reserve_enabled
     assert Settings(_env_file=None, allocation_timeout=0.4).reserve_budget == 0.2
     settings = Settings(_env_file=None, reserve_namespaces=" default, orders,default")
     assert settings.reserve_namespace_list == ("default", "orders")
@@ -369,8 +389,9 @@ async def test_postgresql_records_usage_once_and_raises_the_counter(postgres_url
         await ledger.aclose()
     conn = await asyncpg.connect(postgres_url)
     try:
-        rows = await conn.fetch("SELECT namespace, used_end_id FROM keygen_reserve_usage "
-                                "ORDER BY namespace")
+        rows = await conn.fetch(
+            "SELECT namespace, used_end_id FROM keygen_reserve_usage ORDER BY namespace"
+        )
     finally:
         await conn.close()
     assert [tuple(r) for r in rows] == [("default", 400), ("orders", 4)]

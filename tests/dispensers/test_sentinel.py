@@ -15,7 +15,8 @@ pytestmark = pytest.mark.anyio
 def test_parse_address_map() -> None:
     """host:port=host:port pairs parse; blanks are skipped; anything else is refused."""
     assert parse_address_map(" 127.0.0.1:6379=127.0.0.1:7000, ,10.0.0.1:6380=h:1 ") == {
-        ("127.0.0.1", 6379): ("127.0.0.1", 7000), ("10.0.0.1", 6380): ("h", 1),
+        ("127.0.0.1", 6379): ("127.0.0.1", 7000),
+        ("10.0.0.1", 6380): ("h", 1),
     }
     assert parse_address_map(None) == {}
     for bad in ("127.0.0.1:6379", "127.0.0.1:x=a:1", "=a:1"):
@@ -25,8 +26,9 @@ def test_parse_address_map() -> None:
 
 def test_settings_validate_the_map(tmp_path: Path) -> None:
     """The setting is checked when the settings are read."""
-    settings = Settings(_env_file=None, data_dir=tmp_path,
-                        redis_address_map="127.0.0.1:1=127.0.0.1:2")
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, redis_address_map="127.0.0.1:1=127.0.0.1:2"
+    )
     assert settings.redis_addresses == {("127.0.0.1", 1): ("127.0.0.1", 2)}
     with pytest.raises(ValueError):
         Settings(_env_file=None, data_dir=tmp_path, redis_address_map="nonsense")
@@ -40,8 +42,9 @@ async def test_discovered_master_goes_through_the_map(monkeypatch: pytest.Monkey
         return next(answers)
 
     monkeypatch.setattr("redis.asyncio.sentinel.Sentinel.discover_master", discover)
-    sentinel = MappedSentinel([("127.0.0.1", 1)],
-                              address_map={("127.0.0.1", 6379): ("127.0.0.1", 7000)})
+    sentinel = MappedSentinel(
+        [("127.0.0.1", 1)], address_map={("127.0.0.1", 6379): ("127.0.0.1", 7000)}
+    )
     assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 7000)
     assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 6380)
     await sentinel.aclose()

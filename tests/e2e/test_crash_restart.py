@@ -25,10 +25,16 @@ async def _crash_and_restart(tmp_path: Path, workers: int) -> None:
     server = ServeProcess(env, workers=workers, log=tmp_path / "serve.log").start()
     try:
         stop, before = asyncio.Event(), LoadResult()
-        load = asyncio.create_task(run_load(
-            server.url, clients=CLIENTS, duration=60, namespaces=("default", "orders"),
-            stop=stop, result=before,
-        ))
+        load = asyncio.create_task(
+            run_load(
+                server.url,
+                clients=CLIENTS,
+                duration=60,
+                namespaces=("default", "orders"),
+                stop=stop,
+                result=before,
+            )
+        )
         await wait_for_acks(before, 500, timeout=30)
         server.kill(signal.SIGKILL)  # mid-load: requests are in flight
         stop.set()

@@ -38,10 +38,12 @@ async def test_three_instances_on_one_database_never_overlap(
     ]
     try:
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
-        results = await asyncio.gather(*(
-            run_load(server.url, clients=12, duration=3.0, namespaces=NAMESPACES, seed=i)
-            for i, server in enumerate(servers)
-        ))
+        results = await asyncio.gather(
+            *(
+                run_load(server.url, clients=12, duration=3.0, namespaces=NAMESPACES, seed=i)
+                for i, server in enumerate(servers)
+            )
+        )
         async with httpx.AsyncClient() as http:
             health = [(await http.get(f"{s.url}/health")).json() for s in servers]
     finally:

@@ -44,10 +44,17 @@ async def test_a_crash_under_load_reissues_nothing(
     try:
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
         loads = [
-            asyncio.create_task(run_load(
-                server.url, clients=10, duration=60, namespaces=NAMESPACES, seed=i,
-                stop=stop, result=result,
-            ))
+            asyncio.create_task(
+                run_load(
+                    server.url,
+                    clients=10,
+                    duration=60,
+                    namespaces=NAMESPACES,
+                    seed=i,
+                    stop=stop,
+                    result=result,
+                )
+            )
             for i, server in enumerate(servers)
         ]
         await wait_for_acks(result, 400, timeout=30)

@@ -46,10 +46,19 @@ async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
         log=tmp_path / "serve.log",
     ).start()
     stop, load = asyncio.Event(), LoadResult()
-    loader = asyncio.create_task(run_load(
-        server.url, clients=CLIENTS, duration=math.inf, sizes=(10, 10), stop=stop, result=load,
-        timeout=BUDGET + 10, timed=True, refusal_pause=0.05,
-    ))
+    loader = asyncio.create_task(
+        run_load(
+            server.url,
+            clients=CLIENTS,
+            duration=math.inf,
+            sizes=(10, 10),
+            stop=stop,
+            result=load,
+            timeout=BUDGET + 10,
+            timed=True,
+            refusal_pause=0.05,
+        )
+    )
     try:
         await wait_for_acks(load, 200, timeout=20)
         # In threads, so that the load keeps running meanwhile.
@@ -78,8 +87,9 @@ async def test_an_outage_gives_prompt_503s_and_the_service_recovers_alone(
     assert not load.errors, load.errors
     assert {o.status for o in load.outcomes} == {200, 503}
     unavailable = [o for o in load.outcomes if o.status == 503]
-    assert all(o.code == "service_unavailable" and int(o.retry_after or 0) >= 1
-               for o in unavailable)
+    assert all(
+        o.code == "service_unavailable" and int(o.retry_after or 0) >= 1 for o in unavailable
+    )
     assert max(o.seconds for o in load.outcomes) < BUDGET + SLACK
     during = [o for o in load.outcomes if stopped_at + 0.5 < o.finished_at < restarting_at]
     assert during and all(o.status == 503 for o in during)

@@ -26,9 +26,14 @@ from tests.support.app import running
 
 def pg_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
     options: dict[str, Any] = {
-        "data_dir": tmp_path / "data", "instance_id": "test", "database_url": url,
-        "ALLOCATION_TIMEOUT": 1.0, "breaker_reset_timeout": 0.2,
-        "db_connect_timeout": 0.5, "db_command_timeout": 0.5, **overrides,
+        "data_dir": tmp_path / "data",
+        "instance_id": "test",
+        "database_url": url,
+        "ALLOCATION_TIMEOUT": 1.0,
+        "breaker_reset_timeout": 0.2,
+        "db_connect_timeout": 0.5,
+        "db_command_timeout": 0.5,
+        **overrides,
     }
     return Settings(_env_file=None, **options)
 
@@ -55,8 +60,9 @@ async def test_with_a_database_url_requests_are_served_from_postgresql(
     assert health["postgresql"]["connected"] and health["postgresql"]["schema_version"] >= 1
     conn = await asyncpg.connect(postgres_url)
     try:
-        kinds = await conn.fetch("SELECT kind, sum(end_id - start_id + 1) AS ids"
-                                 " FROM keygen_grants GROUP BY kind")
+        kinds = await conn.fetch(
+            "SELECT kind, sum(end_id - start_id + 1) AS ids FROM keygen_grants GROUP BY kind"
+        )
     finally:
         await conn.close()
     assert [(row["kind"], row["ids"]) for row in kinds] == [("direct", 500)]
@@ -125,7 +131,10 @@ def test_pool_bounds_are_validated() -> None:
 
 def keygen(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keygen", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "keygen", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **env},
     )
 
@@ -140,6 +149,7 @@ def test_ledger_status_reads_postgresql_without_changing_it(postgres_url: str) -
 
     async def grant() -> None:
         from keygen.ledgers.postgres import PostgresLedger
+
         ledger = await PostgresLedger.open(postgres_url)
         try:
             await ledger.grant("orders", 42, kind="direct", holder="test")
@@ -159,8 +169,10 @@ def test_ledger_status_reads_postgresql_without_changing_it(postgres_url: str) -
 def test_ledger_status_reports_an_unreachable_database_cleanly() -> None:
     """Against a server that is not there, ledger status exits 1 with the reason and hides
     the password."""
-    env = {"KEYGEN_DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:9/keygen",
-           "KEYGEN_DB_CONNECT_TIMEOUT": "1"}
+    env = {
+        "KEYGEN_DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:9/keygen",
+        "KEYGEN_DB_CONNECT_TIMEOUT": "1",
+    }
     result = keygen("ledger", "status", env=env)
     assert result.returncode == 1
     assert "cannot reach the server" in result.stderr

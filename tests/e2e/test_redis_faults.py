@@ -81,10 +81,18 @@ async def background_load(servers: list[ServeProcess]) -> AsyncIterator[LoadResu
     """Load on every instance until the block ends; the result fills in as it runs."""
     stop, result = asyncio.Event(), LoadResult()
     loads = [
-        asyncio.create_task(run_load(
-            server.url, clients=CLIENTS_PER_INSTANCE, duration=120, namespaces=NAMESPACES,
-            sizes=(1, 500), seed=i, stop=stop, result=result,
-        ))
+        asyncio.create_task(
+            run_load(
+                server.url,
+                clients=CLIENTS_PER_INSTANCE,
+                duration=120,
+                namespaces=NAMESPACES,
+                sizes=(1, 500),
+                seed=i,
+                stop=stop,
+                result=result,
+            )
+        )
         for i, server in enumerate(servers)
     ]
     try:
@@ -213,7 +221,10 @@ async def test_two_instances_refilling_at_once(
 ) -> None:
     """(e) Leases so small that both instances refill all the time, concurrently."""
     env = service_env(
-        cluster, postgres_url, KEYGEN_REDIS_LEASE_SIZE="1000", KEYGEN_REDIS_MIN_LEASE_SIZE="1000",
+        cluster,
+        postgres_url,
+        KEYGEN_REDIS_LEASE_SIZE="1000",
+        KEYGEN_REDIS_MIN_LEASE_SIZE="1000",
         KEYGEN_REDIS_MAX_LEASE_SIZE="1000",
     )
     async with instances(tmp_path, env) as servers:
@@ -263,8 +274,12 @@ async def test_naive_incrby_duplicates_under_replication_lag(cluster: LocalClust
     """The same lagging-replica failover as (c) makes a naive INCRBY allocator hand out
     duplicates, and the checker finds them: the scenario and the checker have teeth."""
     sentinel = Sentinel(
-        [(host, int(port)) for host, port in
-         (item.split(":") for item in cluster.env()["REDIS_SENTINEL_HOSTS"].split(","))],
+        [
+            (host, int(port))
+            for host, port in (
+                item.split(":") for item in cluster.env()["REDIS_SENTINEL_HOSTS"].split(",")
+            )
+        ],
         socket_timeout=0.25,
     )
     stop = threading.Event()

@@ -91,10 +91,20 @@ async def loading(
 ) -> AsyncIterator[LoadResult]:
     """Load on ``url`` until the block ends; ``result`` fills in as it runs."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run_load(
-        url, clients=6, duration=math.inf, namespaces=NAMESPACES, sizes=sizes, stop=stop,
-        result=result, timeout=BUDGET + 10, refusal_pause=0.05, **options,
-    ))
+    task = asyncio.create_task(
+        run_load(
+            url,
+            clients=6,
+            duration=math.inf,
+            namespaces=NAMESPACES,
+            sizes=sizes,
+            stop=stop,
+            result=result,
+            timeout=BUDGET + 10,
+            refusal_pause=0.05,
+            **options,
+        )
+    )
     try:
         yield result
     finally:
@@ -107,8 +117,9 @@ async def health(url: str) -> httpx.Response:
         return await http.get(f"{url}/health")
 
 
-async def health_until(url: str, predicate: Callable[[dict[str, Any]], bool],
-                       timeout: float = 20) -> dict[str, Any]:
+async def health_until(
+    url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20
+) -> dict[str, Any]:
     """Poll /health until ``predicate`` holds for its document; return the document."""
     async with asyncio.timeout(timeout):
         while True:
@@ -164,8 +175,12 @@ async def test_redis_and_postgresql_down_the_reserve_serves_then_is_refilled(
         await asyncio.to_thread(controlled_postgres.start)
         await acks_from(result, SOURCE_POSTGRESQL, 100)
         refilled = await health_until(
-            server.url, lambda d: d["reserve"]["usages_recorded"] >= 2 and reserves_held(d)
-            and d["status"] == "degraded",  # Redis is still down
+            server.url,
+            lambda d: (
+                d["reserve"]["usages_recorded"] >= 2
+                and reserves_held(d)
+                and d["status"] == "degraded"
+            ),  # Redis is still down
         )
     assert set(result.statuses) == {200} and not result.errors, (result.statuses, result.errors)
     assert_disjoint(*result.acknowledged)
@@ -247,8 +262,11 @@ async def test_a_used_up_reserve_gives_clean_503s_until_postgresql_returns(
     # restart: from then on the service takes fresh reserves, and serves from them while the
     # PostgreSQL layer's breaker is still open.
     answered = [o for o in result.outcomes if o.status == 200]
-    served = sum(r.size for o, r in zip(answered, result.acknowledged, strict=True)
-                 if r.source == SOURCE_RESERVE and o.finished_at < restarted_at)
+    served = sum(
+        r.size
+        for o, r in zip(answered, result.acknowledged, strict=True)
+        if r.source == SOURCE_RESERVE and o.finished_at < restarted_at
+    )
     assert served == 2 * 20_000
     assert up["status"] == "degraded" and up["reserve"]["usages_recorded"] == 2
     assert_disjoint(*result.acknowledged)
@@ -332,8 +350,9 @@ async def test_workers_each_lock_a_journal_and_a_process_with_no_free_slot_refus
     result = LoadResult()
     data = tmp_path / "data"
     async with serving(env, tmp_path / "serve.log", workers=2) as server:
-        await wait_until(lambda: all((data / JOURNAL_NAME.format(i)).exists() for i in (0, 1)),
-                         timeout=20)
+        await wait_until(
+            lambda: all((data / JOURNAL_NAME.format(i)).exists() for i in (0, 1)), timeout=20
+        )
         for slot in (0, 1):
             fd = os.open(data / JOURNAL_NAME.format(slot), os.O_RDWR)
             try:
@@ -348,8 +367,11 @@ async def test_workers_each_lock_a_journal_and_a_process_with_no_free_slot_refus
         finally:
             second.kill(signal.SIGKILL)  # had it started after all
         await wait_until(
-            lambda: all(len(replay((data / JOURNAL_NAME.format(i)).read_bytes()).reserves) == 2
-                        for i in (0, 1)), timeout=20,
+            lambda: all(
+                len(replay((data / JOURNAL_NAME.format(i)).read_bytes()).reserves) == 2
+                for i in (0, 1)
+            ),
+            timeout=20,
         )
         await asyncio.to_thread(controlled_postgres.stop)
         async with loading(server.url, result):
@@ -357,7 +379,8 @@ async def test_workers_each_lock_a_journal_and_a_process_with_no_free_slot_refus
     refusal = (tmp_path / "second.log").read_text()
     assert "locked by another running process" in refusal and "KEYGEN_RESERVE_SLOTS" in refusal
     reserve_starts = {
-        (r.namespace, r.start) for i in (0, 1)
+        (r.namespace, r.start)
+        for i in (0, 1)
         for r in replay((data / JOURNAL_NAME.format(i)).read_bytes()).reserves.values()
     }
     assert len(reserve_starts) == 4  # two namespaces x two workers, each its own reserve

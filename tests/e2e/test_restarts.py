@@ -34,8 +34,7 @@ async def test_sigterm_drains_requests_in_flight(
             controlled_postgres.pause()
             try:
                 in_flight = [
-                    asyncio.create_task(http.post("/allocate", json={"size": 5}))
-                    for _ in range(5)
+                    asyncio.create_task(http.post("/allocate", json={"size": 5})) for _ in range(5)
                 ]
                 await asyncio.sleep(1.0)  # the requests now wait inside the server
                 assert not any(task.done() for task in in_flight)
@@ -63,8 +62,10 @@ async def test_sigterm_answers_a_request_whose_body_never_came(tmp_path: Path) -
     try:
         assert server.proc is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"POST /allocate HTTP/1.1\r\nHost: keygen\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 13\r\n\r\n")
+        writer.write(
+            b"POST /allocate HTTP/1.1\r\nHost: keygen\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 13\r\n\r\n"
+        )
         await writer.drain()
         await asyncio.sleep(0.3)  # the request now waits for its body inside the server
         server.proc.send_signal(signal.SIGTERM)
@@ -101,8 +102,9 @@ async def test_rolling_restart_loses_no_request(postgres_url: str, tmp_path: Pat
                 except Exception as exc:
                     failures.append(repr(exc))
                     continue
-                acknowledged.append(Record(got.namespace, got.start, got.end, got.size, size,
-                                           got.source))
+                acknowledged.append(
+                    Record(got.namespace, got.start, got.end, got.size, size, got.source)
+                )
 
     try:
         for server in servers:

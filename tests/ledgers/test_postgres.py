@@ -107,7 +107,8 @@ async def test_status_reports_namespaces_next_ids_and_grants(postgres_url: str) 
         await ledger.grant("default", 1, kind=GRANT_DIRECT, holder="a")
         statuses = await ledger.status()
     assert [(s.namespace, s.next_id, s.grants) for s in statuses] == [
-        ("default", 2, 1), ("orders", 21, 2),
+        ("default", 2, 1),
+        ("orders", 21, 2),
     ]
     assert statuses[1].headroom == MAX_ID - 20
 
@@ -128,13 +129,19 @@ async def test_concurrent_grants_from_two_instances_are_disjoint(postgres_url: s
     """Hundreds of concurrent grants from two ledgers (two pools) on one database never
     overlap, and together they account for the counter exactly."""
     rng = random.Random(7)
-    async with opened(postgres_url, pool_max_size=5) as one, \
-            opened(postgres_url, pool_max_size=5) as two:
+    async with (
+        opened(postgres_url, pool_max_size=5) as one,
+        opened(postgres_url, pool_max_size=5) as two,
+    ):
         sizes = [rng.randint(1, 1000) for _ in range(400)]
-        granted = await asyncio.gather(*(
-            (one if i % 2 else two).grant("default", size, kind=GRANT_DIRECT, holder=f"h{i % 2}")
-            for i, size in enumerate(sizes)
-        ))
+        granted = await asyncio.gather(
+            *(
+                (one if i % 2 else two).grant(
+                    "default", size, kind=GRANT_DIRECT, holder=f"h{i % 2}"
+                )
+                for i, size in enumerate(sizes)
+            )
+        )
         (status,) = await one.status()
     verdict = check(Record.of(r, requested=size) for r, size in zip(granted, sizes, strict=True))
     assert verdict.ok, verdict.summary()
@@ -183,8 +190,12 @@ async def test_migrations_run_twice_without_harm(postgres_url: str) -> None:
     assert granted.start == 11
     async with connection(postgres_url) as conn:
         assert await migrate(conn) == LATEST_VERSION
-        versions = [row[0] for row in await conn.fetch(
-            "SELECT version FROM keygen_schema_version ORDER BY version")]
+        versions = [
+            row[0]
+            for row in await conn.fetch(
+                "SELECT version FROM keygen_schema_version ORDER BY version"
+            )
+        ]
     assert versions == [m.version for m in MIGRATIONS]
 
 
@@ -307,15 +318,15 @@ async def test_a_server_restart_costs_no_failed_grant(
     """After PostgreSQL restarts, the pool's dead connections are replaced and the next
     grant succeeds, continuing the sequence."""
     async with opened(postgres_url, pool_min_size=3, pool_max_size=3) as ledger:
-        await asyncio.gather(*(
-            ledger.grant("default", 10, kind=GRANT_DIRECT, holder="a") for _ in range(6)
-        ))  # several pooled connections are open now
+        await asyncio.gather(
+            *(ledger.grant("default", 10, kind=GRANT_DIRECT, holder="a") for _ in range(6))
+        )  # several pooled connections are open now
         controlled_postgres.stop()
         controlled_postgres.start()
         granted = await ledger.grant("default", 1, kind=GRANT_DIRECT, holder="a")
-        more = await asyncio.gather(*(
-            ledger.grant("default", 1, kind=GRANT_DIRECT, holder="a") for _ in range(6)
-        ))
+        more = await asyncio.gather(
+            *(ledger.grant("default", 1, kind=GRANT_DIRECT, holder="a") for _ in range(6))
+        )
     assert granted.start == 61
     assert sorted(r.start for r in more) == list(range(62, 68))
 

@@ -32,11 +32,16 @@ async def test_grants_are_consecutive_and_audited(tmp_path: Path) -> None:
         assert status["a"].next_id == 16 and status["a"].headroom == MAX_ID - 15
     finally:
         await ledger.aclose()
-    rows = sqlite3.connect(tmp_path / LEDGER_FILENAME).execute(
-        "SELECT namespace, start_id, end_id, kind, holder FROM grants ORDER BY id"
-    ).fetchall()
-    assert rows == [("a", 1, 10, "lease", "h1"), ("a", 11, 15, "direct", "h2"),
-                    ("b", 1, 3, "lease", "h1")]
+    rows = (
+        sqlite3.connect(tmp_path / LEDGER_FILENAME)
+        .execute("SELECT namespace, start_id, end_id, kind, holder FROM grants ORDER BY id")
+        .fetchall()
+    )
+    assert rows == [
+        ("a", 1, 10, "lease", "h1"),
+        ("a", 11, 15, "direct", "h2"),
+        ("b", 1, 3, "lease", "h1"),
+    ]
 
 
 async def test_survives_reopen(tmp_path: Path) -> None:

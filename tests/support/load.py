@@ -35,9 +35,17 @@ class LoadResult:
 
 
 async def run_load(
-    url: str, *, clients: int, duration: float, namespaces: tuple[str, ...] = ("default",),
-    sizes: tuple[int, int] = (1, 2000), seed: int = 0, stop: asyncio.Event | None = None,
-    result: LoadResult | None = None, timeout: float = 30.0, timed: bool = False,
+    url: str,
+    *,
+    clients: int,
+    duration: float,
+    namespaces: tuple[str, ...] = ("default",),
+    sizes: tuple[int, int] = (1, 2000),
+    seed: int = 0,
+    stop: asyncio.Event | None = None,
+    result: LoadResult | None = None,
+    timeout: float = 30.0,
+    timed: bool = False,
     refusal_pause: float = 0.0,
 ) -> LoadResult:
     """``clients`` concurrent loops POSTing /allocate for ``duration`` seconds (or until
@@ -72,11 +80,15 @@ async def run_load(
             ok = response.status_code == 200
             answer: dict[str, Any] = response.json() if ok or timed else {}
             if timed:
-                result.outcomes.append(Outcome(
-                    response.status_code, time.monotonic() - started, time.monotonic(),
-                    response.headers.get("retry-after"),
-                    None if ok else answer.get("error", {}).get("code"),
-                ))
+                result.outcomes.append(
+                    Outcome(
+                        response.status_code,
+                        time.monotonic() - started,
+                        time.monotonic(),
+                        response.headers.get("retry-after"),
+                        None if ok else answer.get("error", {}).get("code"),
+                    )
+                )
             if ok:
                 result.acknowledged.append(Record.from_json({**answer, "requested": size}))
             elif refusal_pause:
@@ -86,8 +98,7 @@ async def run_load(
     return result
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float,
-                     interval: float = 0.05) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
     """Poll ``predicate`` every ``interval`` seconds until it holds; TimeoutError after
     ``timeout`` seconds."""
     async with asyncio.timeout(timeout):

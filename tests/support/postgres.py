@@ -38,8 +38,13 @@ shutil.rmtree(sys.argv[-1], ignore_errors=True)
 class PostgresServer:
     """One PostgreSQL server the suite uses: private (:attr:`node` set) or external."""
 
-    def __init__(self, url: str, *, node: PostgresNode | None = None,
-                 watchdog: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: PostgresNode | None = None,
+        watchdog: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         self.url = url
         #: The private server, for tests that stop, crash or pause it; None when external.
         self.node = node
@@ -60,12 +65,15 @@ class PostgresServer:
                 "PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install "
                 f"or set {TEST_DATABASE_URL_ENV}"
             )
-        node = PostgresNode(Path(tempfile.mkdtemp(prefix="keygen-pg-")), free_port(),
-                            bin_dir=bin_dir, database=None)
+        node = PostgresNode(
+            Path(tempfile.mkdtemp(prefix="keygen-pg-")), free_port(), bin_dir=bin_dir, database=None
+        )
         stop = node.pg_ctl_argv("-m", "immediate", "-w", "stop")
         watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, *stop, str(node.directory)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # outlives a killed test process
         )
         node.start()

@@ -20,7 +20,11 @@ class ServeProcess(ServiceInstance):
     ) -> None:
         port = port or free_port()
         super().__init__(
-            f"test-{port}", port, env, log.parent / f"instance-{port}", workers=workers,
+            f"test-{port}",
+            port,
+            env,
+            log.parent / f"instance-{port}",
+            workers=workers,
             log_path=log,
         )
         if "KEYGEN_INSTANCE_ID" not in env:

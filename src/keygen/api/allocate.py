@@ -79,9 +79,7 @@ def _is_json(content_type: bytes) -> bool:
     )
 
 
-async def read_body(
-    scope: Scope, receive: Receive, limit: int, deadlines: ReadDeadlines
-) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadDeadlines) -> bytes:
     """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON,
     or when it has not all arrived by its deadline."""
     content_type: bytes | None = None
@@ -150,8 +148,12 @@ class AllocateEndpoint:
             200,
             _encode_allocation(
                 AllocatedRange(
-                    id_range.start, id_range.end, id_range.size, id_range.namespace,
-                    allocation.source, time.time(),
+                    id_range.start,
+                    id_range.end,
+                    id_range.size,
+                    id_range.namespace,
+                    allocation.source,
+                    time.time(),
                 )
             ),
         )

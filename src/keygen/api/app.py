@@ -33,7 +33,8 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     api.state.read_deadlines = read_deadlines
     api.state.service = service
     log.info(
-        "keygen %s serving from %s", __version__,
+        "keygen %s serving from %s",
+        __version__,
         " -> ".join(layer.source for layer in service.allocator.layers),
     )
     try:

@@ -38,7 +38,9 @@ def install_openapi(api: FastAPI) -> None:
         if api.openapi_schema is not None:
             return api.openapi_schema
         schema = get_openapi(
-            title=api.title, version=api.version, description=api.description,
+            title=api.title,
+            version=api.version,
+            description=api.description,
             routes=api.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})

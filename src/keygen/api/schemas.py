@@ -15,11 +15,13 @@ from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 
 class AllocateRequest(BaseModel):
     size: int | None = Field(
-        None, ge=1, description="How many IDs; defaults to ID_BLOCK_SIZE. At most "
-        "KEYGEN_MAX_BLOCK_SIZE.",
+        None,
+        ge=1,
+        description="How many IDs; defaults to ID_BLOCK_SIZE. At most KEYGEN_MAX_BLOCK_SIZE.",
     )
     namespace: str | None = Field(
-        None, pattern=NAMESPACE_PATTERN.pattern,
+        None,
+        pattern=NAMESPACE_PATTERN.pattern,
         description=f"An independent ID sequence, created on first use; defaults to "
         f"{DEFAULT_NAMESPACE!r}.",
     )

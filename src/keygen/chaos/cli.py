@@ -37,10 +37,21 @@ class ChaosOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def command(self) -> str:
-        argv = ["keygen", "chaos", "--instances", str(self.instances), "--rate", f"{self.rate:g}",
-                "--seed", str(self.seed), "--faults", ",".join(self.faults)]
-        argv += (["--schedule", self.schedule] if self.schedule
-                 else ["--duration", f"{self.duration:g}"])
+        argv = [
+            "keygen",
+            "chaos",
+            "--instances",
+            str(self.instances),
+            "--rate",
+            f"{self.rate:g}",
+            "--seed",
+            str(self.seed),
+            "--faults",
+            ",".join(self.faults),
+        ]
+        argv += (
+            ["--schedule", self.schedule] if self.schedule else ["--duration", f"{self.duration:g}"]
+        )
         argv += [f"--env={name}={value}" for name, value in self.extra_env.items()]
         return shlex.join(argv)
 
@@ -56,7 +67,8 @@ def _kinds(value: str) -> list[str]:
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
             f"unknown fault kinds {unknown}; known: all (the single kinds), overlapping "
-            f"(two at once), {', '.join(KNOWN_KINDS)}")
+            f"(two at once), {', '.join(KNOWN_KINDS)}"
+        )
     return kinds
 
 
@@ -77,12 +89,21 @@ def chaos(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     if args.instances < 2 and any(FAULTS[kind].kills_instance for kind in args.faults):
-        console.print("[red]keygen chaos: instance-kill needs --instances 2 or more (the "
-                      "clients fail over to another instance)[/red]")
+        console.print(
+            "[red]keygen chaos: instance-kill needs --instances 2 or more (the "
+            "clients fail over to another instance)[/red]"
+        )
         return 2
-    options = ChaosOptions(duration=args.duration, instances=args.instances, rate=args.rate,
-                           seed=args.seed, faults=args.faults, schedule=args.schedule,
-                           out=args.out, extra_env=dict(args.env))
+    options = ChaosOptions(
+        duration=args.duration,
+        instances=args.instances,
+        rate=args.rate,
+        seed=args.seed,
+        faults=args.faults,
+        schedule=args.schedule,
+        out=args.out,
+        extra_env=dict(args.env),
+    )
     # SIGTERM (a CI job's timeout, `kill`) stops the run as Ctrl-C does: every process it
     # started is stopped and the report of the run so far is written.
     previous = signal.signal(signal.SIGTERM, sigterm)
@@ -116,27 +137,60 @@ def add_chaos_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     """Add ``chaos`` to the ``keygen`` command."""
     defaults = ChaosOptions()
     p = subparsers.add_parser(
-        "chaos", help="faults under load on a local topology, then the overlap checker",
+        "chaos",
+        help="faults under load on a local topology, then the overlap checker",
     )
-    p.add_argument("--duration", type=float, default=defaults.duration, metavar="S",
-                   help="seconds of load with random faults (default %(default)s)")
-    p.add_argument("--instances", type=int, default=defaults.instances, metavar="N",
-                   help="keygen serve instances (default %(default)s)")
-    p.add_argument("--rate", type=float, default=defaults.rate, metavar="R",
-                   help="requests per second, open loop (default %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed,
-                   help="seeds the plan and the load")
-    p.add_argument("--faults", type=_kinds, default=list(defaults.faults), metavar="KINDS",
-                   help="comma-separated fault kinds and groups: all (the single kinds, "
-                   "the default), overlapping (two at once), "
-                   + ", ".join(KNOWN_KINDS))
-    p.add_argument("--schedule", choices=["short"], default=defaults.schedule,
-                   help="short: every kind once, one after another (~2 min; CI)")
-    p.add_argument("--env", action="append", type=_env_pair,
-                   default=list(defaults.extra_env.items()),
-                   metavar="NAME=VALUE", help="an extra setting for every instance, e.g. "
-                   "KEYGEN_RESERVE=off to see the all-down fault without the reserve "
-                   "(repeatable)")
-    p.add_argument("--out", type=Path, default=defaults.out, metavar="DIR",
-                   help="where everything goes (default .keygen/chaos/<UTC time>)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=defaults.duration,
+        metavar="S",
+        help="seconds of load with random faults (default %(default)s)",
+    )
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=defaults.instances,
+        metavar="N",
+        help="keygen serve instances (default %(default)s)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        metavar="R",
+        help="requests per second, open loop (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seeds the plan and the load")
+    p.add_argument(
+        "--faults",
+        type=_kinds,
+        default=list(defaults.faults),
+        metavar="KINDS",
+        help="comma-separated fault kinds and groups: all (the single kinds, "
+        "the default), overlapping (two at once), " + ", ".join(KNOWN_KINDS),
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["short"],
+        default=defaults.schedule,
+        help="short: every kind once, one after another (~2 min; CI)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        type=_env_pair,
+        default=list(defaults.extra_env.items()),
+        metavar="NAME=VALUE",
+        help="an extra setting for every instance, e.g. "
+        "KEYGEN_RESERVE=off to see the all-down fault without the reserve "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=defaults.out,
+        metavar="DIR",
+        help="where everything goes (default .keygen/chaos/<UTC time>)",
+    )
     p.set_defaults(run=chaos)

@@ -22,9 +22,20 @@ if TYPE_CHECKING:
     from keygen.chaos.proxy import ProxyServer
     from keygen.cluster import LocalCluster, PostgresNode, RedisNode, SentinelNode
 
-__all__ = ["ALL_LAYERS_DOWN", "FAULTS", "FAULT_KINDS", "KIND_GROUPS", "KNOWN_KINDS",
-           "OVERLAPPING_KINDS", "PROXY_POSTGRES", "Act", "Fault", "FaultWindow",
-           "PlannedFault", "every_link"]
+__all__ = [
+    "ALL_LAYERS_DOWN",
+    "FAULTS",
+    "FAULT_KINDS",
+    "KIND_GROUPS",
+    "KNOWN_KINDS",
+    "OVERLAPPING_KINDS",
+    "PROXY_POSTGRES",
+    "Act",
+    "Fault",
+    "FaultWindow",
+    "PlannedFault",
+    "every_link",
+]
 
 LAG_MEGABYTES = 40
 RECOVERY_TIMEOUT = 60.0
@@ -153,10 +164,14 @@ def _run(steps: Sequence[Step], act: Act) -> None:
         step(act)
 
 
-def _process(pick: Callable[[Act], _Process], killed: str, restarted: str,
-             ) -> tuple[Step, Step]:
+def _process(
+    pick: Callable[[Act], _Process],
+    killed: str,
+    restarted: str,
+) -> tuple[Step, Step]:
     """Two steps: SIGKILL the process ``pick`` names, and start it again (the notes name it
     in ``{}``)."""
+
     def kill(act: Act) -> None:
         pick(act).kill()
         act.step(killed.format(pick(act).name))
@@ -164,17 +179,18 @@ def _process(pick: Callable[[Act], _Process], killed: str, restarted: str,
     def restart(act: Act) -> None:
         pick(act).start()
         act.step(restarted.format(pick(act).name))
+
     return kill, restart
 
 
 kill_master, restart_master = _process(lambda act: act.master, "SIGKILL {}", "{} restarted")
-kill_sentinel, restart_sentinel = _process(lambda act: act.sentinel, "SIGKILL {}",
-                                           "{} restarted")
-crash_postgres, restart_postgres = _process(lambda act: act.postgres,
-                                            "SIGKILL postmaster and backends",
-                                            "PostgreSQL restarted (WAL replayed)")
-kill_instance, restart_instance = _process(lambda act: act.instance, "kill -9 {}",
-                                           "{} restarted")
+kill_sentinel, restart_sentinel = _process(lambda act: act.sentinel, "SIGKILL {}", "{} restarted")
+crash_postgres, restart_postgres = _process(
+    lambda act: act.postgres,
+    "SIGKILL postmaster and backends",
+    "PostgreSQL restarted (WAL replayed)",
+)
+kill_instance, restart_instance = _process(lambda act: act.instance, "kill -9 {}", "{} restarted")
 _, restart_instance_cut_off = _process(lambda act: act.instance, "", "{} restarted, cut off")
 
 
@@ -190,16 +206,19 @@ def await_failover(act: Act) -> None:
 
 def in_sync(note: str = "replicas in sync", *, sentinels: bool = False) -> Step:
     """Wait until every replica is in sync (and every Sentinel on the new master)."""
+
     def settle(act: Act) -> None:
         act.cluster.wait_in_sync(RECOVERY_TIMEOUT)
         if sentinels:
             act.cluster.wait_sentinels_ready(RECOVERY_TIMEOUT)
         act.step(note)
+
     return settle
 
 
 def paused_master(*during: Step) -> Step:
     """SIGSTOP the master, run ``during``, SIGCONT it whatever happens."""
+
     def pause(act: Act) -> None:
         act.master.pause()
         act.step(f"SIGSTOP {act.master.name}")
@@ -208,6 +227,7 @@ def paused_master(*during: Step) -> Step:
         finally:
             act.master.resume()
         act.step(f"SIGCONT {act.master.name}")
+
     return pause
 
 
@@ -256,10 +276,10 @@ def every_link(cluster: LocalCluster) -> list[str]:
     return [*redis_links(cluster), PROXY_POSTGRES]
 
 
-def cut(links: Callable[[LocalCluster], list[str]], *during: Step,
-        mode: str | None = None) -> Step:
+def cut(links: Callable[[LocalCluster], list[str]], *during: Step, mode: str | None = None) -> Step:
     """Set the proxies of ``links`` to ``mode`` (the plan's drop or reset by default), run
     ``during``, and let traffic pass again whatever happens."""
+
     def cut_links(act: Act) -> None:
         names, chosen = links(act.cluster), mode or act.fault.mode
         act.proxies.set_mode(names, chosen, act.fault.delay)
@@ -269,64 +289,128 @@ def cut(links: Callable[[LocalCluster], list[str]], *during: Step,
         finally:
             act.proxies.set_mode(names, PASS)
         act.step("healed")
+
     return cut_links
 
 
 # -- the registry --------------------------------------------------------------------------
 
-FAULTS: dict[str, Fault] = {fault.name: fault for fault in (
-    Fault("redis-master-kill", "SIGKILL the master; after the failover and the hold, start it "
-          "again (Sentinel turns it into a replica of the new master)",
-          (kill_master, await_failover, hold(), restart_master, in_sync()),
-          detail="killed {act.master.name}, failover to {act.new.name}, rejoined as replica"),
-    Fault("redis-master-pause", "SIGSTOP the master past the failover, hold, SIGCONT (split "
-          "brain until Sentinel demotes it)",
-          (paused_master(await_failover, hold()),
-           in_sync("old master demoted, replicas in sync")),
-          detail="paused {act.master.name} past the failover to {act.new.name}"),
-    Fault("redis-lag-failover", "pause the replicas, write 40 x 1 MB to the master, pause it, "
-          "resume the replicas: one that missed the latest writes is promoted",
-          (lag_failover, drop_filler),
-          detail="{act.master.name} replaced by lagging {act.new.name}"),
-    Fault("sentinel-kill", "SIGKILL one Sentinel, start it again after the hold",
-          (kill_sentinel, hold(), restart_sentinel),
-          detail="killed {act.sentinel.name} for {fault.hold:g}s"),
-    Fault("postgres-kill", "SIGKILL the postmaster and all its processes (a crash), start it "
-          "again", (crash_postgres, hold(), restart_postgres),
-          detail="PostgreSQL crashed for {fault.hold:g}s"),
-    Fault("instance-kill", "kill -9 one ``keygen serve`` (its whole group), start it again",
-          (kill_instance, hold(), restart_instance),
-          detail="killed {act.instance.name} for {fault.hold:g}s", kills_instance=True),
-    Fault("partition-postgres", "the service's PostgreSQL proxy drops or resets everything",
-          (cut(lambda _: [PROXY_POSTGRES], hold()),),
-          detail="PostgreSQL {fault.mode} for {fault.hold:g}s"),
-    Fault("partition-redis", "the proxies in front of every Redis data node drop or reset",
-          (cut(redis_links, hold()),), detail="every Redis node {fault.mode} for {fault.hold:g}s"),
-    Fault("network-delay", "every proxy delays each chunk (Redis and PostgreSQL slow, not "
-          "down)", (cut(every_link, hold(), mode=DELAY),),
-          detail="+{fault.delay_ms:.0f} ms per chunk for {fault.hold:g}s"),
-    Fault("all-down", "Redis and PostgreSQL proxies cut at once: only the emergency reserve "
-          "can serve, and without it 503s are expected", (cut(every_link, hold()),),
-          detail="Redis and PostgreSQL {fault.mode} for {fault.hold:g}s", all_layers_down=True),
-    # Two at once (``overlapping``), each one window.
-    Fault("postgres-kill+redis-master-kill", "crash PostgreSQL, then kill the Redis master: "
-          "the new master's fenced leases need the ledger, so only the reserve can serve",
-          (crash_postgres, kill_master, await_failover, hold(), restart_master,
-           restart_postgres, in_sync()),
-          detail="PostgreSQL crashed, then {act.master.name} killed: failover to "
-          "{act.new.name} with no ledger", all_layers_down=True),
-    Fault("sentinel-kill+redis-master-kill", "kill a Sentinel, then the master: the failover "
-          "with two of three",
-          (kill_sentinel, kill_master, await_failover, hold(), restart_master, restart_sentinel,
-           in_sync("replicas in sync, every Sentinel on the new master", sentinels=True)),
-          detail="{act.sentinel.name} killed, then {act.master.name}: failover to "
-          "{act.new.name}"),
-    Fault("all-down+instance-kill", "cut every layer, kill -9 an instance serving from its "
-          "reserve, restart it while still cut off (its journal is all it has)",
-          (cut(every_link, hold(0.5), kill_instance, restart_instance_cut_off, hold(0.5)),),
-          detail="Redis and PostgreSQL {fault.mode} for {fault.hold:g}s, {act.instance.name} "
-          "killed and restarted inside", all_layers_down=True, kills_instance=True),
-)}
+FAULTS: dict[str, Fault] = {
+    fault.name: fault
+    for fault in (
+        Fault(
+            "redis-master-kill",
+            "SIGKILL the master; after the failover and the hold, start it "
+            "again (Sentinel turns it into a replica of the new master)",
+            (kill_master, await_failover, hold(), restart_master, in_sync()),
+            detail="killed {act.master.name}, failover to {act.new.name}, rejoined as replica",
+        ),
+        Fault(
+            "redis-master-pause",
+            "SIGSTOP the master past the failover, hold, SIGCONT (split "
+            "brain until Sentinel demotes it)",
+            (
+                paused_master(await_failover, hold()),
+                in_sync("old master demoted, replicas in sync"),
+            ),
+            detail="paused {act.master.name} past the failover to {act.new.name}",
+        ),
+        Fault(
+            "redis-lag-failover",
+            "pause the replicas, write 40 x 1 MB to the master, pause it, "
+            "resume the replicas: one that missed the latest writes is promoted",
+            (lag_failover, drop_filler),
+            detail="{act.master.name} replaced by lagging {act.new.name}",
+        ),
+        Fault(
+            "sentinel-kill",
+            "SIGKILL one Sentinel, start it again after the hold",
+            (kill_sentinel, hold(), restart_sentinel),
+            detail="killed {act.sentinel.name} for {fault.hold:g}s",
+        ),
+        Fault(
+            "postgres-kill",
+            "SIGKILL the postmaster and all its processes (a crash), start it again",
+            (crash_postgres, hold(), restart_postgres),
+            detail="PostgreSQL crashed for {fault.hold:g}s",
+        ),
+        Fault(
+            "instance-kill",
+            "kill -9 one ``keygen serve`` (its whole group), start it again",
+            (kill_instance, hold(), restart_instance),
+            detail="killed {act.instance.name} for {fault.hold:g}s",
+            kills_instance=True,
+        ),
+        Fault(
+            "partition-postgres",
+            "the service's PostgreSQL proxy drops or resets everything",
+            (cut(lambda _: [PROXY_POSTGRES], hold()),),
+            detail="PostgreSQL {fault.mode} for {fault.hold:g}s",
+        ),
+        Fault(
+            "partition-redis",
+            "the proxies in front of every Redis data node drop or reset",
+            (cut(redis_links, hold()),),
+            detail="every Redis node {fault.mode} for {fault.hold:g}s",
+        ),
+        Fault(
+            "network-delay",
+            "every proxy delays each chunk (Redis and PostgreSQL slow, not down)",
+            (cut(every_link, hold(), mode=DELAY),),
+            detail="+{fault.delay_ms:.0f} ms per chunk for {fault.hold:g}s",
+        ),
+        Fault(
+            "all-down",
+            "Redis and PostgreSQL proxies cut at once: only the emergency reserve "
+            "can serve, and without it 503s are expected",
+            (cut(every_link, hold()),),
+            detail="Redis and PostgreSQL {fault.mode} for {fault.hold:g}s",
+            all_layers_down=True,
+        ),
+        # Two at once (``overlapping``), each one window.
+        Fault(
+            "postgres-kill+redis-master-kill",
+            "crash PostgreSQL, then kill the Redis master: "
+            "the new master's fenced leases need the ledger, so only the reserve can serve",
+            (
+                crash_postgres,
+                kill_master,
+                await_failover,
+                hold(),
+                restart_master,
+                restart_postgres,
+                in_sync(),
+            ),
+            detail="PostgreSQL crashed, then {act.master.name} killed: failover to "
+            "{act.new.name} with no ledger",
+            all_layers_down=True,
+        ),
+        Fault(
+            "sentinel-kill+redis-master-kill",
+            "kill a Sentinel, then the master: the failover with two of three",
+            (
+                kill_sentinel,
+                kill_master,
+                await_failover,
+                hold(),
+                restart_master,
+                restart_sentinel,
+                in_sync("replicas in sync, every Sentinel on the new master", sentinels=True),
+            ),
+            detail="{act.sentinel.name} killed, then {act.master.name}: failover to {act.new.name}",
+        ),
+        Fault(
+            "all-down+instance-kill",
+            "cut every layer, kill -9 an instance serving from its "
+            "reserve, restart it while still cut off (its journal is all it has)",
+            (cut(every_link, hold(0.5), kill_instance, restart_instance_cut_off, hold(0.5)),),
+            detail="Redis and PostgreSQL {fault.mode} for {fault.hold:g}s, {act.instance.name} "
+            "killed and restarted inside",
+            all_layers_down=True,
+            kills_instance=True,
+        ),
+    )
+}
 
 #: The single kinds (``--faults all``), the pairs (``overlapping``), both.
 FAULT_KINDS = tuple(name for name, fault in FAULTS.items() if len(fault.parts) == 1)

@@ -26,8 +26,14 @@ class ServiceInstance:
     """
 
     def __init__(
-        self, name: str, port: int, env: Mapping[str, str], directory: Path, *,
-        workers: int = 1, log_path: Path | None = None,
+        self,
+        name: str,
+        port: int,
+        env: Mapping[str, str],
+        directory: Path,
+        *,
+        workers: int = 1,
+        log_path: Path | None = None,
     ) -> None:
         """``env`` is laid over the process's own environment and over the defaults: the
         instance ID ``name`` and the data dir ``directory/data``."""
@@ -38,8 +44,10 @@ class ServiceInstance:
         self.workers = workers
         self.log_path = log_path or directory / "serve.log"
         self.env = {
-            "KEYGEN_INSTANCE_ID": name, "KEYGEN_DATA_DIR": str(directory / "data"),
-            **os.environ, **env,
+            "KEYGEN_INSTANCE_ID": name,
+            "KEYGEN_DATA_DIR": str(directory / "data"),
+            **os.environ,
+            **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -49,9 +57,22 @@ class ServiceInstance:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "keygen", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", str(self.workers)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "keygen",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.starts += 1
         deadline = time.monotonic() + timeout

@@ -107,8 +107,9 @@ class _CountingTransport(httpx.AsyncBaseTransport):
     def __init__(self, note: Callable[[str], None], max_connections: int) -> None:
         # As many connections as requests may be in flight: a request never queues for a
         # connection inside the client, where it would time out as the client's fault.
-        self._inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=100))
+        self._inner = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=100)
+        )
         self._note = note
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -165,16 +166,20 @@ class LoadGenerator:
         urls = list(config.urls)
         # Each client starts on another instance (it moves on only when that one fails).
         transport_clients = [
-            AsyncKeygenClient(urls[i % len(urls):] + urls[:i % len(urls)],
-                              timeout=config.timeout, retries=config.retries,
-                              transport=_CountingTransport(self._attempt_failed,
-                                                           config.max_in_flight))
+            AsyncKeygenClient(
+                urls[i % len(urls) :] + urls[: i % len(urls)],
+                timeout=config.timeout,
+                retries=config.retries,
+                transport=_CountingTransport(self._attempt_failed, config.max_in_flight),
+            )
             for i in range(config.clients)
         ]
         tasks: set[asyncio.Task[None]] = set()
-        with self.acks_path.open("a", buffering=1) as acks, \
-                self.failures_path.open("a", buffering=1) as failures, \
-                self.attempts_path.open("a", buffering=1) as attempts:
+        with (
+            self.acks_path.open("a", buffering=1) as acks,
+            self.failures_path.open("a", buffering=1) as failures,
+            self.attempts_path.open("a", buffering=1) as attempts,
+        ):
             self._acks, self._failures, self._attempts = acks, failures, attempts
             try:
                 next_at = time.monotonic()
@@ -194,17 +199,16 @@ class LoadGenerator:
                         self.stats.failed += 1
                         self.stats.causes[SHED] += 1
                         now = time.time()
-                        self._write(self._failures, {"sent_at": now, "failed_at": now,
-                                                     "cause": SHED})
+                        self._write(
+                            self._failures, {"sent_at": now, "failed_at": now, "cause": SHED}
+                        )
                         continue
                     # Counted from now, not from when the task first runs: a loop that
                     # falls behind must see its backlog.
                     self.stats.in_flight += 1
                     client = transport_clients[self.rng.randrange(len(transport_clients))]
                     namespace = config.namespaces[self.rng.randrange(len(config.namespaces))]
-                    task = asyncio.create_task(
-                        self._one(client, draw_size(self.rng), namespace)
-                    )
+                    task = asyncio.create_task(self._one(client, draw_size(self.rng), namespace))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if tasks:
@@ -212,8 +216,9 @@ class LoadGenerator:
             finally:
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*(c.aclose() for c in transport_clients),
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *(c.aclose() for c in transport_clients), return_exceptions=True
+                )
                 self._acks = self._failures = self._attempts = None
         return self.stats
 
@@ -236,19 +241,30 @@ class LoadGenerator:
         if cause is not None:
             stats.failed += 1
             stats.causes[cause] += 1
-            self._write(self._failures, {
-                "sent_at": sent_at, "failed_at": now, "cause": cause,
-                "namespace": namespace, "requested": size,
-            })
+            self._write(
+                self._failures,
+                {
+                    "sent_at": sent_at,
+                    "failed_at": now,
+                    "cause": cause,
+                    "namespace": namespace,
+                    "requested": size,
+                },
+            )
             return
         stats.acknowledged += 1
         stats.ids += allocated.size
         stats.sources[allocated.source] += 1
         stats.recent.append((now, allocated.source))
-        self._write(self._acks, {
-            **msgspec.structs.asdict(allocated), "requested": size, "sent_at": sent_at,
-            "acked_at": now,
-        })
+        self._write(
+            self._acks,
+            {
+                **msgspec.structs.asdict(allocated),
+                "requested": size,
+                "sent_at": sent_at,
+                "acked_at": now,
+            },
+        )
 
     @staticmethod
     def _write(out: IO[str] | None, record: dict[str, Any]) -> None:

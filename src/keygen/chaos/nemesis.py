@@ -31,8 +31,14 @@ __all__ = ["Nemesis", "plan_random", "plan_short"]
 MIN_GAP = 3.0
 
 
-def plan_short(kinds: Sequence[str] = FAULT_KINDS, *, seed: int = 0, warmup: float = 5.0,
-               hold: float = 4.0, gap: float = 3.0) -> list[PlannedFault]:
+def plan_short(
+    kinds: Sequence[str] = FAULT_KINDS,
+    *,
+    seed: int = 0,
+    warmup: float = 5.0,
+    hold: float = 4.0,
+    gap: float = 3.0,
+) -> list[PlannedFault]:
     """Every kind once, in the given order, one after another (the CI schedule)."""
     rng = random.Random(seed)
     plan, at = [], warmup
@@ -42,9 +48,15 @@ def plan_short(kinds: Sequence[str] = FAULT_KINDS, *, seed: int = 0, warmup: flo
     return plan
 
 
-def plan_random(kinds: Sequence[str], duration: float, *, seed: int, warmup: float = 5.0,
-                holds: tuple[float, float] = (2.0, 12.0),
-                gaps: tuple[float, float] = (3.0, 15.0)) -> list[PlannedFault]:
+def plan_random(
+    kinds: Sequence[str],
+    duration: float,
+    *,
+    seed: int,
+    warmup: float = 5.0,
+    holds: tuple[float, float] = (2.0, 12.0),
+    gaps: tuple[float, float] = (3.0, 15.0),
+) -> list[PlannedFault]:
     """Kinds drawn at random, with random holds and gaps, until ``duration`` (reproducible
     from ``seed``). Each kind appears once before any repeats, so a run of enough faults
     covers all of them."""
@@ -67,7 +79,10 @@ def _planned(rng: random.Random, kind: str, at: float, hold: float) -> PlannedFa
     if kind not in FAULTS:
         raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(KNOWN_KINDS)}")
     return PlannedFault(
-        at=round(at, 3), kind=kind, hold=round(hold, 3), target=rng.randrange(1000),
+        at=round(at, 3),
+        kind=kind,
+        hold=round(hold, 3),
+        target=rng.randrange(1000),
         mode=rng.choice((Mode.DROP.value, Mode.RESET.value)),
         delay=round(rng.uniform(0.05, 0.3), 3),
     )
@@ -85,9 +100,15 @@ class Nemesis:
         min_gap: seconds of calm at least between one window's end and the next start.
     """
 
-    def __init__(self, cluster: LocalCluster, proxies: ProxyServer,
-                 instances: Sequence[ServiceInstance], say: Callable[[str], None], *,
-                 min_gap: float = MIN_GAP) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        proxies: ProxyServer,
+        instances: Sequence[ServiceInstance],
+        say: Callable[[str], None],
+        *,
+        min_gap: float = MIN_GAP,
+    ) -> None:
         self.cluster = cluster
         self.proxies = proxies
         self.instances = list(instances)
@@ -96,8 +117,7 @@ class Nemesis:
         self.windows: list[FaultWindow] = []
         self.current: FaultWindow | None = None
 
-    async def run(self, plan: Sequence[PlannedFault], started: float,
-                  stop: asyncio.Event) -> None:
+    async def run(self, plan: Sequence[PlannedFault], started: float, stop: asyncio.Event) -> None:
         """Apply ``plan`` (``at`` counted from ``started``, a ``time.time()``), one fault at a
         time; a fault that would start late starts as soon as the previous one is over."""
         ready = started

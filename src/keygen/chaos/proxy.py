@@ -100,8 +100,7 @@ class FaultProxy:
         return f"{HOST}:{self.port}"
 
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, HOST, self.port,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(self._accept, HOST, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -179,8 +178,9 @@ class FaultProxy:
         if not self._healed.is_set():
             raise asyncio.IncompleteReadError(b"", None)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    link: _Link) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
+    ) -> None:
         try:
             while data := await reader.read(CHUNK):
                 if self.mode is Mode.DROP:
@@ -220,16 +220,22 @@ class ProxyServer:
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "keygen.chaos.proxy"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1,
+            [sys.executable, "-m", "keygen.chaos.proxy"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self._lock = threading.Lock()
         self.proxies: dict[str, ProxyHandle] = {}
 
     def _call(self, command: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            if self._proc.poll() is not None or self._proc.stdin is None \
-                    or self._proc.stdout is None:
+            if (
+                self._proc.poll() is not None
+                or self._proc.stdin is None
+                or self._proc.stdout is None
+            ):
                 raise OSError("the proxy process is not running")
             self._proc.stdin.write(json.dumps(command) + "\n")
             self._proc.stdin.flush()
@@ -283,8 +289,9 @@ async def _serve_commands() -> None:
         try:
             command = json.loads(line)
             if command["op"] == "add":
-                proxy = await FaultProxy(command["target"], name=command["name"],
-                                         port=command.get("port", 0)).start()
+                proxy = await FaultProxy(
+                    command["target"], name=command["name"], port=command.get("port", 0)
+                ).start()
                 proxies[proxy.name] = proxy
                 answer["port"] = proxy.port
             elif command["op"] == "mode":

@@ -72,13 +72,17 @@ def read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
 
 
 def read_acks(path: Path) -> list[Ack]:
-    return [Ack(Record.from_json(d), float(d["sent_at"]), float(d["acked_at"]))
-            for d in read_jsonl(path)]
+    return [
+        Ack(Record.from_json(d), float(d["sent_at"]), float(d["acked_at"]))
+        for d in read_jsonl(path)
+    ]
 
 
 def read_failures(path: Path) -> list[Failure]:
-    return [Failure(float(d["sent_at"]), float(d["failed_at"]), str(d["cause"]))
-            for d in read_jsonl(path)]
+    return [
+        Failure(float(d["sent_at"]), float(d["failed_at"]), str(d["cause"]))
+        for d in read_jsonl(path)
+    ]
 
 
 def read_attempts(path: Path) -> list[tuple[float, str]]:
@@ -102,8 +106,14 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
 class _Timeline:
     """The run's records and fault windows, in time order."""
 
-    def __init__(self, acks: Sequence[Ack], failures: Sequence[Failure],
-                 windows: Sequence[FaultWindow], started: float, ended: float) -> None:
+    def __init__(
+        self,
+        acks: Sequence[Ack],
+        failures: Sequence[Failure],
+        windows: Sequence[FaultWindow],
+        started: float,
+        ended: float,
+    ) -> None:
         self.acks = sorted(acks, key=lambda a: a.acked_at)
         self.acked_at = [a.acked_at for a in self.acks]
         self.failures = sorted(failures, key=lambda f: f.failed_at)
@@ -131,8 +141,11 @@ class _Timeline:
             i -= 1
         return None
 
-    def by_window(self, items: Iterable[T], span: Callable[[T], tuple[float, float]],
-                  ) -> tuple[list[list[T]], list[T]]:
+    def by_window(
+        self,
+        items: Iterable[T],
+        span: Callable[[T], tuple[float, float]],
+    ) -> tuple[list[list[T]], list[T]]:
         """``items`` per window their ``span`` (sent, done) overlapped, and those outside."""
         inside: list[list[T]] = [[] for _ in self.windows]
         outside: list[T] = []
@@ -148,27 +161,37 @@ def _recovery(t: _Timeline, i: int) -> dict[str, float | None]:
     horizon = min(limit, end + AFTERMATH)
     failed = [f.failed_at for f in t.failures if start <= f.failed_at and f.sent_at <= horizon]
     last_failure = max(failed, default=start)
-    full = next((a.acked_at for a in t.acked_from(last_failure) if a.sent_at >= last_failure),
-                None)
+    full = next((a.acked_at for a in t.acked_from(last_failure) if a.sent_at >= last_failure), None)
     # A request sent by the horizon is acknowledged within its timeouts: a minute at most.
     window_acks = itertools.takewhile(lambda a: a.acked_at <= horizon + 60, t.acked_from(start))
     # What was served elsewhere (or failed) from the fault's start until the next fault began,
     # sent by the horizon: a request sent just before a fault and caught by it counts for that
     # fault's window, not for the previous one.
-    elsewhere = [a.sent_at for a in window_acks if start <= a.acked_at < limit
-                 and a.sent_at <= horizon and a.record.source != SOURCE_REDIS]
-    elsewhere += [f.sent_at for f in t.failures
-                  if start <= f.failed_at < limit and f.sent_at <= horizon]
+    elsewhere = [
+        a.sent_at
+        for a in window_acks
+        if start <= a.acked_at < limit and a.sent_at <= horizon and a.record.source != SOURCE_REDIS
+    ]
+    elsewhere += [
+        f.sent_at for f in t.failures if start <= f.failed_at < limit and f.sent_at <= horizon
+    ]
     left_primary = max(elsewhere, default=None)
     primary = None
     if left_primary is not None:
         since = max(left_primary, start)
-        primary = next((a.acked_at for a in t.acked_from(since)
-                        if a.sent_at > since and a.record.source == SOURCE_REDIS), None)
+        primary = next(
+            (
+                a.acked_at
+                for a in t.acked_from(since)
+                if a.sent_at > since and a.record.source == SOURCE_REDIS
+            ),
+            None,
+        )
     return {
         "to_full_service_s": None if full is None else round(full - start, 3),
-        "to_primary_s": (0.0 if left_primary is None else
-                         None if primary is None else round(primary - start, 3)),
+        "to_primary_s": (
+            0.0 if left_primary is None else None if primary is None else round(primary - start, 3)
+        ),
         "left_primary": left_primary is not None,
     }
 
@@ -181,16 +204,23 @@ def _causes(failures: Iterable[Failure]) -> dict[str, int]:
     return dict(Counter(f.cause for f in failures))
 
 
-def _window_row(t: _Timeline, i: int, acks: list[Ack], failures: list[Failure],
-                attempts: list[tuple[float, str]]) -> dict[str, Any]:
+def _window_row(
+    t: _Timeline,
+    i: int,
+    acks: list[Ack],
+    failures: list[Failure],
+    attempts: list[tuple[float, str]],
+) -> dict[str, Any]:
     """One fault window's row: what happened in it, and how fast it healed."""
     window = t.windows[i]
     return {
-        "label": f"#{i + 1} {window.kind}", "kind": window.kind,
+        "label": f"#{i + 1} {window.kind}",
+        "kind": window.kind,
         "start_s": round(window.start - t.started, 3),
         "duration_s": round((window.end or t.ended) - window.start, 3),
         "all_layers_down": window.all_layers_down,
-        "detail": window.detail, "error": window.error,
+        "detail": window.detail,
+        "error": window.error,
         "acknowledged": len(acks),
         "sources": _sources(acks),
         "failed": len(failures),
@@ -204,9 +234,12 @@ def _window_row(t: _Timeline, i: int, acks: list[Ack], failures: list[Failure],
 def _checker(acks: Iterable[Ack]) -> dict[str, Any]:
     verdict = check(a.record for a in acks)
     return {
-        "ok": verdict.ok, "summary": verdict.summary(),
-        "duplicate_ids": verdict.duplicate_ids, "overlapping_pairs": len(verdict.overlaps),
-        "bad_sizes": len(verdict.bad_sizes), "out_of_bounds": len(verdict.out_of_bounds),
+        "ok": verdict.ok,
+        "summary": verdict.summary(),
+        "duplicate_ids": verdict.duplicate_ids,
+        "overlapping_pairs": len(verdict.overlaps),
+        "bad_sizes": len(verdict.bad_sizes),
+        "out_of_bounds": len(verdict.out_of_bounds),
     }
 
 
@@ -220,21 +253,29 @@ def _source_mix(t: _Timeline) -> dict[str, dict[str, int]]:
     return {str(k): dict(v) for k, v in sorted(buckets.items())}
 
 
-def build_report(acks: Sequence[Ack], failures: Sequence[Failure],
-                 windows: Sequence[FaultWindow], *, started: float, ended: float,
-                 instances_health: Sequence[HealthSnapshot | None] = (),
-                 attempts: Sequence[tuple[float, str]] = (),
-                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(
+    acks: Sequence[Ack],
+    failures: Sequence[Failure],
+    windows: Sequence[FaultWindow],
+    *,
+    started: float,
+    ended: float,
+    instances_health: Sequence[HealthSnapshot | None] = (),
+    attempts: Sequence[tuple[float, str]] = (),
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The whole report as a JSON-able dict (see the module docstring)."""
     t = _Timeline(acks, failures, windows, started, ended)
     failed_in, failed_outside = t.by_window(t.failures, lambda f: (f.sent_at, f.failed_at))
     acked_in, _ = t.by_window(t.acks, lambda a: (a.sent_at, a.sent_at))
     tried_in, tried_outside = t.by_window(attempts, lambda a: (a[0], a[0]))
-    rows = [_window_row(t, i, acked_in[i], failed_in[i], tried_in[i])
-            for i in range(len(t.windows))]
+    rows = [
+        _window_row(t, i, acked_in[i], failed_in[i], tried_in[i]) for i in range(len(t.windows))
+    ]
     checker = _checker(t.acks)
     unexpected = len(failed_outside) + sum(
-        len(f) for f, w in zip(failed_in, t.windows, strict=True) if not w.all_layers_down)
+        len(f) for f, w in zip(failed_in, t.windows, strict=True) if not w.all_layers_down
+    )
     elapsed = max(ended - started, 1e-9)
     return {
         "meta": meta or {},
@@ -298,8 +339,12 @@ def _ids_wasted(healths: Sequence[HealthSnapshot | None]) -> dict[str, Any]:
         answered += 1
         redis += health.redis.ids_wasted if health.redis is not None else 0
         reserve += health.metrics.reserve_ids_wasted or 0
-    return {"redis_lease_tails": redis, "reserve": reserve, "total": redis + reserve,
-            "instances_reporting": answered}
+    return {
+        "redis_lease_tails": redis,
+        "reserve": reserve,
+        "total": redis + reserve,
+        "instances_reporting": answered,
+    }
 
 
 def _ms(value: float | None) -> str:
@@ -314,8 +359,9 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown (the JSON has everything, this is for people)."""
     lat = report["latency_ms"]
     meta = report["meta"]
-    verdict = ("INTERRUPTED" if meta.get("interrupted")
-               else "PASSED" if report["passed"] else "FAILED")
+    verdict = (
+        "INTERRUPTED" if meta.get("interrupted") else "PASSED" if report["passed"] else "FAILED"
+    )
     lines = [
         f"# Chaos run: {verdict}",
         "",
@@ -359,11 +405,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {sum(row['retried_attempts'].values()):,} | {_ms(wl['p50'])} "
             f"| {_ms(wl['p99'])} | {_ms(wl['max'])} | {_s(row['to_full_service_s'])} "
             f"| {_s(row['to_primary_s'])} | "
-            + ", ".join(f"{k} {v}" for k, v in sorted(row["sources"].items())) + " |"
+            + ", ".join(f"{k} {v}" for k, v in sorted(row["sources"].items()))
+            + " |"
         )
-    lines += ["", "## Recovery by fault kind", "",
-              "| kind | faults | failed | to full service s (median / max) "
-              "| to primary s (median / max / never) |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Recovery by fault kind",
+        "",
+        "| kind | faults | failed | to full service s (median / max) "
+        "| to primary s (median / max / never) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for kind, row in report["recovery_by_kind"].items():
         full, primary = row["to_full_service_s"], row["to_primary_s"]
         lines.append(
@@ -371,27 +423,42 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_s(full['max'])} | {_s(primary['median'])} / {_s(primary['max'])} / "
             f"{primary['never']} |"
         )
-    lines += ["", "## Failed requests by cause", "", "| cause | all | outside windows |",
-              "|---|---:|---:|"]
+    lines += [
+        "",
+        "## Failed requests by cause",
+        "",
+        "| cause | all | outside windows |",
+        "|---|---:|---:|",
+    ]
     for cause, count in sorted(report["failures_by_cause"].items()):
-        lines.append(f"| {cause} | {count:,} | "
-                     f"{report['failures_outside_by_cause'].get(cause, 0):,} |")
+        lines.append(
+            f"| {cause} | {count:,} | {report['failures_outside_by_cause'].get(cause, 0):,} |"
+        )
     if not report["failures_by_cause"]:
         lines.append("| (none) | 0 | 0 |")
-    lines += ["", "## Source mix per second", "",
-              "One character per second: `R` only redis_sentinel, `P` some postgresql, "
-              "`E` some emergency_reserve, `x` some failures, `.` nothing acknowledged.", "",
-              "```", _timeline(report), "```", ""]
+    lines += [
+        "",
+        "## Source mix per second",
+        "",
+        "One character per second: `R` only redis_sentinel, `P` some postgresql, "
+        "`E` some emergency_reserve, `x` some failures, `.` nothing acknowledged.",
+        "",
+        "```",
+        _timeline(report),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 #: A second's character in the timeline: that of the first of these it saw.
-_MIX_CHARS = (("failed", "x"), ("emergency_reserve", "E"), ("postgresql", "P"),
-              (SOURCE_REDIS, "R"))
+_MIX_CHARS = (("failed", "x"), ("emergency_reserve", "E"), ("postgresql", "P"), (SOURCE_REDIS, "R"))
 
 
 def _timeline(report: dict[str, Any]) -> str:
     mix = report["source_mix_per_second"]
-    chars = [next((char for key, char in _MIX_CHARS if mix.get(str(second), {}).get(key)), ".")
-             for second in range(int(report["duration_s"]) + 1)]
-    return "\n".join("".join(chars[i:i + 60]) for i in range(0, len(chars), 60))
+    chars = [
+        next((char for key, char in _MIX_CHARS if mix.get(str(second), {}).get(key)), ".")
+        for second in range(int(report["duration_s"]) + 1)
+    ]
+    return "\n".join("".join(chars[i : i + 60]) for i in range(0, len(chars), 60))

@@ -75,8 +75,11 @@ class ChaosRun:
 
     @property
     def passed(self) -> bool:
-        return (bool(self.report["passed"]) and self.report["faults_failed"] == 0
-                and not self.interrupted)
+        return (
+            bool(self.report["passed"])
+            and self.report["faults_failed"] == 0
+            and not self.interrupted
+        )
 
 
 class _Setup:
@@ -91,12 +94,14 @@ class _Setup:
         self.instances: list[ServiceInstance] = []
 
     def say(self, message: str) -> None:
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}",
-                           highlight=False)
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
 
     def up(self) -> None:
-        self.cluster = LocalCluster(self.out / "cluster", down_after_ms=DOWN_AFTER_MS,
-                                    progress=lambda m: self.say(escape(m)))
+        self.cluster = LocalCluster(
+            self.out / "cluster",
+            down_after_ms=DOWN_AFTER_MS,
+            progress=lambda m: self.say(escape(m)),
+        )
         self.cluster.up()
         assert self.cluster.postgres is not None
         self.proxies = ProxyServer()
@@ -106,10 +111,12 @@ class _Setup:
             proxy = self.proxies.add(node.name, node.port)
             address_map.append(f"127.0.0.1:{node.port}={proxy.address}")
         env = {
-            **self.cluster.env(), **SERVICE_ENV,
+            **self.cluster.env(),
+            **SERVICE_ENV,
             "KEYGEN_DATABASE_URL": with_database(
                 f"postgresql://postgres@{pg.address}/postgres",
-                self.cluster.postgres.database or "keygen"),
+                self.cluster.postgres.database or "keygen",
+            ),
             "KEYGEN_REDIS_ADDRESS_MAP": ",".join(address_map),
             "KEYGEN_RESERVE_NAMESPACES": ",".join(self.options.namespaces),
             **self.options.extra_env,
@@ -121,8 +128,7 @@ class _Setup:
         ]
         with ThreadPoolExecutor(max_workers=len(self.instances)) as pool:
             list(pool.map(lambda instance: instance.start(), self.instances))
-        self.say(f"{len(self.instances)} instances up: "
-                 + ", ".join(i.url for i in self.instances))
+        self.say(f"{len(self.instances)} instances up: " + ", ".join(i.url for i in self.instances))
 
     def down(self) -> None:
         for instance in self.instances:
@@ -143,8 +149,9 @@ class _Setup:
             self.cluster.kill_all()
 
 
-async def _drive(setup: _Setup, plan: list[PlannedFault], load: LoadGenerator,
-                 nemesis: Nemesis, started: float) -> None:
+async def _drive(
+    setup: _Setup, plan: list[PlannedFault], load: LoadGenerator, nemesis: Nemesis, started: float
+) -> None:
     options = setup.options
     stop = asyncio.Event()
     load_task = asyncio.create_task(load.run())
@@ -156,8 +163,9 @@ async def _drive(setup: _Setup, plan: list[PlannedFault], load: LoadGenerator,
             await nemesis_task
             await asyncio.sleep(TAIL)
         else:
-            await asyncio.wait({nemesis_task}, timeout=max(0.0, started + options.duration
-                                                           - time.time()))
+            await asyncio.wait(
+                {nemesis_task}, timeout=max(0.0, started + options.duration - time.time())
+            )
             stop.set()
             await nemesis_task
             # The plan ends a little before the duration; the load does not.
@@ -174,12 +182,16 @@ async def _drive(setup: _Setup, plan: list[PlannedFault], load: LoadGenerator,
 def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun:
     """Run the whole thing; return the report (written to ``out`` too)."""
     console = console or Console(stderr=True)
-    out = (options.out or Path(".keygen/chaos")
-           / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")).absolute()
+    out = (
+        options.out or Path(".keygen/chaos") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    ).absolute()
     out.mkdir(parents=True, exist_ok=True)
     kinds = list(options.faults)
-    plan = (plan_short(kinds, seed=options.seed) if options.schedule == "short"
-            else plan_random(kinds, options.duration, seed=options.seed))
+    plan = (
+        plan_short(kinds, seed=options.seed)
+        if options.schedule == "short"
+        else plan_random(kinds, options.duration, seed=options.seed)
+    )
     (out / "plan.json").write_text(json.dumps([asdict(p) for p in plan], indent=1) + "\n")
     setup = _Setup(options, out, console)
     windows: list[FaultWindow] = []
@@ -191,13 +203,20 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
         setup.up()
         assert setup.cluster is not None and setup.proxies is not None
         load = LoadGenerator(
-            LoadConfig([i.url for i in setup.instances], rate=options.rate,
-                       clients=options.clients, namespaces=options.namespaces),
-            out, seed=options.seed,
+            LoadConfig(
+                [i.url for i in setup.instances],
+                rate=options.rate,
+                clients=options.clients,
+                namespaces=options.namespaces,
+            ),
+            out,
+            seed=options.seed,
         )
         nemesis = Nemesis(setup.cluster, setup.proxies, setup.instances, setup.say)
-        setup.say(f"load at {options.rate:g} req/s; {len(plan)} faults planned "
-                  f"({'short schedule' if options.schedule else f'{options.duration:g} s'})")
+        setup.say(
+            f"load at {options.rate:g} req/s; {len(plan)} faults planned "
+            f"({'short schedule' if options.schedule else f'{options.duration:g} s'})"
+        )
         started = time.time()
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -216,14 +235,25 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
         setup.say("stopping everything")
         setup.down()
     report = build_report(
-        read_acks(out / "acks.jsonl"), read_failures(out / "failures.jsonl"),
-        windows, started=started, ended=ended,
-        instances_health=healths, attempts=read_attempts(out / "attempts.jsonl"),
-        meta={"command": options.command(), "seed": options.seed,
-              "instances": options.instances, "rate": options.rate,
-              "schedule": options.schedule, "out": str(out), "interrupted": interrupted,
-              "sent": load.stats.sent if load else 0, "shed": load.stats.shed if load else 0,
-              "windows": [w.as_dict() for w in windows]},
+        read_acks(out / "acks.jsonl"),
+        read_failures(out / "failures.jsonl"),
+        windows,
+        started=started,
+        ended=ended,
+        instances_health=healths,
+        attempts=read_attempts(out / "attempts.jsonl"),
+        meta={
+            "command": options.command(),
+            "seed": options.seed,
+            "instances": options.instances,
+            "rate": options.rate,
+            "schedule": options.schedule,
+            "out": str(out),
+            "interrupted": interrupted,
+            "sent": load.stats.sent if load else 0,
+            "shed": load.stats.shed if load else 0,
+            "windows": [w.as_dict() for w in windows],
+        },
     )
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(markdown(report))

@@ -22,29 +22,44 @@ def status_table(load: LoadGenerator, nemesis: Nemesis, started: float) -> Table
     table = Table(show_header=False, box=None)
     table.add_row("elapsed", f"{now - started:.0f} s")
     table.add_row("acknowledged", f"{stats.acknowledged:,} ({stats.ids:,} IDs)")
-    table.add_row("failed", f"{stats.failed:,} " + ", ".join(
-        f"{k} {v}" for k, v in stats.causes.most_common(3)))
+    table.add_row(
+        "failed",
+        f"{stats.failed:,} " + ", ".join(f"{k} {v}" for k, v in stats.causes.most_common(3)),
+    )
     table.add_row("in flight", f"{stats.in_flight:,} (shed {stats.shed:,})")
     last = stats.rate_last_second(now)
     table.add_row("last second", ", ".join(f"{k} {v}" for k, v in sorted(last.items())) or "-")
     current = nemesis.current
-    table.add_row("fault", f"[yellow]{current.kind}[/yellow] for {now - current.start:.0f} s"
-                  if current else "-")
+    table.add_row(
+        "fault",
+        f"[yellow]{current.kind}[/yellow] for {now - current.start:.0f} s" if current else "-",
+    )
     table.add_row("faults done", str(len([w for w in nemesis.windows if w.end])))
     return table
 
 
-async def show(console: Console, say: Callable[[str], None], load: LoadGenerator,
-               nemesis: Nemesis, started: float) -> None:
+async def show(
+    console: Console,
+    say: Callable[[str], None],
+    load: LoadGenerator,
+    nemesis: Nemesis,
+    started: float,
+) -> None:
     """Until cancelled: the table, live, on a terminal; else a line of figures every 10 s."""
     if console.is_terminal:
-        with Live(status_table(load, nemesis, started), console=console,
-                  refresh_per_second=2, transient=True) as live:
+        with Live(
+            status_table(load, nemesis, started),
+            console=console,
+            refresh_per_second=2,
+            transient=True,
+        ) as live:
             while True:
                 await asyncio.sleep(0.5)
                 live.update(status_table(load, nemesis, started))
     while True:
         await asyncio.sleep(10)
         stats = load.stats
-        say(f"{time.time() - started:.0f}s: {stats.acknowledged:,} acknowledged, "
-            f"{stats.failed:,} failed, {stats.in_flight} in flight")
+        say(
+            f"{time.time() - started:.0f}s: {stats.acknowledged:,} acknowledged, "
+            f"{stats.failed:,} failed, {stats.in_flight} in flight"
+        )

@@ -36,9 +36,15 @@ __all__ = [
 ]
 
 _HOMES = {
-    "DEFAULT_BASE_PORT": "layout", "Ports": "layout", "PostgresNode": "postgres",
-    "RedisNode": "redis", "SentinelNode": "redis", "STATE_FILE": "state",
-    "ClusterStatus": "status", "ProcessStatus": "status", "LocalCluster": "topology",
+    "DEFAULT_BASE_PORT": "layout",
+    "Ports": "layout",
+    "PostgresNode": "postgres",
+    "RedisNode": "redis",
+    "SentinelNode": "redis",
+    "STATE_FILE": "state",
+    "ClusterStatus": "status",
+    "ProcessStatus": "status",
+    "LocalCluster": "topology",
 }
 
 

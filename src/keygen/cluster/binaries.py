@@ -55,8 +55,10 @@ def apt_install(packages: list[str], progress: Progress) -> None:
         raise ClusterError(f"{wanted} is not installed and there is no apt-get to install it")
     progress(f"installing {wanted} with apt-get (one time; this can take a minute)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+    ):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise ClusterError(

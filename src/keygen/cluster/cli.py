@@ -54,22 +54,31 @@ def _new_cluster(args: argparse.Namespace) -> LocalCluster:
     if base is None:
         base = DEFAULT_BASE_PORT
         if busy := Ports.from_base(base, with_postgres=not args.no_postgres).busy():
-            _progress(f"ports {busy} are taken (a system Redis?): using free ports instead; "
-                      "pass --base-port N to choose")
+            _progress(
+                f"ports {busy} are taken (a system Redis?): using free ports instead; "
+                "pass --base-port N to choose"
+            )
             base = None
     elif base == 0:
         base = None
-    return LocalCluster(args.dir, base, args.down_after_ms, with_postgres=not args.no_postgres,
-                        progress=_progress)
+    return LocalCluster(
+        args.dir, base, args.down_after_ms, with_postgres=not args.no_postgres, progress=_progress
+    )
 
 
 def _reopened_cluster(args: argparse.Namespace, cluster: LocalCluster) -> LocalCluster:
-    if (args.base_port not in (None, cluster.base_port)
-            or (args.down_after_ms != DEFAULT_DOWN_AFTER_MS
-                and args.down_after_ms != cluster.down_after_ms)
-            or args.no_postgres != (cluster.postgres is None)):
-        _progress("this directory already holds a cluster: its recorded settings are used "
-                  "(`keygen cluster down --purge` first to start afresh)")
+    if (
+        args.base_port not in (None, cluster.base_port)
+        or (
+            args.down_after_ms != DEFAULT_DOWN_AFTER_MS
+            and args.down_after_ms != cluster.down_after_ms
+        )
+        or args.no_postgres != (cluster.postgres is None)
+    ):
+        _progress(
+            "this directory already holds a cluster: its recorded settings are used "
+            "(`keygen cluster down --purge` first to start afresh)"
+        )
     _progress(f"restarting the cluster recorded in {cluster.directory} (its data is kept)")
     return cluster
 
@@ -99,7 +108,7 @@ def cluster_up(args: argparse.Namespace) -> int:
     where = _escape(shlex.quote(str(args.dir)))
     _err().print(
         f"[green]cluster up[/green] in {_escape(str(cluster.directory))}. Next:\n"
-        "  set the environment printed on stdout (`eval \"$(keygen cluster up)\"` does it)\n"
+        '  set the environment printed on stdout (`eval "$(keygen cluster up)"` does it)\n'
         "  keygen serve                          # the service, on this topology\n"
         f"  keygen cluster status --dir {where}\n"
         f"  keygen cluster down --dir {where}"
@@ -128,16 +137,24 @@ def cluster_status(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in ("port", "pid") else "left")
     colours = {"running": "green", "paused": "yellow", "stopped": "red"}
     for p in status.processes:
-        table.add_row(p.name, str(p.port), str(p.pid or "-"),
-                      f"[{colours[p.state]}]{p.state}[/]", p.role or "-", _escape(p.detail))
+        table.add_row(
+            p.name,
+            str(p.port),
+            str(p.pid or "-"),
+            f"[{colours[p.state]}]{p.state}[/]",
+            p.role or "-",
+            _escape(p.detail),
+        )
     console = Console(highlight=False)
     console.print(table)
     if status.master is None:
         console.print("[red]current master: no Sentinel answers[/red]")
     else:
         host, port = status.master
-        console.print(f"current master: {host}:{port} (named by {status.master_votes} of "
-                      f"{status.sentinels_answering} answering Sentinels)")
+        console.print(
+            f"current master: {host}:{port} (named by {status.master_votes} of "
+            f"{status.sentinels_answering} answering Sentinels)"
+        )
     return 0 if healthy else 1
 
 
@@ -164,35 +181,62 @@ def cluster_down(args: argparse.Namespace) -> int:
 def add_cluster_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cluster up|status|down`` to the ``keygen`` command."""
     parser = subparsers.add_parser(
-        "cluster", help="run the local topology: Redis master + 2 replicas, 3 Sentinels, "
-        "PostgreSQL",
+        "cluster",
+        help="run the local topology: Redis master + 2 replicas, 3 Sentinels, PostgreSQL",
     )
     commands = parser.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
 
     def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                       help=f"the cluster's directory (default {DEFAULT_DIR})")
+        p.add_argument(
+            "--dir",
+            type=Path,
+            default=DEFAULT_DIR,
+            help=f"the cluster's directory (default {DEFAULT_DIR})",
+        )
         return p
 
-    p = with_dir(commands.add_parser(
-        "up", help="start the topology, wait until it is ready, print its environment"))
-    p.add_argument("--base-port", type=int, default=None, metavar="N",
-                   help=f"Redis on N..N+2, Sentinels on N+20000..N+20002, PostgreSQL on N+3 "
-                   f"(default {DEFAULT_BASE_PORT}, or free ports if those are taken; "
-                   "0 = free ports)")
-    p.add_argument("--down-after-ms", type=int, default=DEFAULT_DOWN_AFTER_MS, metavar="MS",
-                   help="Sentinel's down-after-milliseconds (default %(default)s)")
+    p = with_dir(
+        commands.add_parser(
+            "up", help="start the topology, wait until it is ready, print its environment"
+        )
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Redis on N..N+2, Sentinels on N+20000..N+20002, PostgreSQL on N+3 "
+        f"(default {DEFAULT_BASE_PORT}, or free ports if those are taken; "
+        "0 = free ports)",
+    )
+    p.add_argument(
+        "--down-after-ms",
+        type=int,
+        default=DEFAULT_DOWN_AFTER_MS,
+        metavar="MS",
+        help="Sentinel's down-after-milliseconds (default %(default)s)",
+    )
     p.add_argument("--no-postgres", action="store_true", help="do not run PostgreSQL")
-    p.add_argument("--timeout", type=float, default=90.0,
-                   help="seconds to wait for readiness (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for readiness (default %(default)s)",
+    )
     p.set_defaults(run=cluster_up)
 
-    p = with_dir(commands.add_parser(
-        "status", help="each process, its pid, role, and the master per the Sentinels"))
+    p = with_dir(
+        commands.add_parser(
+            "status", help="each process, its pid, role, and the master per the Sentinels"
+        )
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cluster_status)
 
     p = with_dir(commands.add_parser("down", help="stop exactly the processes `up` started"))
-    p.add_argument("--purge", action="store_true",
-                   help="then delete the directory (all Redis and PostgreSQL data)")
+    p.add_argument(
+        "--purge",
+        action="store_true",
+        help="then delete the directory (all Redis and PostgreSQL data)",
+    )
     p.set_defaults(run=cluster_down)

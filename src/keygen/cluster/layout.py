@@ -59,7 +59,7 @@ class Ports:
         ports = _proc.free_ports(REDIS_NODES + SENTINELS + 1)
         return cls(
             redis=tuple(ports[:REDIS_NODES]),
-            sentinels=tuple(ports[REDIS_NODES:REDIS_NODES + SENTINELS]),
+            sentinels=tuple(ports[REDIS_NODES : REDIS_NODES + SENTINELS]),
             postgres=ports[-1] if with_postgres else None,
         )
 

@@ -74,8 +74,13 @@ class PostgresNode:
     kind = "postgres"
 
     def __init__(
-        self, directory: Path, port: int, *, bin_dir: Path | None = None,
-        database: str | None = DEFAULT_DATABASE, name: str = "postgres",
+        self,
+        directory: Path,
+        port: int,
+        *,
+        bin_dir: Path | None = None,
+        database: str | None = DEFAULT_DATABASE,
+        name: str = "postgres",
         progress: Progress = quiet,
     ) -> None:
         if database is not None and not _IDENTIFIER.match(database):
@@ -128,10 +133,20 @@ class PostgresNode:
         if user:
             shutil.chown(self.directory, user, user)
             self._check_reachable(user)
-        self._run([
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SERVER_USER,
-            "--auth=trust", "-E", "UTF8", "--locale=C",
-        ], what="initdb")
+        self._run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SERVER_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            what="initdb",
+        )
         settings = "".join(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as fh:
@@ -149,16 +164,24 @@ class PostgresNode:
         _proc.wait_gone(stale, timeout, zombies_count=True)
         self._killed = []
         result = self._pg_ctl(
-            "-w", "-t", str(max(1, int(timeout))), "-l", str(self.log_path),
-            "-o", f"-p {self.port}", "start", timeout=timeout + 5,
+            "-w",
+            "-t",
+            str(max(1, int(timeout))),
+            "-l",
+            str(self.log_path),
+            "-o",
+            f"-p {self.port}",
+            "start",
+            timeout=timeout + 5,
         )
         if result.returncode != 0:
             raise ClusterError(
                 f"{self.name}: pg_ctl start failed: {result.stdout}{result.stderr}\n"
                 f"{self.log_tail()}"
             )
-        _proc.wait_until(self.accepts_connections, timeout, f"{self.name} to accept connections",
-                         self.log_tail)
+        _proc.wait_until(
+            self.accepts_connections, timeout, f"{self.name} to accept connections", self.log_tail
+        )
         if self.database is not None:
             self.create_database(self.database)
         if self.on_start is not None:
@@ -172,8 +195,7 @@ class PostgresNode:
         if not pids:
             return
         self.resume()  # a paused server would never answer the stop request
-        self._pg_ctl("-w", "-t", str(max(1, int(timeout))), "-m", mode, "stop",
-                     timeout=timeout + 5)
+        self._pg_ctl("-w", "-t", str(max(1, int(timeout))), "-m", mode, "stop", timeout=timeout + 5)
         _proc.wait_gone(pids, timeout, zombies_count=True)
 
     def kill(self, timeout: float = 30.0) -> None:
@@ -258,9 +280,19 @@ class PostgresNode:
     def accepts_connections(self) -> bool:
         """``pg_isready`` against our port."""
         result = subprocess.run(
-            [str(self.bin_dir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
-             "-t", "1"],
-            capture_output=True, check=False, timeout=10,
+            [
+                str(self.bin_dir / "pg_isready"),
+                "-q",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-t",
+                "1",
+            ],
+            capture_output=True,
+            check=False,
+            timeout=10,
         )
         return result.returncode == 0
 
@@ -277,10 +309,28 @@ class PostgresNode:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run one SQL command through ``psql`` as the superuser; return its unaligned output."""
         result = subprocess.run(
-            [str(self.bin_dir / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
-             "-h", self.host, "-p", str(self.port), "-U", SERVER_USER, "-d", database,
-             "-c", sql],
-            capture_output=True, text=True, check=False, timeout=60,
+            [
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-q",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                SERVER_USER,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
         )
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: psql failed: {result.stderr.strip()}")
@@ -314,7 +364,8 @@ class PostgresNode:
     def _check_reachable(self, user: str) -> None:
         """Fail clearly when ``user`` cannot reach our directory (e.g. under a 0700 parent)."""
         probe = subprocess.run(
-            _proc.as_user(["test", "-w", str(self.directory)], user), check=False,
+            _proc.as_user(["test", "-w", str(self.directory)], user),
+            check=False,
             capture_output=True,
         )
         if probe.returncode != 0:
@@ -333,8 +384,12 @@ class PostgresNode:
 
     def _run(self, argv: list[str], what: str) -> None:
         result = subprocess.run(
-            _proc.as_user(argv, self._server_user()), capture_output=True, text=True,
-            cwd=self.directory, check=False, timeout=300,
+            _proc.as_user(argv, self._server_user()),
+            capture_output=True,
+            text=True,
+            cwd=self.directory,
+            check=False,
+            timeout=300,
         )
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: {what} failed: {result.stdout}{result.stderr}")
@@ -342,13 +397,18 @@ class PostgresNode:
     def pg_ctl_argv(self, *args: str) -> list[str]:
         """``pg_ctl -D <data dir> ARGS`` as the server's user: a command another process (a
         test session's watchdog, say) can run on this node after we are gone."""
-        return _proc.as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
-                             self._server_user())
+        return _proc.as_user(
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args], self._server_user()
+        )
 
     def _pg_ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.pg_ctl_argv(*args), capture_output=True, text=True, cwd=self.directory,
-            check=False, timeout=timeout,
+            self.pg_ctl_argv(*args),
+            capture_output=True,
+            text=True,
+            cwd=self.directory,
+            check=False,
+            timeout=timeout,
             start_new_session=True,  # the postmaster must outlive `keygen cluster up`
         )
 

@@ -149,13 +149,21 @@ def pause_pids(pids: Iterable[int], timeout: float = 5.0) -> None:
     is delivered when the process is next scheduled, which on a busy machine is not at once."""
     pids = list(pids)
     signal_pids(pids, signal.SIGSTOP)
-    wait_until(lambda: all(process_state(pid) in ("T", "t", "Z", None) for pid in pids), timeout,
-               f"processes {pids} to stop", interval=0.01)
+    wait_until(
+        lambda: all(process_state(pid) in ("T", "t", "Z", None) for pid in pids),
+        timeout,
+        f"processes {pids} to stop",
+        interval=0.01,
+    )
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str,
-    detail: Callable[[], str] | None = None, *, interval: float = POLL_INTERVAL,
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    detail: Callable[[], str] | None = None,
+    *,
+    interval: float = POLL_INTERVAL,
 ) -> None:
     """Poll ``condition`` every ``interval`` seconds until it holds; raise ``ClusterError``
     naming ``what`` after ``timeout`` seconds (with ``detail()`` appended, e.g. a log tail)."""
@@ -170,8 +178,9 @@ def wait_until(
 def wait_gone(pids: Sequence[int], timeout: float, *, zombies_count: bool = False) -> None:
     """Wait until none of ``pids`` runs; with ``zombies_count``, until they are reaped too."""
     alive = exists if zombies_count else is_alive
-    wait_until(lambda: not any(alive(pid) for pid in pids), timeout,
-               f"processes {list(pids)} to exit")
+    wait_until(
+        lambda: not any(alive(pid) for pid in pids), timeout, f"processes {list(pids)} to exit"
+    )
 
 
 def as_user(argv: Sequence[str], user: str | None) -> list[str]:
@@ -186,8 +195,13 @@ def spawn(argv: Sequence[str], *, cwd: Path, console_log: Path) -> subprocess.Po
         out.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         out.flush()
         return subprocess.Popen(
-            list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
         )
 
 

@@ -31,8 +31,9 @@ class Readiness:
 
     def sentinel_master(self) -> tuple[tuple[str, int] | None, int, int]:
         """The master named by most answering Sentinels: (address, votes, answering)."""
-        answers = [s.master_address() for s in self.sentinels if s.is_running()
-                   and not s.is_paused()]
+        answers = [
+            s.master_address() for s in self.sentinels if s.is_running() and not s.is_paused()
+        ]
         named = Counter(a for a in answers if a is not None)
         if not named:
             return None, 0, 0
@@ -64,8 +65,9 @@ class Readiness:
         found: list[RedisNode] = []
 
         def promoted() -> bool:
-            answers = {s.master_address() for s in self.sentinels
-                       if s.is_running() and not s.is_paused()}
+            answers = {
+                s.master_address() for s in self.sentinels if s.is_running() and not s.is_paused()
+            }
             if len(answers) != 1 or None in answers:
                 return False
             (address,) = answers
@@ -77,29 +79,48 @@ class Readiness:
             found[:] = [node]
             return True
 
-        _proc.wait_until(promoted, timeout, f"a failover away from {old_master.name}",
-                         self._sentinel_detail, interval=FAULT_POLL_INTERVAL)
+        _proc.wait_until(
+            promoted,
+            timeout,
+            f"a failover away from {old_master.name}",
+            self._sentinel_detail,
+            interval=FAULT_POLL_INTERVAL,
+        )
         return found[0]
 
     def wait_in_sync(self, timeout: float = 30.0) -> None:
         """Wait until every running data node other than the master is an in-sync replica
         of it."""
+
         def synced() -> bool:
             try:
                 master = self.master()
             except ClusterError:
                 return False
-            return all(n.in_sync(of=master.port)
-                       for n in self.redis_nodes if n is not master and n.is_running())
+            return all(
+                n.in_sync(of=master.port)
+                for n in self.redis_nodes
+                if n is not master and n.is_running()
+            )
 
-        _proc.wait_until(synced, timeout, "the replicas to be in sync", self._replication_detail,
-                         interval=FAULT_POLL_INTERVAL)
+        _proc.wait_until(
+            synced,
+            timeout,
+            "the replicas to be in sync",
+            self._replication_detail,
+            interval=FAULT_POLL_INTERVAL,
+        )
 
     def wait_sentinels_ready(self, timeout: float = 30.0) -> None:
         """Wait until every Sentinel names the same master, sees all its replicas and the
         other Sentinels, and has its quorum (a restarted one learns of failovers it missed)."""
-        _proc.wait_until(self._sentinels_ready, timeout, "the Sentinels to agree",
-                         self._sentinel_detail, interval=FAULT_POLL_INTERVAL)
+        _proc.wait_until(
+            self._sentinels_ready,
+            timeout,
+            "the Sentinels to agree",
+            self._sentinel_detail,
+            interval=FAULT_POLL_INTERVAL,
+        )
 
     # -- conditions -----------------------------------------------------------------------
 
@@ -108,19 +129,26 @@ class Readiness:
             infos = [node.info_replication() for node in self.redis_nodes]
         except redis.RedisError:
             return False
-        masters = [n for n, info in zip(self.redis_nodes, infos, strict=True)
-                   if info.get("role") == "master"]
+        masters = [
+            n
+            for n, info in zip(self.redis_nodes, infos, strict=True)
+            if info.get("role") == "master"
+        ]
         if len(masters) != 1:
             return False
         return all(
-            info.get("master_port") == masters[0].port and info.get("master_link_status") == "up"
+            info.get("master_port") == masters[0].port
+            and info.get("master_link_status") == "up"
             and not info.get("master_sync_in_progress")
-            for node, info in zip(self.redis_nodes, infos, strict=True) if node is not masters[0]
+            for node, info in zip(self.redis_nodes, infos, strict=True)
+            if node is not masters[0]
         )
 
     def _replication_detail(self) -> str:
-        return "\n".join(f"{n.name}: role={n.role()} in_sync={n.in_sync()}\n{n.log_tail(800)}"
-                         for n in self.redis_nodes)
+        return "\n".join(
+            f"{n.name}: role={n.role()} in_sync={n.in_sync()}\n{n.log_tail(800)}"
+            for n in self.redis_nodes
+        )
 
     def _sentinels_ready(self) -> bool:
         replicas, others = len(self.redis_nodes) - 1, len(self.sentinels) - 1
@@ -133,10 +161,13 @@ class Readiness:
             port = int(state.get("port", 0))
             if master_port is None:
                 master_port = port
-            if (port != master_port or state.get("flags") != "master"
-                    or int(state.get("num-slaves", 0)) != replicas
-                    or int(state.get("num-other-sentinels", 0)) != others
-                    or not sentinel.ckquorum()):
+            if (
+                port != master_port
+                or state.get("flags") != "master"
+                or int(state.get("num-slaves", 0)) != replicas
+                or int(state.get("num-other-sentinels", 0)) != others
+                or not sentinel.ckquorum()
+            ):
                 return False
         return True
 

@@ -63,7 +63,12 @@ class _ServerProcess:
     conf_name = "redis.conf"
 
     def __init__(
-        self, directory: Path, port: int, *, name: str, binary: Path | None = None,
+        self,
+        directory: Path,
+        port: int,
+        *,
+        name: str,
+        binary: Path | None = None,
         progress: Progress = quiet,
     ) -> None:
         self.directory = Path(directory).absolute()
@@ -130,6 +135,7 @@ class _ServerProcess:
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the server answers ``PING`` (not ``LOADING``)."""
+
         def ready() -> bool:
             if not self.is_running():
                 raise ClusterError(f"{self.name} exited while starting:\n{self.log_tail()}")
@@ -177,8 +183,8 @@ class _ServerProcess:
         return self._pid is not None and self.owns(self._pid)
 
     def is_paused(self) -> bool:
-        return self.is_running() and self._pid is not None and (
-            _proc.process_state(self._pid) == "T"
+        return (
+            self.is_running() and self._pid is not None and (_proc.process_state(self._pid) == "T")
         )
 
     def kill(self, sig: int = signal.SIGKILL, *, timeout: float = 30.0) -> None:
@@ -197,8 +203,9 @@ class _ServerProcess:
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                raise ClusterError(f"{self.name} (pid {self._pid}) did not exit in "
-                                   f"{timeout:g}s") from None
+                raise ClusterError(
+                    f"{self.name} (pid {self._pid}) did not exit in {timeout:g}s"
+                ) from None
         elif self._pid is not None:
             _proc.wait_gone([self._pid], timeout)
 
@@ -236,8 +243,11 @@ class _ServerProcess:
         """A redis-py client for this node (strings decoded, short timeouts, no retries);
         ``options`` override the defaults. Close it (or use it as a context manager)."""
         defaults: dict[str, Any] = {
-            "host": self.host, "port": self.port, "decode_responses": True,
-            "socket_timeout": CONTROL_TIMEOUT, "socket_connect_timeout": CONTROL_TIMEOUT,
+            "host": self.host,
+            "port": self.port,
+            "decode_responses": True,
+            "socket_timeout": CONTROL_TIMEOUT,
+            "socket_connect_timeout": CONTROL_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
         return redis.Redis(**{**defaults, **options})
@@ -261,14 +271,21 @@ class RedisNode(_ServerProcess):
     kind = "redis"
 
     def __init__(
-        self, directory: Path, port: int, *, name: str | None = None,
-        replicaof: int | None = None, appendfsync: str = DEFAULT_APPENDFSYNC,
-        binary: Path | None = None, progress: Progress = quiet,
+        self,
+        directory: Path,
+        port: int,
+        *,
+        name: str | None = None,
+        replicaof: int | None = None,
+        appendfsync: str = DEFAULT_APPENDFSYNC,
+        binary: Path | None = None,
+        progress: Progress = quiet,
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
-        super().__init__(directory, port, name=name or f"redis-{port}", binary=binary,
-                         progress=progress)
+        super().__init__(
+            directory, port, name=name or f"redis-{port}", binary=binary, progress=progress
+        )
         self.replicaof = replicaof
         self.appendfsync = appendfsync
 
@@ -308,9 +325,12 @@ class RedisNode(_ServerProcess):
             info = self.info_replication()
         except redis.RedisError:
             return False
-        return (info.get("role") == "slave" and info.get("master_link_status") == "up"
-                and not info.get("master_sync_in_progress")
-                and (of is None or str(info.get("master_port")) == str(of)))
+        return (
+            info.get("role") == "slave"
+            and info.get("master_link_status") == "up"
+            and not info.get("master_sync_in_progress")
+            and (of is None or str(info.get("master_port")) == str(of))
+        )
 
     def describe(self) -> tuple[str | None, str]:
         """``master`` with its replica count, or ``replica`` with its master and link."""
@@ -335,14 +355,23 @@ class SentinelNode(_ServerProcess):
     conf_name = "sentinel.conf"
 
     def __init__(
-        self, directory: Path, port: int, *, master_port: int, name: str | None = None,
-        master_name: str = DEFAULT_MASTER_NAME, quorum: int = DEFAULT_QUORUM,
+        self,
+        directory: Path,
+        port: int,
+        *,
+        master_port: int,
+        name: str | None = None,
+        master_name: str = DEFAULT_MASTER_NAME,
+        quorum: int = DEFAULT_QUORUM,
         down_after_ms: int = DEFAULT_DOWN_AFTER_MS,
-        failover_timeout_ms: int = DEFAULT_FAILOVER_TIMEOUT_MS, parallel_syncs: int = 1,
-        binary: Path | None = None, progress: Progress = quiet,
+        failover_timeout_ms: int = DEFAULT_FAILOVER_TIMEOUT_MS,
+        parallel_syncs: int = 1,
+        binary: Path | None = None,
+        progress: Progress = quiet,
     ) -> None:
-        super().__init__(directory, port, name=name or f"sentinel-{port}", binary=binary,
-                         progress=progress)
+        super().__init__(
+            directory, port, name=name or f"sentinel-{port}", binary=binary, progress=progress
+        )
         self.master_port = master_port
         self.master_name = master_name
         self.quorum = quorum

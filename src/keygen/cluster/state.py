@@ -55,13 +55,22 @@ class StateFile:
         processes = []
         for node in nodes:
             pid = node.pid if node.is_running() else None
-            processes.append({
-                "name": node.name, "kind": node.kind, "port": node.port,
-                "dir": node.directory.name, "pid": pid,
-                "start_time": _proc.start_time(pid) if pid else None,
-            })
-        state = {"version": STATE_VERSION, "updated_at": time.time(), **asdict(settings),
-                 "processes": processes}
+            processes.append(
+                {
+                    "name": node.name,
+                    "kind": node.kind,
+                    "port": node.port,
+                    "dir": node.directory.name,
+                    "pid": pid,
+                    "start_time": _proc.start_time(pid) if pid else None,
+                }
+            )
+        state = {
+            "version": STATE_VERSION,
+            "updated_at": time.time(),
+            **asdict(settings),
+            "processes": processes,
+        }
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".json.tmp")
@@ -74,17 +83,26 @@ class StateFile:
             state = json.loads(self.path.read_text())
         except FileNotFoundError:
             raise ClusterError(
-                f"no cluster recorded in {self.path.parent} (no {STATE_FILE})") from None
+                f"no cluster recorded in {self.path.parent} (no {STATE_FILE})"
+            ) from None
         except (OSError, ValueError) as exc:
             raise ClusterError(f"cannot read {self.path}: {exc}") from exc
         if state.get("version") != STATE_VERSION:
             raise ClusterError(f"{self.path}: unknown state version {state.get('version')!r}")
         recorded = state["ports"]
         settings = ClusterSettings(
-            state["master_name"], state["quorum"], state["down_after_ms"],
-            state["failover_timeout_ms"], state["appendfsync"], state.get("base_port"),
-            Ports(redis=tuple(recorded["redis"]), sentinels=tuple(recorded["sentinels"]),
-                  postgres=recorded["postgres"]),
+            state["master_name"],
+            state["quorum"],
+            state["down_after_ms"],
+            state["failover_timeout_ms"],
+            state["appendfsync"],
+            state.get("base_port"),
+            Ports(
+                redis=tuple(recorded["redis"]),
+                sentinels=tuple(recorded["sentinels"]),
+                postgres=recorded["postgres"],
+            ),
         )
-        return settings, {p["name"]: (p.get("pid"), p.get("start_time"))
-                          for p in state["processes"]}
+        return settings, {
+            p["name"]: (p.get("pid"), p.get("start_time")) for p in state["processes"]
+        }

@@ -54,5 +54,6 @@ def status_of(node: Node) -> ProcessStatus:
     paused = running and node.is_paused()
     state = "paused" if paused else "running" if running else "stopped"
     role, detail = node.describe() if running and not paused else (None, "")
-    return ProcessStatus(node.name, node.kind, node.port, node.pid if running else None, state,
-                         role, detail)
+    return ProcessStatus(
+        node.name, node.kind, node.port, node.pid if running else None, state, role, detail
+    )

@@ -59,11 +59,17 @@ class LocalCluster(Readiness):
     """
 
     def __init__(
-        self, directory: Path | str, base_port: int | None = None,
-        down_after_ms: int = DEFAULT_DOWN_AFTER_MS, master_name: str = DEFAULT_MASTER_NAME,
-        quorum: int = DEFAULT_QUORUM, with_postgres: bool = True, *,
+        self,
+        directory: Path | str,
+        base_port: int | None = None,
+        down_after_ms: int = DEFAULT_DOWN_AFTER_MS,
+        master_name: str = DEFAULT_MASTER_NAME,
+        quorum: int = DEFAULT_QUORUM,
+        with_postgres: bool = True,
+        *,
         failover_timeout_ms: int = DEFAULT_FAILOVER_TIMEOUT_MS,
-        appendfsync: str = DEFAULT_APPENDFSYNC, progress: Progress | None = None,
+        appendfsync: str = DEFAULT_APPENDFSYNC,
+        progress: Progress | None = None,
         ports: Ports | None = None,
     ) -> None:
         if down_after_ms < 1 or failover_timeout_ms < 1:
@@ -80,27 +86,43 @@ class LocalCluster(Readiness):
         self.appendfsync = appendfsync
         self.progress: Progress = progress or quiet
         if ports is None:
-            ports = (Ports.free(with_postgres=with_postgres) if base_port is None
-                     else Ports.from_base(base_port, with_postgres=with_postgres))
+            ports = (
+                Ports.free(with_postgres=with_postgres)
+                if base_port is None
+                else Ports.from_base(base_port, with_postgres=with_postgres)
+            )
         self.ports = ports
         say = self.progress
         first = ports.redis[0]
         self.redis_nodes = [
-            RedisNode(self.directory / f"redis-{i + 1}", port, name=f"redis-{i + 1}",
-                      replicaof=None if i == 0 else first, appendfsync=appendfsync,
-                      progress=say)
+            RedisNode(
+                self.directory / f"redis-{i + 1}",
+                port,
+                name=f"redis-{i + 1}",
+                replicaof=None if i == 0 else first,
+                appendfsync=appendfsync,
+                progress=say,
+            )
             for i, port in enumerate(ports.redis)
         ]
         self.sentinels = [
-            SentinelNode(self.directory / f"sentinel-{i + 1}", port, name=f"sentinel-{i + 1}",
-                         master_port=first, master_name=master_name, quorum=quorum,
-                         down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms,
-                         progress=say)
+            SentinelNode(
+                self.directory / f"sentinel-{i + 1}",
+                port,
+                name=f"sentinel-{i + 1}",
+                master_port=first,
+                master_name=master_name,
+                quorum=quorum,
+                down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms,
+                progress=say,
+            )
             for i, port in enumerate(ports.sentinels)
         ]
         self.postgres: PostgresNode | None = (
             PostgresNode(self.directory / "postgres", ports.postgres, progress=say)
-            if ports.postgres is not None else None
+            if ports.postgres is not None
+            else None
         )
         self._state = StateFile(self.directory)
         for node in self.nodes():
@@ -117,9 +139,15 @@ class LocalCluster(Readiness):
 
     def save_state(self) -> None:
         """Write ``cluster.json`` (atomically): the settings, and each node's port and pid."""
-        settings = ClusterSettings(self.master_name, self.quorum, self.down_after_ms,
-                                   self.failover_timeout_ms, self.appendfsync, self.base_port,
-                                   self.ports)
+        settings = ClusterSettings(
+            self.master_name,
+            self.quorum,
+            self.down_after_ms,
+            self.failover_timeout_ms,
+            self.appendfsync,
+            self.base_port,
+            self.ports,
+        )
         self._state.write(settings, self.nodes())
 
     @classmethod
@@ -127,9 +155,15 @@ class LocalCluster(Readiness):
         """Reattach to the topology recorded in ``directory/cluster.json``."""
         settings, recorded = StateFile(Path(directory).absolute()).read()
         cluster = cls(
-            directory, settings.base_port, settings.down_after_ms, settings.master_name,
-            settings.quorum, settings.ports.postgres is not None, progress=progress,
-            failover_timeout_ms=settings.failover_timeout_ms, appendfsync=settings.appendfsync,
+            directory,
+            settings.base_port,
+            settings.down_after_ms,
+            settings.master_name,
+            settings.quorum,
+            settings.ports.postgres is not None,
+            progress=progress,
+            failover_timeout_ms=settings.failover_timeout_ms,
+            appendfsync=settings.appendfsync,
             ports=settings.ports,
         )
         for node in cluster.nodes():
@@ -200,22 +234,34 @@ class LocalCluster(Readiness):
             # down through a failover still believes it is master until they demote it.
             self._start_sentinels(deadline)
             self.progress("waiting for the Sentinels to settle the roles")
-        _proc.wait_until(self._replication_ready, max(1.0, deadline - time.monotonic()),
-                         "the replicas to be in sync with the master", self._replication_detail)
+        _proc.wait_until(
+            self._replication_ready,
+            max(1.0, deadline - time.monotonic()),
+            "the replicas to be in sync with the master",
+            self._replication_detail,
+        )
         roles = {node.name: node.role() for node in self.redis_nodes}
-        self.progress("replication ready: master "
-                      + ", ".join(n for n, r in roles.items() if r == "master") + "; replicas "
-                      + ", ".join(n for n, r in roles.items() if r == "replica")
-                      + " in sync (master_link_status:up)")
+        self.progress(
+            "replication ready: master "
+            + ", ".join(n for n, r in roles.items() if r == "master")
+            + "; replicas "
+            + ", ".join(n for n, r in roles.items() if r == "replica")
+            + " in sync (master_link_status:up)"
+        )
         if fresh:
             # Started after the replicas are in sync, so that a Sentinel's first INFO of the
             # master already lists them (it asks again only every 10 s).
             self._start_sentinels(deadline)
-        _proc.wait_until(self._sentinels_ready, max(1.0, deadline - time.monotonic()),
-                         "every Sentinel to know the master, its replicas and the other "
-                         "Sentinels, with quorum", self._sentinel_detail)
-        self.progress(f"{SENTINELS} Sentinels agree on master {self.master_name} at "
-                      f"{HOST}:{self.master().port}; CKQUORUM OK")
+        _proc.wait_until(
+            self._sentinels_ready,
+            max(1.0, deadline - time.monotonic()),
+            "every Sentinel to know the master, its replicas and the other Sentinels, with quorum",
+            self._sentinel_detail,
+        )
+        self.progress(
+            f"{SENTINELS} Sentinels agree on master {self.master_name} at "
+            f"{HOST}:{self.master().port}; CKQUORUM OK"
+        )
 
     def _start_sentinels(self, deadline: float) -> None:
         for sentinel in self.sentinels:
@@ -228,9 +274,13 @@ class LocalCluster(Readiness):
         """Stop the recorded processes (Sentinels, then replicas, then the master, then
         PostgreSQL), each only after ``/proc`` confirms it is still ours. Never raises for
         one node: it goes on with the others and reports every outcome."""
-        order: list[Node] = [*self.sentinels, *sorted(
-            self.redis_nodes, key=lambda n: n.is_running() and not n.is_paused()
-            and n.role() == "master")]
+        order: list[Node] = [
+            *self.sentinels,
+            *sorted(
+                self.redis_nodes,
+                key=lambda n: n.is_running() and not n.is_paused() and n.role() == "master",
+            ),
+        ]
         if self.postgres is not None:
             order.append(self.postgres)
         report = [_stop_recorded(node, timeout) for node in order]
@@ -277,8 +327,9 @@ def _stop_recorded(node: Node, timeout: float) -> str:
         return f"{node.name}: not running"
     try:
         if not node.is_running():
-            why = ("is now another process; left alone" if _proc.is_alive(recorded)
-                   else "not running")
+            why = (
+                "is now another process; left alone" if _proc.is_alive(recorded) else "not running"
+            )
             node.attach(None, None)
             return f"{node.name}: pid {recorded} {why}"
         try:

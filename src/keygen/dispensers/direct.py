@@ -55,8 +55,10 @@ class DirectDispenser:
                 fitting = fit(namespace, batch, exhausted.remaining)
                 if len(fitting) == len(batch):  # the ledger contradicts itself; give up
                     for request in batch:
-                        request.fail(NamespaceExhausted(
-                            namespace, request.size, exhausted.remaining), cause=exhausted)
+                        request.fail(
+                            NamespaceExhausted(namespace, request.size, exhausted.remaining),
+                            cause=exhausted,
+                        )
                     return
                 batch = fitting
                 continue

@@ -71,10 +71,15 @@ class JournalReserve:
     def records(self) -> list[Record]:
         """The records that describe it as it is now (for a rewritten journal)."""
         key = {"namespace": self.namespace, "start": self.start}
-        records: list[Record] = [{
-            "type": "reserve", **key, "end": self.end, "ledger": self.ledger,
-            "at": self.granted_at,
-        }]
+        records: list[Record] = [
+            {
+                "type": "reserve",
+                **key,
+                "end": self.end,
+                "ledger": self.ledger,
+                "at": self.granted_at,
+            }
+        ]
         if self.mark >= self.start:
             records.append({"type": "mark", **key, "mark": self.mark})
         if self.retired is not None:
@@ -234,7 +239,11 @@ class Journal:
                 log.warning(
                     "reserve journal %s: reserve %d..%d of %r was granted by the ledger at %s, "
                     "not this one (%s): dropped, never served from",
-                    self.path, reserve.start, reserve.end, reserve.namespace, reserve.ledger,
+                    self.path,
+                    reserve.start,
+                    reserve.end,
+                    reserve.namespace,
+                    reserve.ledger,
                     self.location,
                 )
                 rewrite = True
@@ -243,8 +252,13 @@ class Journal:
         if result.damage is not None:
             self._abandon(keep, result.damage, data)
         self.reserves = keep
-        opened = {"type": "open", "version": JOURNAL_VERSION, "owner": owner,
-                  "pid": os.getpid(), "at": time.time()}
+        opened = {
+            "type": "open",
+            "version": JOURNAL_VERSION,
+            "owner": owner,
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
         if rewrite:
             self._rewrite([opened, *(r for reserve in keep for r in reserve.records())])
         else:
@@ -264,7 +278,10 @@ class Journal:
         log.error(
             "reserve journal %s is damaged (%s): its reserves are abandoned, never served from "
             "again (their IDs are wasted): %s; the damaged file is kept as %s",
-            self.path, damage, ", ".join(described) or "none open", copy,
+            self.path,
+            damage,
+            ", ".join(described) or "none open",
+            copy,
         )
 
     def append(self, records: Sequence[Record], *, sync: bool = True) -> None:
@@ -284,8 +301,9 @@ class Journal:
         old = self._require_fd()
         records = list(records)
         temporary = self.path.with_name(f"{self.path.name}.tmp")
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(
+            temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _write_all(fd, b"".join(encode(record) for record in records))
@@ -363,4 +381,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

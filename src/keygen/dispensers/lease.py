@@ -50,9 +50,7 @@ class LeaseDispenser:
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
         if size > self.lease_size:
-            return await self._ledger.grant(
-                namespace, size, kind=GRANT_DIRECT, holder=self._holder
-            )
+            return await self._ledger.grant(namespace, size, kind=GRANT_DIRECT, holder=self._holder)
         while True:
             carved = self._carve(namespace, size)
             if carved is not None:

@@ -71,8 +71,15 @@ class RedisDispenser:
     source = SOURCE_REDIS
 
     def __init__(
-        self, redis: Redis, ledger: Ledger, *, holder: str, lease_size: int,
-        min_lease_size: int, max_lease_size: int, lock_timeout: float,
+        self,
+        redis: Redis,
+        ledger: Ledger,
+        *,
+        holder: str,
+        lease_size: int,
+        min_lease_size: int,
+        max_lease_size: int,
+        lock_timeout: float,
     ) -> None:
         self.redis = redis
         self.active_locks = 0
@@ -180,22 +187,31 @@ class RedisDispenser:
             if exhausted.remaining < size:
                 # What is left: in the ledger, and in the lease if it can still serve.
                 usable = state.left if state.grant and not state.fenced else 0
-                raise NamespaceExhausted(
-                    namespace, size, exhausted.remaining + usable
-                ) from None
+                raise NamespaceExhausted(namespace, size, exhausted.remaining + usable) from None
             grant = await self._ledger.grant(
                 namespace, exhausted.remaining, kind=GRANT_LEASE, holder=self._holder
             )
         grant_id = f"{namespace}:{grant.start}"
         reply = await self._call(
-            fn.INSTALL, key, state.grant, grant_id, str(grant.start), str(grant.size),
+            fn.INSTALL,
+            key,
+            state.grant,
+            grant_id,
+            str(grant.start),
+            str(grant.size),
             repr(time.time()),
         )
         if reply[0] == "INSTALLED":
             self.refills += 1
             self.ids_wasted += state.left
-            log.info("installed lease %s..%s of %r (%s IDs)%s", grant.start, grant.end,
-                     namespace, grant.size, " after a fence" if state.fenced else "")
+            log.info(
+                "installed lease %s..%s of %r (%s IDs)%s",
+                grant.start,
+                grant.end,
+                namespace,
+                grant.size,
+                " after a fence" if state.fenced else "",
+            )
         else:  # CONFLICT: someone installed one meanwhile; ours is never used
             self.ids_wasted += grant.size
 

@@ -100,8 +100,12 @@ def _namespace_snapshot(reserve: _Reserve | None, per_minute: float) -> ReserveN
             held=False, ids_per_minute=round(per_minute, 1), minutes_left=None
         )
     return ReserveNamespaceSnapshot(
-        held=True, start=reserve.start, end=reserve.end, remaining=reserve.remaining,
-        used=reserve.used_end - reserve.start + 1, journaled_mark=reserve.durable,
+        held=True,
+        start=reserve.start,
+        end=reserve.end,
+        remaining=reserve.remaining,
+        used=reserve.used_end - reserve.start + 1,
+        journaled_mark=reserve.durable,
         ids_per_minute=round(per_minute, 1),
         minutes_left=round(reserve.remaining / per_minute, 2) if per_minute > 0 else None,
     )
@@ -139,7 +143,12 @@ class ReserveDispenser:
     source = SOURCE_RESERVE
 
     def __init__(
-        self, ledger: Ledger, journal: Journal, *, size: int, namespaces: tuple[str, ...],
+        self,
+        ledger: Ledger,
+        journal: Journal,
+        *,
+        size: int,
+        namespaces: tuple[str, ...],
         holder: str,
     ) -> None:
         if size < 1:
@@ -174,14 +183,27 @@ class ReserveDispenser:
                 reserve.retired = entry.retired
                 self._pending.append(reserve)
                 continue
-            log.info("reserve journal %s: resuming reserve %d..%d of %r above its mark %d",
-                     journal.path, reserve.start, reserve.end, reserve.namespace, entry.mark)
+            log.info(
+                "reserve journal %s: resuming reserve %d..%d of %r above its mark %d",
+                journal.path,
+                reserve.start,
+                reserve.end,
+                reserve.namespace,
+                entry.mark,
+            )
             self._current[entry.namespace] = reserve
 
     @classmethod
     async def open(
-        cls, ledger: Ledger, *, data_dir: Path, slots: int, size: int,
-        namespaces: tuple[str, ...], instance_id: str, location: str,
+        cls,
+        ledger: Ledger,
+        *,
+        data_dir: Path,
+        slots: int,
+        size: int,
+        namespaces: tuple[str, ...],
+        instance_id: str,
+        location: str,
     ) -> ReserveDispenser:
         """Lock a journal slot in ``data_dir``, replay it, and start the keeper.
 
@@ -191,8 +213,13 @@ class ReserveDispenser:
         journal = await asyncio.to_thread(
             Journal.open, data_dir, slots=slots, location=location, owner=instance_id
         )
-        dispenser = cls(ledger, journal, size=size, namespaces=namespaces,
-                        holder=f"{instance_id}/reserve-{journal.slot}")
+        dispenser = cls(
+            ledger,
+            journal,
+            size=size,
+            namespaces=namespaces,
+            holder=f"{instance_id}/reserve-{journal.slot}",
+        )
         dispenser.start()
         return dispenser
 
@@ -237,12 +264,19 @@ class ReserveDispenser:
     def _served(self, reserve: _Reserve, size: int) -> None:
         now = time.monotonic()
         if self._last_served_at is None or now - self._last_served_at > SERVING_WINDOW:
-            log.warning("serving from the emergency reserve: Redis and the ledger cannot; "
-                        "%d IDs left in %r", reserve.remaining, reserve.namespace)
+            log.warning(
+                "serving from the emergency reserve: Redis and the ledger cannot; "
+                "%d IDs left in %r",
+                reserve.remaining,
+                reserve.namespace,
+            )
         self._last_served_at = self._last_served[reserve.namespace] = now
         self.ids_served += size
-        if (not reserve.prefetching and reserve.durable < reserve.end
-                and reserve.durable - reserve.cursor + 1 < reserve.chunk // 2):
+        if (
+            not reserve.prefetching
+            and reserve.durable < reserve.end
+            and reserve.durable - reserve.cursor + 1 < reserve.chunk // 2
+        ):
             reserve.prefetching = True  # set now: carving never yields, the task starts later
             self._spawn(self._prefetch_mark(reserve))  # the next chunk, before it is needed
 
@@ -276,15 +310,20 @@ class ReserveDispenser:
             # next start replays whatever reached the disk, and distrusts it if damaged.
             if self.broken is None:
                 self.broken = f"{exc.strerror or exc}"
-                log.error("reserve journal %s cannot be written (%s): the emergency reserve "
-                          "is not served from until a restart", self.journal.path, self.broken)
+                log.error(
+                    "reserve journal %s cannot be written (%s): the emergency reserve "
+                    "is not served from until a restart",
+                    self.journal.path,
+                    self.broken,
+                )
             raise ReserveUnavailable(self._broken_message()) from exc
 
     def _broken_message(self) -> str:
         if self._closed:
             return "the emergency reserve is closed"
-        return (f"the emergency reserve's journal {self.journal.path} cannot be written "
-                f"({self.broken})")
+        return (
+            f"the emergency reserve's journal {self.journal.path} cannot be written ({self.broken})"
+        )
 
     def observe(self, namespace: str, size: int) -> None:
         """Note an allocation served by any layer: its namespace gets a reserve, and its rate
@@ -330,8 +369,9 @@ class ReserveDispenser:
     def _note_failure(self, exc: BaseException) -> None:
         message = str(exc) or type(exc).__name__
         if self.last_error is None:
-            log.warning("the emergency reserve's keeper cannot reach the ledger (%s); "
-                        "retrying", message)
+            log.warning(
+                "the emergency reserve's keeper cannot reach the ledger (%s); retrying", message
+            )
         self.last_error, self.last_error_at = message, time.time()
 
     async def _keep_once(self) -> None:
@@ -363,8 +403,7 @@ class ReserveDispenser:
                 )
             except NamespaceExhausted as exhausted:
                 if exhausted.remaining < 1:
-                    log.warning("namespace %r is exhausted: no emergency reserve for it",
-                                namespace)
+                    log.warning("namespace %r is exhausted: no emergency reserve for it", namespace)
                     del self._wanted[namespace]
                     return
                 granted = await self._ledger.grant(
@@ -372,10 +411,15 @@ class ReserveDispenser:
                 )
         fresh = _Reserve(namespace, granted.start, granted.end, granted.start - 1)
         old = self._current.get(namespace)
-        records: list[Record] = [{
-            "type": "reserve", **fresh.key(), "end": fresh.end,
-            "ledger": self.journal.location, "at": time.time(),
-        }]
+        records: list[Record] = [
+            {
+                "type": "reserve",
+                **fresh.key(),
+                "end": fresh.end,
+                "ledger": self.journal.location,
+                "at": time.time(),
+            }
+        ]
         if old is not None:
             records.append({"type": "retire", **old.key(), "reason": "replaced"})
         # Durable before it is served from; if this fails the grant is simply wasted.
@@ -388,15 +432,27 @@ class ReserveDispenser:
         old.retired = "replaced"
         self._pending.append(old)
         self.ids_wasted += old.remaining
-        log.info("took emergency reserve %d..%d of %r; retired %d..%d after %d IDs were used "
-                 "(%d wasted)", fresh.start, fresh.end, namespace, old.start, old.end,
-                 old.used_end - old.start + 1, old.remaining)
+        log.info(
+            "took emergency reserve %d..%d of %r; retired %d..%d after %d IDs were used "
+            "(%d wasted)",
+            fresh.start,
+            fresh.end,
+            namespace,
+            old.start,
+            old.end,
+            old.used_end - old.start + 1,
+            old.remaining,
+        )
 
     async def _record_usages(self) -> None:
         """Tell the ledger what became of each retired reserve, then forget it."""
         for reserve in list(self._pending):
             usage = ReserveUsage(
-                reserve.namespace, reserve.start, reserve.end, reserve.used_end, self.holder,
+                reserve.namespace,
+                reserve.start,
+                reserve.end,
+                reserve.used_end,
+                self.holder,
                 reserve.retired or "",
             )
             async with asyncio.timeout(LEDGER_CALL_TIMEOUT):
@@ -405,15 +461,23 @@ class ReserveDispenser:
                 log.warning(
                     "emergency reserve %d..%d of %r is not in the ledger's audit trail (was the "
                     "ledger restored from an older backup?): its counter was raised above it",
-                    reserve.start, reserve.end, reserve.namespace,
+                    reserve.start,
+                    reserve.end,
+                    reserve.namespace,
                 )
-            await self._append([{"type": "synced", **reserve.key(),
-                                 "used_end": reserve.used_end}])
+            await self._append([{"type": "synced", **reserve.key(), "used_end": reserve.used_end}])
             self._pending.remove(reserve)
             self.usages_recorded += 1
-            log.info("recorded in the ledger: emergency reserve %d..%d of %r, %d IDs used, "
-                     "%d wasted (%s)", reserve.start, reserve.end, reserve.namespace,
-                     usage.ids_used, usage.ids_wasted, usage.note)
+            log.info(
+                "recorded in the ledger: emergency reserve %d..%d of %r, %d IDs used, "
+                "%d wasted (%s)",
+                reserve.start,
+                reserve.end,
+                reserve.namespace,
+                usage.ids_used,
+                usage.ids_wasted,
+                usage.note,
+            )
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -440,11 +504,19 @@ class ReserveDispenser:
             per_minute = rate.per_minute(now) if rate is not None else 0.0
             namespaces[namespace] = _namespace_snapshot(self._current.get(namespace), per_minute)
         return ReserveSnapshot(
-            serving=self.serving, size=self.size, journal=str(self.journal.path),
-            journal_error=self.broken, holder=self.holder, ids_served=self.ids_served,
-            ids_wasted=self.ids_wasted, reserves_taken=self.reserves_taken,
-            usages_recorded=self.usages_recorded, pending_usage_records=len(self._pending),
-            last_error=self.last_error, last_error_at=self.last_error_at, namespaces=namespaces,
+            serving=self.serving,
+            size=self.size,
+            journal=str(self.journal.path),
+            journal_error=self.broken,
+            holder=self.holder,
+            ids_served=self.ids_served,
+            ids_wasted=self.ids_wasted,
+            reserves_taken=self.reserves_taken,
+            usages_recorded=self.usages_recorded,
+            pending_usage_records=len(self._pending),
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            namespaces=namespaces,
         )
 
     def remaining(self, namespace: str) -> int:

@@ -24,8 +24,9 @@ __all__ = ["MappedSentinel", "master_of", "sentinels_of"]
 class MappedSentinel(Sentinel):
     """``redis.asyncio.sentinel.Sentinel`` whose discovered master goes through the map."""
 
-    def __init__(self, *args: Any, address_map: dict[Address, Address] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, address_map: dict[Address, Address] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self.address_map = dict(address_map or {})
 
@@ -42,9 +43,13 @@ def sentinels_of(settings: Settings) -> MappedSentinel:
     # A Sentinel that sees fewer peers than the quorum needs may be partitioned off: its
     # idea of the master is not trusted.
     return MappedSentinel(
-        settings.sentinels, min_other_sentinels=settings.redis_sentinel_quorum - 1,
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                         "retry": Retry(NoBackoff(), 0)},
+        settings.sentinels,
+        min_other_sentinels=settings.redis_sentinel_quorum - 1,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        },
         address_map=settings.redis_addresses,
     )
 
@@ -60,8 +65,10 @@ def master_of(
     """
     timeout = settings.redis_socket_timeout
     client: redis.asyncio.Redis = sentinel.master_for(
-        settings.redis_sentinel_master_name, decode_responses=True,
-        retry=Retry(NoBackoff(), 0), socket_timeout=socket_timeout or timeout,
+        settings.redis_sentinel_master_name,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=socket_timeout or timeout,
         socket_connect_timeout=timeout,
     )
     return client

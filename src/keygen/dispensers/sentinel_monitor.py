@@ -58,8 +58,11 @@ class SentinelMonitor:
         # A connection of its own without a read timeout: a subscriber is silent for hours.
         address = node.connection_pool.connection_kwargs
         listener = Redis(
-            host=address["host"], port=address["port"], socket_connect_timeout=self._timeout,
-            socket_keepalive=True, retry=Retry(NoBackoff(), 0),  # the next Sentinel, at once
+            host=address["host"],
+            port=address["port"],
+            socket_connect_timeout=self._timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),  # the next Sentinel, at once
         )
         pubsub = listener.pubsub()
         try:

@@ -33,9 +33,12 @@ async def open_ledger(settings: Settings, *, inspect: bool = False) -> Ledger:
         return await SqliteLedger.open(settings.data_dir)
     if inspect:
         return PostgresLedger(
-            settings.database_url, pool_min_size=1, pool_max_size=1,
+            settings.database_url,
+            pool_min_size=1,
+            pool_max_size=1,
             connect_timeout=settings.db_connect_timeout,
-            command_timeout=settings.db_command_timeout, migrate=False,
+            command_timeout=settings.db_command_timeout,
+            migrate=False,
         )
     return await PostgresLedger.open(
         settings.database_url,

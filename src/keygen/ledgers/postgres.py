@@ -280,8 +280,11 @@ class PostgresLedger:
                 pool.terminate()
                 raise
         self._pool = pool
-        log.info("PostgreSQL ledger connected to %s (schema version %s)",
-                 redact_url(self.url), self.schema_version)
+        log.info(
+            "PostgreSQL ledger connected to %s (schema version %s)",
+            redact_url(self.url),
+            self.schema_version,
+        )
         return pool
 
     @asynccontextmanager
@@ -359,8 +362,13 @@ class PostgresLedger:
             await conn.execute("SET LOCAL synchronous_commit = on")
             await conn.execute(ADVANCE_SQL, usage.namespace, usage.end)
             await conn.execute(
-                RECORD_USAGE_SQL, usage.namespace, usage.start, usage.end, usage.used_end,
-                usage.holder, usage.note,
+                RECORD_USAGE_SQL,
+                usage.namespace,
+                usage.start,
+                usage.end,
+                usage.used_end,
+                usage.holder,
+                usage.note,
             )
             granted: bool = await conn.fetchval(
                 RESERVE_GRANTED_SQL, usage.namespace, usage.start, usage.end
@@ -387,11 +395,15 @@ class PostgresLedger:
         """The ledger's connection state, for ``/health``."""
         pool = self._pool
         return PostgresSnapshot(
-            url=redact_url(self.url), connected=pool is not None,
+            url=redact_url(self.url),
+            connected=pool is not None,
             pool_size=pool.get_size() if pool is not None else 0,
             pool_idle=pool.get_idle_size() if pool is not None else 0,
-            pool_max_size=self.pool_max_size, schema_version=self.schema_version,
-            ping_ms=self.ping_ms, last_error=self.last_error, last_error_at=self.last_error_at,
+            pool_max_size=self.pool_max_size,
+            schema_version=self.schema_version,
+            ping_ms=self.ping_ms,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
         )
 
     async def aclose(self) -> None:

@@ -29,9 +29,7 @@ __all__ = [
 ]
 
 #: A connection of our own or one borrowed from a pool.
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
-)
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 #: The advisory lock serialising migrations ("keygen" in ASCII, as a bigint).
 MIGRATION_LOCK_KEY = int.from_bytes(b"keygen", "big")
@@ -124,6 +122,8 @@ async def migrate(conn: Connection, timeout: float | None = None) -> int:
             await conn.execute(migration.sql, timeout=timeout)
             await conn.execute(
                 "INSERT INTO keygen_schema_version (version, description) VALUES ($1, $2)",
-                migration.version, migration.description, timeout=timeout,
+                migration.version,
+                migration.description,
+                timeout=timeout,
             )
     return max(current, LATEST_VERSION)

@@ -142,8 +142,15 @@ class SqliteLedger:
                 "INSERT INTO reserve_usage (namespace, start_id, end_id, used_end_id, holder,"
                 " note, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (namespace, start_id) DO NOTHING",
-                (usage.namespace, usage.start, usage.end, usage.used_end, usage.holder,
-                 usage.note, now),
+                (
+                    usage.namespace,
+                    usage.start,
+                    usage.end,
+                    usage.used_end,
+                    usage.holder,
+                    usage.note,
+                    now,
+                ),
             )
             row = db.execute(
                 "SELECT 1 FROM grants WHERE namespace = ? AND start_id = ? AND end_id = ?"
