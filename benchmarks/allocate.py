@@ -168,8 +168,13 @@ def server_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def keygen_server(workdir: Path) -> Server:
+def keygen_server(workdir: Path, *, name: str = KEYGEN, src: Path | None = None) -> Server:
+    """``keygen serve``; with ``src``, the package found there instead of the installed one
+    (another commit's code, compared in the same run)."""
     port = free_port()
+    env = server_env(workdir / f"{name}-data")
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     argv = [
         sys.executable,
         "-m",
@@ -182,7 +187,22 @@ def keygen_server(workdir: Path) -> Server:
         "--workers",
         "1",
     ]
-    return Server(KEYGEN, argv, server_env(workdir / "data"), workdir, port, workdir / "keygen.log")
+    return Server(name, argv, env, workdir, port, workdir / f"{name}.log")
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The ``src`` folder of commit ``rev`` of this repository, exported into ``into``."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(HERE.parent), "archive", rev, "src"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchmarkError(f"cannot export commit {rev!r}: {exc}") from exc
+    return into / "src"
 
 
 def bare_server(workdir: Path) -> Server:
@@ -235,7 +255,7 @@ def preflight(server: Server) -> None:
     status, document = _request(server.port, "POST", "/allocate", REQUEST_BODY)
     if status != 200 or not isinstance(document, dict) or set(document) != ALLOCATION_KEYS:
         raise BenchmarkError(f"{server.name}: POST /allocate answered {status} {document!r}")
-    if server.name == KEYGEN and (document["source"] != "sqlite" or document["size"] != 1000):
+    if server.name != BARE and (document["source"] != "sqlite" or document["size"] != 1000):
         raise BenchmarkError(f"keygen is not on its embedded default: {document!r}")
 
 
@@ -369,7 +389,7 @@ def _parse_wrk(stdout: str, target: str, round_: int) -> WrkRun:
 def measure(load: Load, server: Server, duration: int, round_: int) -> WrkRun:
     """A wrk run; on Keygen, also checks that every counted response was an allocation."""
     server.check_alive()
-    if server.name != KEYGEN:
+    if server.name == BARE:
         run = load.run(server, duration, round_)
         server.check_alive()
         return run
@@ -455,10 +475,10 @@ def print_run(run: WrkRun) -> None:
     )
 
 
-def round_ratios(summaries: dict[str, Summary]) -> list[float]:
-    """keygen/bare of each round: how far the noise moves the ratio."""
-    pairs = zip(summaries[KEYGEN].runs, summaries[BARE].runs, strict=True)
-    return [round(keygen.rps / bare.rps, 3) for keygen, bare in pairs]
+def round_ratios(summaries: dict[str, Summary], of: str = KEYGEN, to: str = BARE) -> list[float]:
+    """of/to of each round: how far the noise moves the ratio."""
+    pairs = zip(summaries[of].runs, summaries[to].runs, strict=True)
+    return [round(a.rps / b.rps, 3) for a, b in pairs]
 
 
 def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
@@ -479,6 +499,14 @@ def print_summary(summaries: dict[str, Summary], ratio: float) -> None:
         f"{TARGET_RATIO}x); by round: {by_round}",
         flush=True,
     )
+    for other in summaries:
+        if other not in (KEYGEN, BARE):
+            print(
+                f"ratio {other}/bare: {summaries[other].rps / summaries[BARE].rps:.2f}x; "
+                f"keygen/{other}: {summaries[KEYGEN].rps / summaries[other].rps:.3f}x, by "
+                f"round: {' '.join(f'{r:.3f}' for r in round_ratios(summaries, to=other))}",
+                flush=True,
+            )
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -506,6 +534,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per target (2)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run the keygen of commit REV (git), in the same rounds: a change's cost",
+    )
     args = parser.parse_args(argv)
     if min(args.duration, args.rounds, args.threads, args.warmup) < 1:
         parser.error("--duration, --rounds, --threads and --warmup must be at least 1")
@@ -534,9 +567,13 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
         "warm-up each",
         flush=True,
     )
-    summaries = {KEYGEN: Summary(KEYGEN), BARE: Summary(BARE)}
     with tempfile.TemporaryDirectory(prefix="keygen-bench-") as tmp:
         servers = [keygen_server(Path(tmp)), bare_server(Path(tmp))]
+        if args.against:
+            name = f"{KEYGEN}@{args.against}"
+            src = checkout(args.against, Path(tmp))
+            servers.insert(1, keygen_server(Path(tmp), name=name, src=src))
+        summaries = {server.name: Summary(server.name) for server in servers}
         with running(servers):
             for server in servers:
                 print(f"server:  {server.name} on port {server.port}: {shlex.join(server.argv)}")
