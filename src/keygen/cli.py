@@ -30,6 +30,7 @@ from keygen.errors import LedgerUnavailable
 from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
 from keygen.ledgers.postgres import redact_url
+from keygen.monitor import add_monitor_command
 
 err = Console(stderr=True)
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(commands)
     add_chaos_command(commands)
     add_backup_commands(commands)
+    add_monitor_command(commands)
     return parser
 
 

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from keygen import __version__
+from keygen.api import dashboard
 from keygen.api.allocate import AllocateEndpoint
 from keygen.api.deadlines import ReadDeadlines
 from keygen.api.openapi import install_openapi
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> AllocateEndpoint:
     )
     api.state.settings = settings or Settings()
     api.include_router(router)
+    api.include_router(dashboard.router)
     api.add_exception_handler(ServiceError, _keygen_error)
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(RequestValidationError, _validation_error)
