@@ -8,8 +8,10 @@ import pytest
 
 from keygen.allocator import Allocator, Layer
 from keygen.breaker import BreakerState, CircuitBreaker
+from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS
 from keygen.errors import NamespaceExhausted, ServiceUnavailable
-from keygen.metrics import AllocationMetrics
+from keygen.metrics import Counters
+from keygen.metrics.counters import read_instance
 from tests.support.fakes import FakeDispenser
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +28,7 @@ def make(
         Layer(d, CircuitBreaker(failure_threshold=threshold, reset_timeout=reset), layer_timeout)
         for d in dispensers
     ]
-    return Allocator(layers, timeout=timeout, metrics=AllocationMetrics())
+    return Allocator(layers, timeout=timeout, metrics=Counters())
 
 
 async def test_first_layer_serves_and_is_reported() -> None:
@@ -84,7 +86,7 @@ async def test_no_layer_gives_service_unavailable_with_retry_after() -> None:
         await allocator.allocate("default", 1)
     assert caught.value.status_code == 503
     assert caught.value.headers()["Retry-After"] == "5"
-    assert allocator.metrics.failed_allocations == 1
+    assert read_instance(None, allocator.metrics).failed == 1
 
 
 async def test_overall_budget_bounds_the_request() -> None:
@@ -114,13 +116,16 @@ async def test_request_errors_are_not_layer_failures() -> None:
 
 
 async def test_metrics_count_by_source() -> None:
-    """Successes are counted per source with the IDs they carried."""
-    primary, fallback = FakeDispenser("primary"), FakeDispenser("fallback")
-    allocator = make(primary, fallback, threshold=5)
+    """Successes are counted per source with the IDs they carried; a source of no known
+    layer counts as "other"."""
+    primary, fallback = FakeDispenser(SOURCE_REDIS), FakeDispenser(SOURCE_POSTGRESQL)
+    stranger = FakeDispenser("a-test-layer")
+    allocator = make(primary, fallback, stranger, threshold=5)
     await allocator.allocate("default", 3)
     primary.mode = "fail"
     await allocator.allocate("default", 4)
-    snapshot = allocator.metrics.snapshot()
-    assert snapshot.total_allocations == 2
-    assert snapshot.allocations_by_source == {"fallback": 1, "primary": 1}
-    assert snapshot.ids_allocated == 7
+    fallback.mode = "fail"
+    await allocator.allocate("default", 5)
+    counted = read_instance(None, allocator.metrics)
+    assert counted.by_source == {SOURCE_REDIS: 1, SOURCE_POSTGRESQL: 1, "other": 1}
+    assert counted.ids_allocated == 12 and counted.failed == 0

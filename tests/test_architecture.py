@@ -23,6 +23,9 @@ LAYERS = {
     "keygen.api": 5,
     "keygen.service": 4,
     "keygen.health": 4,
+    "keygen.probes": 4,
+    "keygen.history": 4,
+    "keygen.alerts": 4,
     "keygen.allocator": 3,
     "keygen.breaker": 3,
     "keygen.metrics": 3,
@@ -34,6 +37,7 @@ LAYERS = {
     "keygen.ranges": 0,
     "keygen.snapshots": 0,
     "keygen.progress": 0,
+    "keygen.histogram": 0,
     "keygen": 0,
     # Stand apart: a program that allocates, or checks ranges, needs nothing of the server.
     "keygen.client": 0,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from keygen.breaker import CircuitBreaker
 from keygen.dispensers.base import Dispenser
 from keygen.errors import LayerUnavailable, RequestError, ReserveUnavailable, ServiceUnavailable
-from keygen.metrics import AllocationMetrics
+from keygen.metrics import Counters
 from keygen.ranges import IdRange
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Allocator:
         layers: Sequence[Layer],
         *,
         timeout: float,
-        metrics: AllocationMetrics,
+        metrics: Counters,
         on_allocated: Callable[[str, int], None] | None = None,
     ) -> None:
         """``on_allocated(namespace, size)`` is called after every success, whichever layer

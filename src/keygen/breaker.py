@@ -32,6 +32,7 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self.opened_count = 0  # transitions from closed to open, for metrics
+        self.closed_count = 0  # transitions back to closed (recoveries), for metrics
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
@@ -56,6 +57,8 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self._failures = 0
+        if self._opened_at is not None:
+            self.closed_count += 1
         self._opened_at = None
         self._probing = False
 

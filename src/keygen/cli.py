@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +78,41 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()  # fail here, clearly, rather than in every worker
-    uvicorn.run(
-        "keygen.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
-        access_log=settings.access_log,
-        # Long enough for a request whose body arrives at the last moment to get its answer.
-        timeout_graceful_shutdown=int(settings.body_timeout + settings.allocation_timeout) + 1,
-    )
+    with _run_dir(settings):
+        uvicorn.run(
+            "keygen.api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level,
+            log_config=_log_config(settings.log_level),
+            access_log=settings.access_log,
+            # Long enough for a request whose body arrives at the last moment to get its answer.
+            timeout_graceful_shutdown=int(settings.body_timeout + settings.allocation_timeout) + 1,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _run_dir(settings: Settings) -> Iterator[None]:
+    """A fresh run directory for this instance's workers to share their figures in (in
+    memory, on /dev/shm, where there is one), removed when the service stops; or the one
+    ``KEYGEN_RUN_DIR`` names, kept."""
+    if settings.run_dir is not None:
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    shm = Path("/dev/shm")
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    run_dir = tempfile.mkdtemp(prefix="keygen-run-", dir=where)
+    os.environ["KEYGEN_RUN_DIR"] = run_dir  # the workers read their settings from it
+    try:
+        yield
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def allocate(args: argparse.Namespace) -> int:

@@ -185,6 +185,23 @@ class Settings(BaseSettings):
         description="Seconds /metrics reuses the last health answer before the layers "
         "are pinged again (/health always pings).",
     )
+    probe_interval: Annotated[float, Field(gt=0)] = Field(
+        1.0,
+        description="Seconds between two background probes of every layer (which also "
+        "publish this worker's figures, record the history and evaluate the alerts).",
+    )
+    run_dir: Path | None = Field(
+        None,
+        description="Where the worker processes of one instance share their figures; "
+        "`keygen serve` makes a fresh one at each start. Unset: each process counts alone.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="POST each alert transition here, in Alertmanager's webhook format.",
+    )
+    alert_time_scale: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Multiplies every alert's window and duration (tests shorten them)."
+    )
     log_level: LogLevel = "info"
     access_log: bool = False
 

@@ -1,9 +1,11 @@
 """The service's health: each layer pinged, the Sentinels asked, the parts' snapshots joined.
 
 ``/health`` asks live (every layer pinged within ``KEYGEN_HEALTH_TIMEOUT``). ``/metrics`` is
-scraped often and by machines, so it reads the most recent answer instead, and asks again
-only when that answer is older than ``KEYGEN_HEALTH_MAX_AGE``: however often it is scraped,
-the backends are pinged at most that often.
+scraped often and by machines, so it reads the most recent answer instead (the background
+probe's, ``probes.py``), and asks again only when that answer is older than
+``KEYGEN_HEALTH_MAX_AGE``: however often it is scraped, the backends are pinged at most that
+often. The ``metrics`` block counts every worker process of the instance; the layer blocks
+(``reserve``, ``redis``, ``postgresql``) are the answering worker's own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -25,7 +28,8 @@ from keygen.dispensers.sentinel_monitor import SentinelMonitor
 from keygen.errors import KeygenError
 from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
-from keygen.metrics import AllocationMetrics
+from keygen.metrics import Counters, InstanceView, instance_view
+from keygen.metrics import publish as publish_state
 from keygen.snapshots import (
     DEGRADED,
     HEALTHY,
@@ -34,9 +38,11 @@ from keygen.snapshots import (
     Health,
     HealthSnapshot,
     LayerSnapshot,
+    LayerStats,
     MetricsSnapshot,
     RedisSnapshot,
     SentinelSnapshot,
+    WorkerState,
 )
 
 __all__ = ["HealthReporter", "overall_status", "ping"]
@@ -89,9 +95,11 @@ class HealthReporter:
         instance_id: str,
         layers: Sequence[Layer],
         ledger: Ledger,
-        metrics: AllocationMetrics,
+        counters: Counters,
         timeout: float,
         max_age: float,
+        run_dir: Path | None = None,
+        stale_after: float = 5.0,
         redis: RedisDispenser | None = None,
         sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
@@ -99,9 +107,13 @@ class HealthReporter:
         self.instance_id = instance_id
         self.layers = tuple(layers)
         self.ledger = ledger
-        self.metrics = metrics
+        self.counters = counters
         self.timeout = timeout
         self.max_age = max_age
+        self.run_dir = run_dir
+        self.stale_after = stale_after
+        #: The ledger's namespaces with the least headroom, as the probe last found them.
+        self.headroom: dict[str, int] = {}
         self.redis = redis
         self.sentinel_monitor = sentinel_monitor
         self.reserve = reserve
@@ -117,7 +129,7 @@ class HealthReporter:
     async def live(self) -> HealthSnapshot:
         """Ping every layer and ask the Sentinels now, all at once and within the timeout:
         ``/health`` answers promptly when Redis is down, which is when it is read most."""
-        return self._snapshot(await self._ask())
+        return self._snapshot(await self.refresh())
 
     async def recent(self) -> HealthSnapshot:
         """The health as last asked, asked again only when older than ``max_age``; concurrent
@@ -125,11 +137,12 @@ class HealthReporter:
         answer = self._last
         if answer is None or time.monotonic() - answer.at > self.max_age:
             if self._asking is None or self._asking.done():
-                self._asking = asyncio.ensure_future(self._ask())
+                self._asking = asyncio.ensure_future(self.refresh())
             answer = await asyncio.shield(self._asking)
         return self._snapshot(answer)
 
-    async def _ask(self) -> _Answer:
+    async def refresh(self) -> _Answer:
+        """Ping every layer and ask the Sentinels, now."""
         layers, sentinels = await asyncio.gather(
             asyncio.gather(*(ping(layer, self.timeout) for layer in self.layers)),
             self._sentinels(),
@@ -147,28 +160,55 @@ class HealthReporter:
         except TimeoutError:
             return monitor.unreachable()
 
-    def _snapshot(self, answer: _Answer) -> HealthSnapshot:
+    def worker_state(self, answer: _Answer | None = None) -> WorkerState:
+        """This worker's state, as the instance's figures take it (``metrics/instance.py``)."""
+        answer = answer or self._last or _Answer([], None, 0.0)
+        return WorkerState(
+            pid=self.counters.pid,
+            at=time.time(),
+            layers=self._layers(answer),
+            stats=[_stats(layer) for layer in self.layers],
+            active_locks=self.active_locks,
+            redis=self._redis(answer.sentinels),
+            reserve=self.reserve.snapshot() if self.reserve is not None else None,
+            headroom=self.headroom,
+        )
+
+    def instance(self, *, publish: bool = False) -> InstanceView:
+        """The whole instance now; with ``publish``, this worker's state is written for the
+        others first."""
+        own = self.worker_state()
+        if publish:
+            publish_state(self.run_dir, own)
+        return instance_view(self.run_dir, self.counters, own, stale_after=self.stale_after)
+
+    def _layers(self, answer: _Answer) -> list[LayerSnapshot]:
         # The breakers as they are now: the pings may be older.
-        layers = [
+        return [
             msgspec.structs.replace(pinged, breaker=layer.breaker.state.value)
-            for pinged, layer in zip(answer.layers, self.layers, strict=True)
+            for pinged, layer in zip(answer.layers, self.layers, strict=False)
         ]
+
+    def _snapshot(self, answer: _Answer) -> HealthSnapshot:
+        layers = self._layers(answer)
         by_source = {layer.source: layer.health for layer in layers}
         redis_health = by_source.get(SOURCE_REDIS, NOT_CONFIGURED)
         if redis_health == HEALTHY and answer.sentinels and not answer.sentinels.sentinel_quorum:
             redis_health = DEGRADED  # serving, but could not fail over
         reserve = self.reserve
+        view = self.instance()
         return HealthSnapshot(
             status=overall_status(layers, reserve_serving=reserve is not None and reserve.serving),
             redis_health=redis_health,
             postgresql_health=by_source.get(SOURCE_POSTGRESQL, NOT_CONFIGURED),
             active_locks=self.active_locks,
-            metrics=self._metrics(),
+            metrics=self._metrics(view),
             ledger=self.ledger.name,
             layers=layers,
             instance_id=self.instance_id,
             version=__version__,
             uptime_seconds=round(time.time() - self.started_at, 3),
+            workers=view.workers,
             postgresql=(
                 self.ledger.snapshot() if isinstance(self.ledger, PostgresLedger) else None
             ),
@@ -176,14 +216,15 @@ class HealthReporter:
             redis=self._redis(answer.sentinels),
         )
 
-    def _metrics(self) -> MetricsSnapshot:
-        metrics = self.metrics.snapshot()
+    def _metrics(self, view: InstanceView) -> MetricsSnapshot:
+        metrics = view.metrics()
         if self.reserve is None:
             return metrics
+        totals = view.layer_totals().get(SOURCE_RESERVE, {})
         return msgspec.structs.replace(
             metrics,
-            reserve_allocations=self.metrics.by_source.get(SOURCE_RESERVE, 0),
-            reserve_ids_wasted=self.reserve.ids_wasted,
+            reserve_allocations=metrics.allocations_by_source.get(SOURCE_RESERVE, 0),
+            reserve_ids_wasted=int(totals.get("ids_wasted", 0)),
         )
 
     def _redis(self, sentinels: SentinelSnapshot | None) -> RedisSnapshot | None:
@@ -197,3 +238,17 @@ class HealthReporter:
             lease_refills=self.redis.refills,
             ids_wasted=self.redis.ids_wasted,
         )
+
+
+def _stats(layer: Layer) -> LayerStats:
+    dispenser, breaker = layer.dispenser, layer.breaker
+    return LayerStats(
+        source=layer.source,
+        breaker=breaker.state.value,
+        opened=breaker.opened_count,
+        closed=breaker.closed_count,
+        refills=dispenser.refills,
+        refill_buckets=list(dispenser.refill_seconds.counts),
+        refill_seconds_sum=dispenser.refill_seconds.sum,
+        ids_wasted=dispenser.ids_wasted,
+    )

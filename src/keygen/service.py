@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from keygen.alerts import Alerts
 from keygen.allocator import Allocator, Layer
 from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
@@ -21,10 +22,12 @@ from keygen.dispensers.sentinel import master_of, sentinels_of
 from keygen.dispensers.sentinel_monitor import SentinelMonitor
 from keygen.errors import KeygenError
 from keygen.health import HealthReporter
+from keygen.history import History
 from keygen.ledgers import ledger_location, open_ledger
 from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
-from keygen.metrics import AllocationMetrics
+from keygen.metrics import Counters
+from keygen.probes import Probes
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +98,31 @@ class Keygen:
         self.redis = redis
         self.sentinel_monitor = sentinel_monitor
         self.reserve = reserve
-        self.metrics = allocator.metrics
+        self.counters = allocator.metrics
         self.health = HealthReporter(
             instance_id=settings.instance_id,
             layers=allocator.layers,
             ledger=ledger,
-            metrics=allocator.metrics,
+            counters=self.counters,
             timeout=settings.health_timeout,
             max_age=settings.health_max_age,
+            run_dir=settings.run_dir,
+            stale_after=max(5.0, 3 * settings.probe_interval),
             redis=redis,
             sentinel_monitor=sentinel_monitor,
             reserve=reserve,
+        )
+        self.history = History(settings.data_dir)
+        self.probes = Probes(
+            self.health,
+            interval=settings.probe_interval,
+            run_dir=settings.run_dir,
+            history=self.history,
+            alerts=Alerts(
+                instance_id=settings.instance_id,
+                webhook_url=settings.alert_webhook_url,
+                scale=settings.alert_time_scale,
+            ),
         )
 
     @classmethod
@@ -149,12 +166,14 @@ class Keygen:
         allocator = Allocator(
             layers,
             timeout=settings.allocation_timeout,
-            metrics=AllocationMetrics(),
+            metrics=Counters(settings.run_dir),
             on_allocated=reserve.observe if reserve is not None else None,
         )
-        return cls(
+        service = cls(
             settings, ledger, allocator, redis=redis, sentinel_monitor=monitor, reserve=reserve
         )
+        service.probes.start()
+        return service
 
     @staticmethod
     def _breaker(settings: Settings) -> CircuitBreaker:
@@ -164,7 +183,9 @@ class Keygen:
         )
 
     async def aclose(self) -> None:
+        await self.probes.aclose()
         if self.sentinel_monitor is not None:
             await self.sentinel_monitor.aclose()
         await self.allocator.aclose()
         await self.ledger.aclose()
+        self.counters.close()

@@ -18,15 +18,22 @@ __all__ = [
     "HEALTHY",
     "NOT_CONFIGURED",
     "UNHEALTHY",
+    "AlertSnapshot",
+    "AlertsDocument",
     "HealthSnapshot",
+    "HistoryDocument",
     "LayerSnapshot",
+    "LayerStats",
+    "LedgerDocument",
     "MetricsDocument",
     "MetricsSnapshot",
+    "NamespaceSnapshot",
     "PostgresSnapshot",
     "RedisSnapshot",
     "ReserveNamespaceSnapshot",
     "ReserveSnapshot",
     "SentinelSnapshot",
+    "WorkerState",
 ]
 
 HEALTHY: Final = "healthy"
@@ -142,6 +149,8 @@ class HealthSnapshot(msgspec.Struct, frozen=True, omit_defaults=True):
     instance_id: str
     version: str
     uptime_seconds: float
+    #: Worker processes of the instance alive now; ``metrics`` counts them all.
+    workers: int
     postgresql: PostgresSnapshot | None = None
     reserve: ReserveSnapshot | None = None
     redis: RedisSnapshot | None = None
@@ -165,3 +174,78 @@ class MetricsDocument(msgspec.Struct, frozen=True):
             health.active_locks,
             health.metrics,
         )
+
+
+class LayerStats(msgspec.Struct, frozen=True):
+    """One layer's counters in one worker process."""
+
+    source: str
+    breaker: str
+    opened: int  # breaker transitions to open
+    closed: int  # and back to closed
+    refills: int
+    refill_buckets: list[int]  # per bucket of histogram.REFILL_BUCKETS, the last above all
+    refill_seconds_sum: float
+    ids_wasted: int
+
+
+class WorkerState(msgspec.Struct, frozen=True):
+    """What one worker process publishes at each probe, for the instance's figures."""
+
+    pid: int
+    at: float  # unix time
+    layers: list[LayerSnapshot]
+    stats: list[LayerStats]
+    active_locks: int
+    redis: RedisSnapshot | None
+    reserve: ReserveSnapshot | None
+    #: IDs left below 2**63-1, for the namespaces of the ledger with the least.
+    headroom: dict[str, int]
+
+
+class HistoryDocument(msgspec.Struct, frozen=True):
+    """``GET /metrics/history``: columns of figures, oldest first (docs/monitoring.md)."""
+
+    window_seconds: int
+    step_seconds: int
+    series: dict[str, list[float | None]]
+
+
+AlertState = Literal["inactive", "pending", "firing"]
+
+
+class AlertSnapshot(msgspec.Struct, frozen=True):
+    """One alert rule (for one set of labels) as last evaluated."""
+
+    name: str
+    severity: str
+    state: AlertState
+    since: float | None  # when it became pending or firing
+    value: float | None
+    threshold: float
+    labels: dict[str, str]
+    summary: str
+    runbook: str
+
+
+class AlertsDocument(msgspec.Struct, frozen=True):
+    """``GET /alerts``."""
+
+    evaluated_at: float | None
+    alerts: list[AlertSnapshot]
+
+
+class NamespaceSnapshot(msgspec.Struct, frozen=True):
+    """One namespace of the ledger."""
+
+    namespace: str
+    next_id: int
+    headroom: int
+    grants: int
+
+
+class LedgerDocument(msgspec.Struct, frozen=True):
+    """``GET /ledger``: the namespaces, the least headroom first."""
+
+    ledger: str
+    namespaces: list[NamespaceSnapshot]

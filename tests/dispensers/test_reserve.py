@@ -28,7 +28,7 @@ from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailabl
 from keygen.ledgers.base import ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
-from keygen.metrics import AllocationMetrics
+from keygen.metrics import Counters
 from keygen.ranges import IdRange
 from tests.support.app import running
 from tests.support.fakes import FakeDispenser
@@ -304,7 +304,7 @@ async def test_a_hanging_ledger_leaves_the_reserve_its_time() -> None:
             Layer(reserve, CircuitBreaker(), 0.2, guaranteed=0.2),
         ],
         timeout=0.6,
-        metrics=AllocationMetrics(),
+        metrics=Counters(),
     )
     started = time.perf_counter()
     allocation = await allocator.allocate("default", 5)
@@ -351,7 +351,7 @@ async def test_the_service_degrades_then_refuses_with_reserve_exhausted(
     assert refused.json()["error"]["code"] == "reserve_exhausted"
     assert exhausted.status_code == 503 and exhausted.json()["status"] == "unhealthy"
     assert 'keygen_reserve_remaining_ids{namespace="default"} 0.0' in metrics
-    assert "keygen_reserve_ids_wasted_total" in metrics
+    assert 'keygen_ids_wasted_total{source="emergency_reserve"}' in metrics
 
 
 def test_the_reserve_is_on_by_default_in_the_full_topology() -> None:

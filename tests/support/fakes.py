@@ -6,6 +6,7 @@ import asyncio
 
 from keygen.constants import MAX_ID
 from keygen.errors import LayerUnavailable, NamespaceExhausted
+from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import NamespaceStatus
 from keygen.ranges import IdRange
 
@@ -57,6 +58,8 @@ class FakeDispenser:
         self.next = start
         self.mode = "serve"  # "serve" | "fail" | "hang" | "crash"
         self.calls = 0
+        self.refills = self.ids_wasted = 0
+        self.refill_seconds = Histogram(REFILL_BUCKETS)
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
         self.calls += 1

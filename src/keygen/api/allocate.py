@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 import msgspec
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from keygen.api.responses import error_body
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
@@ -124,9 +124,10 @@ class AllocateEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
-            await self.api(scope, receive, send)
+            await self._pass_on(scope, receive, send)
             return
         service: Keygen = self.api.state.service
+        counters = service.counters
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
@@ -136,12 +137,16 @@ class AllocateEndpoint:
             namespace, size = parse_request(body, service.settings)
             allocation = await service.allocator.allocate(namespace, size)
         except ServiceError as exc:
+            counters.record_rejected(exc.code)
+            counters.record_response(ALLOCATE_PATH, exc.status_code)
             await _send(send, exc.status_code, error_body(exc.code, exc.message), exc.headers())
             return
         except Exception:
             log.exception("POST /allocate failed")
+            counters.record_response(ALLOCATE_PATH, 500)
             await _send(send, 500, error_body("internal_error", "internal error"))
             return
+        counters.record_response(ALLOCATE_PATH, 200)
         id_range = allocation.range
         await _send(
             send,
@@ -157,6 +162,21 @@ class AllocateEndpoint:
                 )
             ),
         )
+
+    async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """To the FastAPI app, counting the response's status."""
+        service: Keygen | None = getattr(self.api.state, "service", None)
+        if scope["type"] != "http" or service is None:  # lifespan, or before start-up
+            await self.api(scope, receive, send)
+            return
+        counters, path = service.counters, scope["path"]
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                counters.record_response(path, message["status"])
+            await send(message)
+
+        await self.api(scope, receive, counted)
 
 
 async def _send(

@@ -45,18 +45,25 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         await service.aclose()
 
 
+def _refused(request: Request, exc: ServiceError) -> Response:
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.counters.record_rejected(exc.code)
+    return error_response(exc)
+
+
 async def _keygen_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return error_response(exc)
+    return _refused(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"no such path: {request.url.path}"))
+        return _refused(request, NotFound(f"no such path: {request.url.path}"))
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed here", allow))
+        return _refused(request, MethodNotAllowed(f"{request.method} is not allowed here", allow))
     return json_error(exc.status_code, "http_error", str(exc.detail), exc.headers)
 
 
@@ -65,7 +72,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     messages = "; ".join(
         f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
     )
-    return error_response(InvalidRequest(messages))
+    return _refused(request, InvalidRequest(messages))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -80,6 +87,8 @@ def create_app(settings: Settings | None = None) -> AllocateEndpoint:
         version=__version__,
         description="Unique integer ID ranges, never handed out twice.",
         lifespan=lifespan,
+        docs_url=None,  # served by dashboard.py from vendored Swagger UI, not from a CDN
+        redoc_url=None,
     )
     api.state.settings = settings or Settings()
     api.include_router(router)

@@ -1,19 +1,32 @@
-"""``GET /health`` and ``GET /metrics``."""
+"""``GET /health``, ``GET /metrics`` and the monitoring documents built on them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+import time
+from typing import Annotated, Final
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client.exposition import choose_encoder
 
+from keygen.errors import InvalidRequest
+from keygen.history import MAX_WINDOW
 from keygen.metrics import registry_of
 from keygen.service import Keygen
-from keygen.snapshots import UNHEALTHY, MetricsDocument
+from keygen.snapshots import (
+    UNHEALTHY,
+    LedgerDocument,
+    MetricsDocument,
+    NamespaceSnapshot,
+)
 
 router = APIRouter()
+
+MIN_WINDOW: Final = 10.0
+#: Namespaces ``GET /ledger`` lists at most.
+LEDGER_NAMESPACES: Final = 100
 
 
 def get_service(request: Request) -> Keygen:
@@ -41,10 +54,53 @@ async def metrics(request: Request, service: ServiceDep) -> Response:
     """JSON by default; the Prometheus or OpenMetrics exposition for ``Accept: text/plain``
     or ``application/openmetrics-text`` (what a Prometheus scraper sends). The layers' health
     is the last one asked, at most ``KEYGEN_HEALTH_MAX_AGE`` old: a scrape pings nothing."""
-    snapshot = await service.health.recent()
     accept = request.headers.get("accept", "")
     if "text/plain" in accept or "openmetrics" in accept:
         encoder, content_type = choose_encoder(accept)
-        return Response(encoder(registry_of(snapshot, service.metrics)), media_type=content_type)
-    body = msgspec.json.encode(MetricsDocument.of(snapshot))
-    return Response(body, media_type="application/json")
+        return Response(encoder(registry_of(service.health.instance())), media_type=content_type)
+    snapshot = await service.health.recent()
+    return _json(MetricsDocument.of(snapshot))
+
+
+@router.get("/metrics/history", summary="The key figures over time")
+async def history(service: ServiceDep, window: str = "15m") -> Response:
+    """A point a second up to a window of an hour, a point a minute beyond (up to 24h);
+    ``window`` is a number of seconds, or one with ``s``, ``m`` or ``h``."""
+    seconds = _window(window)
+    return _json(service.history.document(seconds, time.time()))
+
+
+@router.get("/alerts", summary="Every alert rule, as evaluated in the service")
+async def alerts(service: ServiceDep) -> Response:
+    return _json(service.probes.alerts_document())
+
+
+@router.get("/ledger", summary="The ledger's namespaces, the least headroom first")
+async def ledger(service: ServiceDep) -> Response:
+    statuses = sorted(await service.ledger.status(), key=lambda s: s.headroom)
+    namespaces = [
+        NamespaceSnapshot(s.namespace, s.next_id, s.headroom, s.grants)
+        for s in statuses[:LEDGER_NAMESPACES]
+    ]
+    return _json(LedgerDocument(service.ledger.name, namespaces))
+
+
+def _json(document: object) -> Response:
+    return Response(msgspec.json.encode(document), media_type="application/json")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _window(text: str) -> float:
+    unit = _UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = math.nan
+    if not MIN_WINDOW <= seconds <= MAX_WINDOW:
+        raise InvalidRequest(
+            f"window must be {MIN_WINDOW:g} s to 24h (e.g. 30s, 15m, 1h), got {text[:20]!r}"
+        )
+    return seconds

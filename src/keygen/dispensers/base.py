@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keygen.histogram import Histogram
 from keygen.ranges import IdRange
 
 
@@ -12,6 +13,18 @@ class Dispenser(Protocol):
 
     #: The `source` reported for the ranges it serves.
     source: str
+    #: How long each lease (or reserve) taken from the ledger took to take.
+    refill_seconds: Histogram
+
+    @property
+    def refills(self) -> int:
+        """Leases (or reserves) taken from the ledger so far."""
+        ...
+
+    @property
+    def ids_wasted(self) -> int:
+        """IDs given up unused (lease tails, shares of abandoned grants): never handed out."""
+        ...
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
         """Return ``size`` consecutive IDs of ``namespace``.

@@ -14,6 +14,7 @@ import logging
 from keygen.constants import GRANT_DIRECT
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
 from keygen.errors import KeygenError, LayerUnavailable, LedgerUnavailable, NamespaceExhausted
+from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
 
@@ -32,6 +33,8 @@ class DirectDispenser:
         self.grants = 0  # ledger grants made
         self.requests_served = 0
         self.ids_wasted = 0  # shares of requests that gave up while their grant was in flight
+        self.refills = 0  # no leases: every batch is a grant of its own
+        self.refill_seconds = Histogram(REFILL_BUCKETS)
         self._ledger = ledger
         self._holder = holder
         self._batches = Coalescer(self._serve, name="direct")

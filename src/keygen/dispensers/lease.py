@@ -7,11 +7,13 @@ never reissued, because the ledger already counted them as granted.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE
 from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import NamespaceExhausted
+from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
 
@@ -43,6 +45,8 @@ class LeaseDispenser:
         self.source = ledger.name
         self.lease_size = lease_size
         self.ids_wasted = 0  # tails of leases given up because a request did not fit
+        self.refills = 0
+        self.refill_seconds = Histogram(REFILL_BUCKETS)
         self._ledger = ledger
         self._holder = holder
         self._leases: dict[str, _Lease] = {}
@@ -68,6 +72,7 @@ class LeaseDispenser:
         return IdRange(namespace, start, start + size - 1)
 
     async def _refill(self, namespace: str, size: int) -> None:
+        started = time.perf_counter()
         try:
             grant = await self._ledger.grant(
                 namespace, self.lease_size, kind=GRANT_LEASE, holder=self._holder
@@ -79,6 +84,8 @@ class LeaseDispenser:
             grant = await self._ledger.grant(
                 namespace, exhausted.remaining, kind=GRANT_LEASE, holder=self._holder
             )
+        self.refills += 1
+        self.refill_seconds.observe(time.perf_counter() - started)
         lease = self._leases.get(namespace)
         if lease is not None and lease.remaining > 0 and grant.start == lease.end + 1:
             lease.end = grant.end  # contiguous with the old lease: keep its tail

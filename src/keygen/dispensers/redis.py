@@ -37,6 +37,7 @@ from keygen.constants import GRANT_LEASE, REDIS_LEASE_KEY, REDIS_LOCK_KEY, SOURC
 from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
 from keygen.errors import LayerUnavailable, NamespaceExhausted
+from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
 
@@ -85,6 +86,7 @@ class RedisDispenser:
         self.active_locks = 0
         self.ids_wasted = 0  # lease tails abandoned at refills (exhausted or fenced)
         self.refills = 0
+        self.refill_seconds = Histogram(REFILL_BUCKETS)
         self._ledger = ledger
         self._holder = holder
         self._initial_lease = lease_size
@@ -173,6 +175,7 @@ class RedisDispenser:
         task.add_done_callback(self._background.discard)
 
     async def _install_fresh_lease(self, namespace: str, size: int) -> None:
+        started = time.perf_counter()
         key = REDIS_LEASE_KEY.format(namespace)
         state = await self.peek(namespace)
         if state.grant and not state.fenced and state.left >= size:
@@ -203,6 +206,7 @@ class RedisDispenser:
         )
         if reply[0] == "INSTALLED":
             self.refills += 1
+            self.refill_seconds.observe(time.perf_counter() - started)
             self.ids_wasted += state.left
             log.info(
                 "installed lease %s..%s of %r (%s IDs)%s",

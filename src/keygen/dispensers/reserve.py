@@ -35,6 +35,7 @@ from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
 from keygen.dispensers.journal import Journal, Record
 from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
+from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger, ReserveUsage
 from keygen.ranges import IdRange
 from keygen.snapshots import ReserveNamespaceSnapshot, ReserveSnapshot
@@ -159,6 +160,7 @@ class ReserveDispenser:
         self.ids_served = 0
         self.ids_wasted = journal.abandoned_ids  # never handed out, never to be
         self.reserves_taken = 0
+        self.refill_seconds = Histogram(REFILL_BUCKETS)  # how long taking each reserve took
         self.usages_recorded = 0
         self.broken: str | None = None  # why the journal cannot be written, if it cannot
         self.last_error: str | None = None  # the keeper's last failure to reach the ledger
@@ -396,6 +398,7 @@ class ReserveDispenser:
 
     async def _take(self, namespace: str) -> None:
         """Take a fresh reserve from the ledger; the one it replaces is retired."""
+        started = time.perf_counter()
         async with asyncio.timeout(LEDGER_CALL_TIMEOUT):
             try:
                 granted = await self._ledger.grant(
@@ -426,6 +429,7 @@ class ReserveDispenser:
         await self._append(records)
         self._current[namespace] = fresh  # only the keeper swaps: `old` is still current
         self.reserves_taken += 1
+        self.refill_seconds.observe(time.perf_counter() - started)
         if old is None:
             log.info("took emergency reserve %d..%d of %r", fresh.start, fresh.end, namespace)
             return
@@ -480,6 +484,10 @@ class ReserveDispenser:
             )
 
     # -- reporting -------------------------------------------------------------------------
+
+    @property
+    def refills(self) -> int:
+        return self.reserves_taken
 
     @property
     def serving(self) -> bool:
