@@ -192,6 +192,17 @@ def ledger_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def alert_rules(args: argparse.Namespace) -> int:
+    from keygen.alerts import prometheus_rules
+
+    rules = prometheus_rules()
+    if args.out is None:
+        sys.stdout.write(rules)
+    else:
+        args.out.write_text(rules)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keygen", description="Keygen: unique integer ID ranges, never handed out twice."
@@ -226,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=ledger_status)
+
+    p = commands.add_parser("alerts", help="the alert rules")
+    alert_commands = p.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND")
+    p = alert_commands.add_parser(
+        "rules", help="the rules as a Prometheus rule file (deploy/prometheus/alerts.yml)"
+    )
+    p.add_argument("--out", type=Path, metavar="FILE", help="write it here (default: stdout)")
+    p.set_defaults(run=alert_rules)
 
     add_cluster_commands(commands)
     add_chaos_command(commands)

@@ -1,29 +1,33 @@
 """``deploy/docker-compose.yml`` describes the same topology as ``keygen cluster up
---base-port 6379``: checked by parsing it (no Docker engine runs here) and comparing it with
-what ``LocalCluster`` generates."""
+--base-port 6379``, plus Prometheus and Grafana wired to the configuration under ``deploy/``:
+checked by parsing it (no Docker engine runs here) and comparing it with what ``LocalCluster``
+generates and with the files it mounts."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from keygen.cluster import DEFAULT_BASE_PORT, LocalCluster
 from keygen.cluster.postgres import SERVER_SETTINGS
 from keygen.constants import DEFAULT_PORT
+from tests.deploy.files import (
+    COMPOSE,
+    DASHBOARD_JSON,
+    DASHBOARD_PROVIDERS,
+    DATASOURCES,
+    PROMETHEUS_CONFIG,
+    flag,
+    host_file,
+    mounts,
+)
 
-COMPOSE = Path(__file__).parents[2] / "deploy" / "docker-compose.yml"
 DOCKERFILE = COMPOSE.with_name("Dockerfile")
 #: Directives naming paths on the host: they differ by design (Docker keeps data in /data).
 PATH_DIRECTIVES = {"dir", "pidfile", "logfile"}
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    return data
+#: The services Compose runs beside the launcher's processes.
+EXTRA_SERVICES = {"keygen", "prometheus", "grafana"}
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +48,16 @@ def _config(compose: dict[str, Any], name: str) -> list[str]:
 def test_services_are_the_launchers_processes(
     compose: dict[str, Any], cluster: LocalCluster
 ) -> None:
-    """Compose runs exactly the launcher's processes plus the service, all on the host
-    network, each data node and Sentinel with its own volume."""
+    """Compose runs exactly the launcher's processes plus the service, Prometheus and
+    Grafana, all on the host network, each data node and Sentinel with its own volume."""
     names = [node.name for node in cluster.nodes()]
-    assert set(compose["services"]) == {*names, "keygen"}
+    assert set(compose["services"]) == {*names, *EXTRA_SERVICES}
+    for name in compose["services"]:
+        assert compose["services"][name]["network_mode"] == "host"
     for name in names:
-        service = compose["services"][name]
-        assert service["network_mode"] == "host"
         if name != "postgres":
-            assert service["volumes"] == [f"{name}:/data"]
-    assert set(compose["volumes"]) == {*names, "keygen"}
+            assert compose["services"][name]["volumes"] == [f"{name}:/data"]
+    assert set(compose["volumes"]) == {*names, *EXTRA_SERVICES}
 
 
 def test_data_node_configs_match_the_launcher(
@@ -133,3 +137,72 @@ def test_service_environment_is_the_launchers(
     assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert DOCKERFILE.exists()
     assert '"keygen", "serve"' in DOCKERFILE.read_text()
+
+
+def test_monitoring_mounts_exist_in_the_repository(compose: dict[str, Any]) -> None:
+    """Every file or directory Prometheus and Grafana bind-mount is in the repository, read
+    only; their data lives in named volumes."""
+    for name in ("prometheus", "grafana"):
+        service = compose["services"][name]
+        binds = [mount for mount in mounts(service) if mount.is_bind]
+        assert binds, name
+        for mount in binds:
+            assert mount.host_path.exists(), f"{name} mounts {mount.source}, which is missing"
+            assert mount.read_only, f"{name} mounts {mount.source} writable"
+        named = {mount.source for mount in mounts(service) if not mount.is_bind}
+        assert named == {name}
+
+
+def test_prometheus_runs_the_shipped_configuration(compose: dict[str, Any]) -> None:
+    """Prometheus reads deploy/prometheus/prometheus.yml (and so the rule files beside it),
+    keeps its data in its volume and listens on 127.0.0.1:9090, and Compose waits for it to
+    be ready."""
+    service = compose["services"]["prometheus"]
+    command = service["command"]
+    assert host_file(service, flag(command, "--config.file")) == PROMETHEUS_CONFIG
+    assert f"prometheus:{flag(command, '--storage.tsdb.path')}" in service["volumes"]
+    assert flag(command, "--web.listen-address") == "127.0.0.1:9090"
+    assert "http://127.0.0.1:9090/-/ready" in service["healthcheck"]["test"]
+
+
+def test_prometheus_scrapes_the_compose_service(
+    compose: dict[str, Any], prometheus_config: dict[str, Any]
+) -> None:
+    """The ``keygen`` job's target is the address the Compose service binds, and no
+    Alertmanager is configured since Compose runs none."""
+    command = compose["services"]["keygen"]["command"]
+    address = f"{flag(command, '--host')}:{flag(command, '--port')}"
+    (job,) = [job for job in prometheus_config["scrape_configs"] if job["job_name"] == "keygen"]
+    assert job["static_configs"] == [{"targets": [address]}]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert "alertmanager" not in compose["services"]
+    assert "alerting" not in prometheus_config
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(
+    compose: dict[str, Any], datasources: dict[str, Any], dashboard_providers: dict[str, Any]
+) -> None:
+    """Grafana gets the provisioning files, a default Prometheus data source at the address
+    the Prometheus service listens on, and the generated dashboard in the directory its
+    provider reads, which is also the home dashboard; it listens on 127.0.0.1 only."""
+    service = compose["services"]["grafana"]
+    provisioning = "/etc/grafana/provisioning"
+    assert host_file(service, f"{provisioning}/datasources/prometheus.yml") == DATASOURCES
+    assert host_file(service, f"{provisioning}/dashboards/keygen.yml") == DASHBOARD_PROVIDERS
+
+    listen = flag(compose["services"]["prometheus"]["command"], "--web.listen-address")
+    (source,) = datasources["datasources"]
+    assert (source["type"], source["url"], source["isDefault"]) == (
+        "prometheus",
+        f"http://{listen}",
+        True,
+    )
+
+    (provider,) = dashboard_providers["providers"]
+    dashboard = f"{provider['options']['path']}/{DASHBOARD_JSON.name}"
+    assert host_file(service, dashboard) == DASHBOARD_JSON
+    environment = service["environment"]
+    assert environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dashboard
+    assert environment["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert "grafana:/var/lib/grafana" in service["volumes"]
+    assert service["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
