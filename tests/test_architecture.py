@@ -20,6 +20,7 @@ LAYERS = {
     "keygen.chaos": 6,
     "keygen.cluster": 6,
     "keygen.backup": 6,
+    "keygen.monitor": 6,
     "keygen.api": 5,
     "keygen.service": 4,
     "keygen.health": 4,
