@@ -11,16 +11,14 @@ from typing import Any
 import pytest
 
 from tests.deploy.files import PROMETHEUS_CONFIG
+from tests.support.tools import installed
 
 RULES = PROMETHEUS_CONFIG.with_name("alerts.yml")
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: scripts/apt-install prometheus")
-    return path
+    return installed("promtool", "prometheus")
 
 
 def test_scrape_interval_and_rule_files(prometheus_config: dict[str, Any]) -> None:
