@@ -94,3 +94,17 @@ async def test_metrics_prometheus_format(client: httpx.AsyncClient, accept: str)
     assert "keygen_allocation_duration_seconds_bucket" in text
     assert "keygen_active_locks 0.0" in text
     assert 'keygen_breaker_open{source="sqlite"} 0.0' in text
+
+
+async def test_the_orchestrator_probes_show_status_only(
+    app: AllocateEndpoint, client: httpx.AsyncClient
+) -> None:
+    """/health/live is 200; /health/ready is 200 while a layer serves and 503 when none can,
+    and neither shows anything but the status."""
+    assert (await client.get("/health/live")).json() == {"status": "alive"}
+    ready = await client.get("/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"status": "healthy"})
+    await app.api.state.service.ledger.aclose()
+    app.api.state.service.health.max_age = 0  # ask again now rather than at the next probe
+    refused = await client.get("/health/ready")
+    assert (refused.status_code, refused.json()) == (503, {"status": "unhealthy"})

@@ -45,6 +45,27 @@ async def health(service: ServiceDep) -> Response:
     return Response(msgspec.json.encode(snapshot), status, media_type="application/json")
 
 
+@router.get("/health/live", summary="Whether the process answers (for orchestrators)")
+async def live() -> Response:
+    """Always 200 while the process serves HTTP; nothing is pinged, nothing internal shown."""
+    return _json({"status": "alive"})
+
+
+@router.get(
+    "/health/ready",
+    summary="Whether the instance can allocate now (for orchestrators)",
+    responses={503: {"description": "No layer can allocate"}},
+)
+async def ready(service: ServiceDep) -> Response:
+    """200 while some layer answered its last background probe, 503 when none did; only
+    the status, no internals."""
+    snapshot = await service.health.recent()
+    status = 503 if snapshot.status == UNHEALTHY else 200
+    return Response(
+        msgspec.json.encode({"status": snapshot.status}), status, media_type="application/json"
+    )
+
+
 @router.get(
     "/metrics",
     summary="Counters as JSON, or in the Prometheus text format when asked for it",
