@@ -71,3 +71,18 @@ def flag(command: list[str], name: str) -> str:
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     return data
+
+
+KUBERNETES = DEPLOY / "kubernetes"
+OVERLAYS = ("embedded", "production")
+DOCKERFILE = DEPLOY / "Dockerfile"
+
+
+def venv_tool(name: str) -> str:
+    """A command-line tool that the ``dev`` extra installs beside the interpreter (the
+    kubectl, hadolint and check-jsonschema wheels); the test fails when it is missing."""
+    import sys
+
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is missing: scripts/install (the dev extra) installs it"
+    return str(path)

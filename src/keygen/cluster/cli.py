@@ -1,4 +1,4 @@
-"""``keygen cluster up|status|down``: the local topology from the command line.
+"""``keygen cluster up|status|down|failover|roll``: the local topology from the command line.
 
 ``up`` prints its progress on stderr and the environment on stdout, so that
 ``eval "$(keygen cluster up)"`` points the current shell at the new topology.
@@ -178,8 +178,34 @@ def cluster_down(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _maintain(args: argparse.Namespace, verb: str) -> int:
+    from keygen.cluster import maintenance
+    from keygen.cluster.topology import LocalCluster
+
+    if not LocalCluster.exists(args.dir):
+        return _fail(f"no cluster recorded in {args.dir}")
+    try:
+        cluster = LocalCluster.load(args.dir, progress=_progress)
+        if verb == "failover":
+            master = maintenance.planned_failover(cluster, args.timeout, _progress)
+        else:
+            master = maintenance.rolling_restart(cluster, args.timeout, _progress)
+    except ClusterError as exc:
+        return _fail(str(exc))
+    _err().print(f"[green]{verb} done[/green]: the master is {master.name} (port {master.port})")
+    return 0
+
+
+def cluster_failover(args: argparse.Namespace) -> int:
+    return _maintain(args, "failover")
+
+
+def cluster_roll(args: argparse.Namespace) -> int:
+    return _maintain(args, "roll")
+
+
 def add_cluster_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cluster up|status|down`` to the ``keygen`` command."""
+    """Add ``cluster up|status|down|failover|roll`` to the ``keygen`` command."""
     parser = subparsers.add_parser(
         "cluster",
         help="run the local topology: Redis master + 2 replicas, 3 Sentinels, PostgreSQL",
@@ -240,3 +266,25 @@ def add_cluster_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
         help="then delete the directory (all Redis and PostgreSQL data)",
     )
     p.set_defaults(run=cluster_down)
+
+    for verb, run, text in (
+        (
+            "failover",
+            cluster_failover,
+            "planned failover: replicas in sync, SENTINEL FAILOVER, wait until all agree",
+        ),
+        (
+            "roll",
+            cluster_roll,
+            "rolling restart of the Redis processes: Sentinels, replicas, a planned "
+            "failover, then the old master; one at a time",
+        ),
+    ):
+        p = with_dir(commands.add_parser(verb, help=text))
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds each wait may take (default %(default)s)",
+        )
+        p.set_defaults(run=run)

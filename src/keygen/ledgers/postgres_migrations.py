@@ -7,6 +7,11 @@ the lock, then find nothing left to do. PostgreSQL's DDL is transactional, so a 
 that fails leaves no trace and is retried at the next start.
 
 Migrations are append-only: never edit one that has shipped; add the next number.
+
+Expand, then contract: during a rolling upgrade two consecutive releases run on one schema,
+so a release's migration only adds (tables, nullable or defaulted columns, indexes), and
+what the previous release needed is dropped or tightened one release later.
+tests/e2e/test_upgrade.py fails when the newest migration does otherwise (docs/upgrade.md).
 """
 
 from __future__ import annotations
