@@ -21,6 +21,7 @@ LAYERS = {
     "keygen.cluster": 6,
     "keygen.backup": 6,
     "keygen.monitor": 6,
+    "keygen.checkup": 6,
     "keygen.api": 5,
     "keygen.service": 4,
     "keygen.health": 4,
@@ -39,6 +40,7 @@ LAYERS = {
     "keygen.snapshots": 0,
     "keygen.progress": 0,
     "keygen.histogram": 0,
+    "keygen.redact": 0,
     "keygen": 0,
     # Stand apart: a program that allocates, or checks ranges, needs nothing of the server.
     "keygen.client": 0,

@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -28,25 +29,23 @@ from keygen.chaos.cli import add_chaos_command
 from keygen.checker import check, read_records
 from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
 from keygen.cluster.cli import add_cluster_commands
-from keygen.config import Settings
+from keygen.config import Settings, describe
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.errors import LedgerUnavailable
 from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
-from keygen.ledgers.postgres import redact_url
 from keygen.monitor import add_monitor_command
+from keygen.redact import redact_url
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message is not broken across lines
 
 
 def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        err.print(f"[red]keygen: invalid configuration[/red]: {problems}")
+        problems = "; ".join(describe(exc))
+        err.print(f"[red]keygen: invalid configuration[/red]: {escape(problems)}")
         raise SystemExit(2) from None
 
 
@@ -77,7 +76,14 @@ def _log_config(level: str) -> dict[str, Any]:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from keygen.api.protocol import raise_descriptor_limit
+
     settings = _settings()  # fail here, clearly, rather than in every worker
+    if (soft := raise_descriptor_limit(settings.max_connections)) is not None:
+        err.print(
+            f"[yellow]keygen: KEYGEN_MAX_CONNECTIONS={settings.max_connections} needs more "
+            f"file descriptors than the limit, {soft}[/yellow]"
+        )
     with _run_dir(settings):
         uvicorn.run(
             "keygen.api.app:create_app",
@@ -86,7 +92,9 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools with the edge's limits: connections, header size and time, pipelining.
+            http="keygen.api.protocol:KeygenHttpProtocol",
+            timeout_keep_alive=max(1, round(settings.keepalive_timeout)),
             log_level=settings.log_level,
             log_config=_log_config(settings.log_level),
             access_log=settings.access_log,
@@ -106,13 +114,38 @@ def _run_dir(settings: Settings) -> Iterator[None]:
         yield
         return
     shm = Path("/dev/shm")
-    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    run_dir = tempfile.mkdtemp(prefix="keygen-run-", dir=where)
-    os.environ["KEYGEN_RUN_DIR"] = run_dir  # the workers read their settings from it
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    _remove_stale_run_dirs(where)
+    run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=where))
+    (run_dir / RUN_DIR_OWNER).write_text(str(os.getpid()))
+    os.environ["KEYGEN_RUN_DIR"] = str(run_dir)  # the workers read their settings from it
+    # uvicorn re-raises the SIGTERM it drained on once it returns: as an exception, so that
+    # the run directory is removed on the way out (the default action would skip that).
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+RUN_DIR_PREFIX = "keygen-run-"
+RUN_DIR_OWNER = "owner"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # drained and stopped, as asked
+
+
+def _remove_stale_run_dirs(where: Path) -> None:
+    """Run directories of instances that are gone (killed: nothing removed theirs)."""
+    for stale in where.glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            pid = int((stale / RUN_DIR_OWNER).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # another user's, or being made right now: not ours to judge
 
 
 def allocate(args: argparse.Namespace) -> int:
@@ -120,10 +153,10 @@ def allocate(args: argparse.Namespace) -> int:
         with KeygenClient(args.url, retries=0) as client:
             allocated = client.allocate(size=args.size, namespace=args.namespace)
     except KeygenAPIError as exc:
-        err.print(f"[red]keygen: {exc}[/red]")
+        err.print(f"[red]keygen: {escape(str(exc))}[/red]")
         return 1
     except httpx.TransportError as exc:
-        err.print(f"[red]keygen: cannot reach {args.url}: {exc}[/red]")
+        err.print(f"[red]keygen: cannot reach {escape(args.url)}: {escape(str(exc))}[/red]")
         return 1
     print(msgspec.json.encode(allocated).decode())
     return 0
@@ -133,7 +166,7 @@ def verify(args: argparse.Namespace) -> int:
     try:
         verdict = check(read_records(args.files))
     except (OSError, ValueError) as exc:
-        err.print(f"[red]keygen verify: {exc}[/red]")
+        err.print(f"[red]keygen verify: {escape(str(exc))}[/red]")
         return 2
     for first, second in verdict.overlaps[:20]:
         print(
@@ -203,6 +236,34 @@ def alert_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_check(args: argparse.Namespace) -> int:
+    from keygen.checkup import checkup
+
+    checks = asyncio.run(checkup(_settings()))
+    if args.json:
+        print(json.dumps([{"part": c.part, "ok": c.ok, "detail": c.detail} for c in checks]))
+    else:
+        table = Table(title="keygen config check")
+        for column in ("part", "", "detail"):
+            table.add_column(column)
+        for c in checks:
+            table.add_row(
+                escape(c.part), "[green]ok[/green]" if c.ok else "[red]FAIL[/red]", escape(c.detail)
+            )
+        Console().print(table)
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keygen", description="Keygen: unique integer ID ranges, never handed out twice."
@@ -210,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"keygen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("serve", help="run the HTTP service")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the HTTP service; the rest of its settings come from the environment "
+        "(README: Configuration; `keygen config check` validates them).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes")
     p.set_defaults(run=serve)
 
     p = commands.add_parser("allocate", help="ask a running service for a range")
@@ -237,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=ledger_status)
+
+    p = commands.add_parser("config", help="the settings")
+    config_commands = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    p = config_commands.add_parser(
+        "check", help="validate the settings and ask every configured layer; exit 1 on a problem"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=config_check)
 
     p = commands.add_parser("alerts", help="the alert rules")
     alert_commands = p.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND")

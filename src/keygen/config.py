@@ -7,11 +7,12 @@ The original product's names are kept where they exist (``ID_BLOCK_SIZE``,
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keygen.constants import MAX_ID, NAMESPACE_PATTERN
@@ -38,6 +39,13 @@ DEFAULT_RESERVE_SIZE = 5_000_000_000
 DEFAULT_RESERVE_NAMESPACES = "default"
 DEFAULT_RESERVE_SLOTS = 64
 DEFAULT_RESERVE_TIMEOUT = 0.5
+# The HTTP edge's limits (docs/security.md says why each default is what it is).
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 5.0
+DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_MAX_PIPELINE = 16
+DEFAULT_ALLOWED_HOSTS = "*"
 
 #: A host and a port, as ``REDIS_SENTINEL_HOSTS`` and ``KEYGEN_REDIS_ADDRESS_MAP`` name them.
 Address = tuple[str, int]
@@ -119,7 +127,9 @@ class Settings(BaseSettings):
 
     # Keygen's own.
     database_url: str | None = Field(
-        None, description="postgresql://... of the ledger; unset means the embedded SQLite one."
+        None,
+        repr=False,  # it may hold a password: keep it out of reprs (keygen.redact for the rest)
+        description="postgresql://... of the ledger; unset means the embedded SQLite one.",
     )
     db_pool_min_size: Annotated[int, Field(ge=0)] = Field(
         DEFAULT_DB_POOL_MIN_SIZE, description="Connections to PostgreSQL kept open."
@@ -169,7 +179,14 @@ class Settings(BaseSettings):
         description="Seconds of ALLOCATION_TIMEOUT kept for the reserve: the layers before it "
         "give up this long before the deadline (at most half the budget).",
     )
-    breaker_failure_threshold: Annotated[int, Field(ge=1)] = 3
+    breaker_failure_threshold: Annotated[int, Field(ge=1)] = Field(
+        3, description="Consecutive failures (a stalled attempt counts) that open a breaker."
+    )
+    stall_timeout: Annotated[float, Field(gt=0)] = Field(
+        0.5,
+        description="Seconds an attempt on a layer may stay unanswered before it counts as "
+        "a failure of the layer (a silent layer is skipped after a few).",
+    )
     breaker_reset_timeout: Annotated[float, Field(gt=0)] = 2.0
     max_body_bytes: Annotated[int, Field(ge=64)] = DEFAULT_MAX_BODY_BYTES
     body_timeout: Annotated[float, Field(gt=0)] = Field(
@@ -197,6 +214,7 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: str | None = Field(
         None,
+        repr=False,
         description="POST each alert transition here, in Alertmanager's webhook format.",
     )
     alert_time_scale: Annotated[float, Field(gt=0, le=1)] = Field(
@@ -205,10 +223,50 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     access_log: bool = False
 
+    # The HTTP edge's limits, per worker process (api/protocol.py enforces them).
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        DEFAULT_MAX_CONNECTIONS,
+        description="Open connections a worker keeps; past it the longest-idle one is closed "
+        "for a newcomer, or, none being idle, the newcomer gets a 503 and is closed.",
+    )
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        DEFAULT_HEADER_TIMEOUT,
+        description="Seconds a client may take to send a request's line and headers (from "
+        "its first byte, or from connecting) before a 408 and a close: slowloris.",
+    )
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        description="Seconds an idle keep-alive connection is kept between two requests.",
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 24)] = Field(
+        DEFAULT_MAX_HEADER_BYTES,
+        description="Bytes a request's line and headers may take together; past it a 431.",
+    )
+    max_pipeline: Annotated[int, Field(ge=1, le=1024)] = Field(
+        DEFAULT_MAX_PIPELINE,
+        description="Pipelined requests a connection may have waiting behind the one being "
+        "answered; a client that sends more without reading is disconnected.",
+    )
+    allowed_hosts: str = Field(
+        DEFAULT_ALLOWED_HOSTS,
+        description="Comma-separated Host header values served ('*' any, '*.example.com' a "
+        "domain's subdomains); any other gets a 400. Set it when browsers can reach the "
+        "service: it defeats DNS rebinding.",
+    )
+
     @field_validator("redis_sentinel_hosts", "database_url")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgresql(cls, value: str | None) -> str | None:
+        scheme = (value or "").partition("://")[0].lower()
+        if value is not None and scheme not in ("postgresql", "postgres"):
+            shown = scheme + "://..." if "://" in value else "a URL without a scheme"
+            raise ValueError(f"must be a postgresql:// URL (or unset for SQLite), got {shown}")
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
@@ -235,9 +293,25 @@ class Settings(BaseSettings):
     @classmethod
     def _namespaces_are_valid(cls, value: str) -> str:
         for namespace in _split(value):
-            if NAMESPACE_PATTERN.match(namespace) is None:
+            if NAMESPACE_PATTERN.fullmatch(namespace) is None:
                 raise ValueError(f"{namespace!r} is not a valid namespace")
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, value: str) -> str:
+        if not _split(value):
+            raise ValueError("name at least one host, or '*' for any")
+        for host in _split(value):
+            if host != "*" and not _HOST_PATTERN.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name, '*' or '*.domain'")
+        return value
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...] | None:
+        """``KEYGEN_ALLOWED_HOSTS`` lowercased, or None when any host is served."""
+        hosts = tuple(host.lower() for host in _split(self.allowed_hosts))
+        return None if "*" in hosts else hosts
 
     @property
     def reserve_enabled(self) -> bool:
@@ -273,16 +347,41 @@ class Settings(BaseSettings):
         return _parse_hosts(self.redis_sentinel_hosts) if self.redis_sentinel_hosts else []
 
 
+_HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
 def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+#: A host name, an IPv4 address, or an IPv6 one in brackets.
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def parse_address(text: str) -> Address:
     """``host:port`` as a pair; ValueError on anything else."""
     host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{text.strip()!r} is not host:port")
-    return host, int(port)
+    if not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text.strip()[:80]!r} is not host:port (several are separated by ',')")
+    return host.strip("[]"), int(port)
+
+
+def describe(error: ValidationError) -> list[str]:
+    """Each problem of the settings, named by the environment variable that sets it."""
+    problems = []
+    for e in error.errors():
+        name = str(e["loc"][0]) if e["loc"] else ""
+        field = Settings.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        if isinstance(alias, AliasChoices):
+            variable = str(alias.choices[0])
+        elif field is None:
+            variable = name  # already the variable: one of the original product's names
+        else:
+            variable = f"KEYGEN_{name.upper()}"
+        message = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}: {message}" if variable else message)
+    return problems
 
 
 def _parse_hosts(value: str) -> list[Address]:

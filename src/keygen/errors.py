@@ -7,6 +7,8 @@ command line as a message and an exit status, and have no HTTP status.
     KeygenError                      base: a message and a code
     ├── ServiceError                 500 internal_error: what the service reports over HTTP
     │   ├── RequestError             4xx: the client's request is at fault; nothing is allocated
+    │   │   ├── ClientDisconnected   400 client_disconnected: the body never fully arrived
+    │   │   │                            (nothing can be answered; counted, not sent)
     │   │   ├── MalformedJSON        400 malformed_json
     │   │   ├── NotFound             404 not_found
     │   │   ├── MethodNotAllowed     405 method_not_allowed
@@ -28,6 +30,7 @@ command line as a message and an exit status, and have no HTTP status.
         ├── ClusterError             cluster_error: the local topology could not be started,
         │                                inspected or stopped
         ├── BackupError              backup_error: a backup or restore was refused or failed
+        ├── ChaosError               chaos_error: a chaos run was refused (a plan with no fault)
         └── MigrationError           migration_error: the ledger's schema cannot be migrated
             └── SchemaTooNew         schema_too_new: a newer Keygen migrated the ledger
 
@@ -39,6 +42,8 @@ from __future__ import annotations
 
 __all__ = [
     "BackupError",
+    "ChaosError",
+    "ClientDisconnected",
     "ClusterError",
     "InvalidRequest",
     "JournalLocked",
@@ -88,6 +93,14 @@ class RequestError(ServiceError):
 
     status_code = 400
     code = "bad_request"
+
+
+class ClientDisconnected(RequestError):
+    """The client hung up before its whole body arrived (or the HTTP parser gave up on it):
+    nothing is allocated, and nothing can be answered."""
+
+    status_code = 400
+    code = "client_disconnected"
 
 
 class MalformedJSON(RequestError):
@@ -214,6 +227,12 @@ class BackupError(ToolError):
     """A backup or restore could not be made, or was refused; the message says why."""
 
     code = "backup_error"
+
+
+class ChaosError(ToolError):
+    """A chaos run was refused: it would prove nothing (no fault planned)."""
+
+    code = "chaos_error"
 
 
 class MigrationError(ToolError):

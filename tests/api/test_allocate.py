@@ -32,7 +32,7 @@ async def test_allocates_exact_size(client: httpx.AsyncClient) -> None:
 async def test_defaults_without_body(settings: Settings) -> None:
     """With no body at all, the size is ID_BLOCK_SIZE and the namespace 'default'."""
     async with running(create_app(settings.model_copy(update={"id_block_size": 77}))) as http:
-        body = (await http.post("/allocate")).json()
+        body = (await http.post("/allocate", headers={"content-type": "application/json"})).json()
         empty = (await http.post("/allocate", json={})).json()
     assert body["size"] == empty["size"] == 77
     assert body["namespace"] == "default"

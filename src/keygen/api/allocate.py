@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from keygen.api.responses import error_body
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from keygen.errors import (
+    ClientDisconnected,
     InvalidRequest,
     MalformedJSON,
     MethodNotAllowed,
@@ -43,7 +44,8 @@ ALLOCATE_PATH = "/allocate"
 
 
 class AllocateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    size: int | None = None
+    # A float is taken when it is integral: ``1.0`` is an integer to JSON Schema too.
+    size: int | float | None = None
     namespace: str | None = None
 
 
@@ -61,10 +63,14 @@ def parse_request(body: bytes, settings: Settings) -> tuple[str, int]:
     except msgspec.DecodeError as exc:
         raise MalformedJSON(f"the body is not valid JSON: {exc}") from None
     size = settings.id_block_size if request.size is None else request.size
+    if isinstance(size, float):
+        if not size.is_integer():
+            raise InvalidRequest(f"size must be an integer, got {size!r}")
+        size = int(size)
     if not 1 <= size <= settings.max_block_size:
         raise InvalidRequest(f"size must be between 1 and {settings.max_block_size}, got {size}")
     namespace = DEFAULT_NAMESPACE if request.namespace is None else request.namespace
-    if NAMESPACE_PATTERN.match(namespace) is None:
+    if NAMESPACE_PATTERN.fullmatch(namespace) is None:  # not .match: "$" admits a "\n"
         raise InvalidRequest(
             f"namespace must match {NAMESPACE_PATTERN.pattern} (lowercase letters, digits, "
             f"'_', '.', '-'; at most 64 characters), got {namespace[:80]!r}"
@@ -88,15 +94,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadD
             content_type = value
         elif name == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"the body must be at most {limit} bytes")
-    if content_type is not None and not _is_json(content_type):
+    # Required even without a body: a cross-site form or fetch() without a JSON type is a
+    # "simple" request that browsers send without asking (CORS preflight) first.
+    if content_type is None:
+        raise UnsupportedMediaType("POST /allocate needs Content-Type: application/json")
+    if not _is_json(content_type):
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {content_type.decode('latin-1')!r}"
+            f"Content-Type must be application/json, got {content_type.decode('latin-1')[:80]!r}"
         )
     body = b""
     reader = deadlines.watch()
     try:
         while True:
             message = await receive()
+            if message.get("type", "http.request") != "http.request":
+                # http.disconnect: the client hung up, or the parser refused the rest (a bad
+                # chunk): what arrived is not the body, so it must allocate nothing.
+                raise ClientDisconnected("the client disconnected before its body arrived")
             chunk: bytes = message.get("body", b"")
             body += chunk
             if len(body) > limit:
@@ -111,8 +125,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadD
         raise
     finally:
         deadlines.done(reader)
-    if content_type is None and body.strip():
-        raise UnsupportedMediaType("a body needs Content-Type: application/json")
     return body
 
 
@@ -121,8 +133,20 @@ class AllocateEndpoint:
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api
+        settings: Settings = api.state.settings
+        self.allowed_hosts = settings.allowed_host_list
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allowed_hosts is not None and scope["type"] == "http":
+            host = _host_of(scope)
+            if not host_allowed(host, self.allowed_hosts):
+                await _send(
+                    send,
+                    400,
+                    error_body("host_not_allowed", f"Host {host[:80]!r} is not served here"),
+                    {"Connection": "close"},
+                )
+                return
         if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
             await self._pass_on(scope, receive, send)
             return
@@ -136,6 +160,9 @@ class AllocateEndpoint:
             )
             namespace, size = parse_request(body, service.settings)
             allocation = await service.allocator.allocate(namespace, size)
+        except ClientDisconnected as exc:
+            counters.record_rejected(exc.code)  # no response: nobody is left to read it
+            return
         except ServiceError as exc:
             counters.record_rejected(exc.code)
             counters.record_response(ALLOCATE_PATH, exc.status_code)
@@ -177,6 +204,28 @@ class AllocateEndpoint:
             await send(message)
 
         await self.api(scope, receive, counted)
+
+
+def _host_of(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host: str = value.decode("latin-1").lower()
+            if host.startswith("["):  # [::1]:8010
+                return host.partition("]")[0] + "]"
+            return host.rpartition(":")[0] if ":" in host else host
+    return ""
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``host`` (lowercase, without its port) is one of ``allowed`` (``*.domain``
+    names the domain's subdomains)."""
+    for pattern in allowed:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
 
 
 async def _send(

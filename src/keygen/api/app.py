@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None) -> AllocateEndpoint:
         lifespan=lifespan,
         docs_url=None,  # served by dashboard.py from vendored Swagger UI, not from a CDN
         redoc_url=None,
+        # No redirect from /health/ to /health: its Location would come from the client's Host.
+        redirect_slashes=False,
     )
     api.state.settings = settings or Settings()
     api.include_router(router)

@@ -16,12 +16,13 @@ from keygen.ranges import AllocatedRange
 REF_TEMPLATE = "#/components/schemas/{name}"
 
 _ERRORS = {
-    "400": "Malformed JSON",
+    "400": "Malformed JSON, invalid HTTP, or a Host not in KEYGEN_ALLOWED_HOSTS",
     "405": "Method not allowed",
     "408": "The body did not arrive within KEYGEN_BODY_TIMEOUT; the connection is closed",
     "409": "The namespace has too few IDs left below 2**63-1",
     "413": "Body too large",
-    "415": "Content-Type is not application/json",
+    "415": "Content-Type is not application/json (required even without a body)",
+    "431": "The request line and headers are over KEYGEN_MAX_HEADER_BYTES",
     "422": "Invalid field: size out of range, bad namespace, unknown field",
     "503": "No layer could allocate in time; see the Retry-After header",
 }
@@ -45,6 +46,12 @@ def install_openapi(api: FastAPI) -> None:
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         request = AllocateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        settings = getattr(api.state, "settings", None)
+        if settings is not None:
+            size = request["properties"]["size"]
+            for choice in size.get("anyOf", [size]):
+                if choice.get("type") == "integer":
+                    choice["maximum"] = settings.max_block_size
         components[AllocateRequest.__name__] = request
         _, written = msgspec.json.schema_components(
             [AllocatedRange, ErrorResponse], ref_template=REF_TEMPLATE
@@ -55,8 +62,12 @@ def install_openapi(api: FastAPI) -> None:
             "post": {
                 "summary": "Allocate a range of unique IDs",
                 "operationId": "allocate",
+                "description": "Needs `Content-Type: application/json` (or a `+json` type), "
+                "even without a body; an empty body means `{}`. JSON with a key twice is "
+                "taken as the last one says (RFC 8259 leaves it to the reader).",
+                # Required here because its Content-Type is: an empty body with it is `{}`.
                 "requestBody": {
-                    "required": False,
+                    "required": True,
                     "content": {"application/json": {"schema": _ref(AllocateRequest)}},
                 },
                 "responses": {

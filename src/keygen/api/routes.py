@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Final
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from prometheus_client.exposition import choose_encoder
 
@@ -37,10 +37,15 @@ def get_service(request: Request) -> Keygen:
 ServiceDep = Annotated[Keygen, Depends(get_service)]
 
 
-@router.get("/health", summary="Health of the service and of each layer")
+@router.get(
+    "/health",
+    summary="Health of the service and of each layer",
+    responses={503: {"description": "No layer can allocate"}},
+)
 async def health(service: ServiceDep) -> Response:
-    """200 while some layer can allocate, 503 when none can. Every layer is pinged now."""
-    snapshot = await service.health.live()
+    """200 while some layer can allocate, 503 when none can, as the background probe (at
+    most ``KEYGEN_HEALTH_MAX_AGE`` ago) found the layers."""
+    snapshot = await service.health.recent()
     status = 503 if snapshot.status == UNHEALTHY else 200
     return Response(msgspec.json.encode(snapshot), status, media_type="application/json")
 
@@ -83,8 +88,22 @@ async def metrics(request: Request, service: ServiceDep) -> Response:
     return _json(MetricsDocument.of(snapshot))
 
 
+#: What ``window`` may be, stated in the schema so that it and the server agree.
+WINDOW_PATTERN: Final = r"^[0-9]{1,6}(\.[0-9]{1,3})?[smh]?$"
+
+
 @router.get("/metrics/history", summary="The key figures over time")
-async def history(service: ServiceDep, window: str = "15m") -> Response:
+async def history(
+    service: ServiceDep,
+    window: Annotated[
+        str,
+        Query(
+            pattern=WINDOW_PATTERN,
+            description="Seconds, or a number with s, m or h; 10 s to 24h (a window outside "
+            "is brought to the nearest bound).",
+        ),
+    ] = "15m",
+) -> Response:
     """A point a second up to a window of an hour, a point a minute beyond (up to 24h);
     ``window`` is a number of seconds, or one with ``s``, ``m`` or ``h``."""
     seconds = _window(window)
@@ -120,6 +139,8 @@ def _window(text: str) -> float:
         seconds = float(number) * (unit or 1)
     except ValueError:
         seconds = math.nan
+    if math.isfinite(seconds):  # the schema's pattern admits 0 and 999999h: take the bound
+        seconds = min(max(seconds, MIN_WINDOW), MAX_WINDOW)
     if not MIN_WINDOW <= seconds <= MAX_WINDOW:
         raise InvalidRequest(
             f"window must be {MIN_WINDOW:g} s to 24h (e.g. 30s, 15m, 1h), got {text[:20]!r}"

@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -42,6 +41,7 @@ from keygen.errors import (
 from keygen.ledgers.base import NamespaceStatus, ReserveUsage
 from keygen.ledgers.postgres_migrations import Connection, migrate
 from keygen.ranges import IdRange
+from keygen.redact import redact_url
 from keygen.snapshots import PostgresSnapshot
 
 log = logging.getLogger(__name__)
@@ -159,19 +159,6 @@ async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     borrow, a third of a grant. The ledger never changes session state (its settings are
     transaction-local), and asyncpg still rolls back any transaction left open.
     """
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and status output."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<unparsable URL>"
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -390,6 +377,16 @@ class PostgresLedger:
         async with self._connection("ping") as conn:
             await conn.fetchval("SELECT 1")
         self.ping_ms = round(1000 * (time.perf_counter() - started), 3)
+
+    async def current_schema_version(self) -> int | None:
+        """The schema version the database is at now (None before the first migration)."""
+        async with self._connection("reading the schema version") as conn:
+            if await conn.fetchval("SELECT to_regclass('keygen_schema_version')") is None:
+                return None
+            version: int | None = await conn.fetchval(
+                "SELECT max(version) FROM keygen_schema_version"
+            )
+            return version
 
     def snapshot(self) -> PostgresSnapshot:
         """The ledger's connection state, for ``/health``."""

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from keygen.errors import ServiceError
+from keygen import errors
 from keygen.ranges import SOURCES
 
 __all__ = [
@@ -92,10 +92,11 @@ STATUSES: Final = (
 )
 
 
-def _codes(cls: type[ServiceError] = ServiceError) -> Iterator[str]:
-    yield cls.code
-    for sub in cls.__subclasses__():
-        yield from _codes(sub)
+def _codes() -> Iterator[str]:
+    # The classes of errors.py only: the layout must not depend on what else was imported.
+    for value in vars(errors).values():
+        if isinstance(value, type) and issubclass(value, errors.ServiceError):
+            yield value.code
 
 
 #: The error codes a request can be refused with (every ServiceError's code).

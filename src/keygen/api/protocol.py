@@ -1,0 +1,280 @@
+"""uvicorn's httptools protocol with the limits an edge exposed to a network needs.
+
+uvicorn (0.54) cannot do these itself, which is why this subclass exists (docs/security.md
+has the evidence):
+
+- its parser's refusals (a bad request line, Content-Length or chunk; an unknown method)
+  are answered in ``text/plain``, with a warning logged for each one;
+- httptools buffers a request's line and headers whole, with no limit: a 50 MB header line
+  costs hundreds of MB;
+- nothing times out a client that sends its headers a byte at a time (the keep-alive timer
+  is cancelled by any byte), nor one that connects and says nothing;
+- ``limit_concurrency`` refuses requests, not connections: idle connections are never
+  refused, and they exhaust the process's descriptors;
+- a client that pipelines requests without reading the answers makes it queue every one
+  of them (``receive()`` resumes reading), without bound.
+
+So: the bytes of a request's head are counted as they arrive (431 past
+``KEYGEN_MAX_HEADER_BYTES``); one sweeper per server closes connections whose head has
+taken longer than ``KEYGEN_HEADER_TIMEOUT`` (408), which costs the hot path one clock read
+per request rather than a timer; past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
+connection is closed to make room, or the newcomer gets a 503 when none is idle; more than
+``KEYGEN_MAX_PIPELINE`` waiting requests close the connection (none of them had started, so
+none allocated anything). Every refusal is the service's JSON error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from keygen.api.responses import error_body
+from keygen.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: At most one warning a minute about refused requests, with their count: a client sending
+#: garbage in a loop must not fill the disk with log lines.
+REFUSAL_LOG_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    max_connections: int
+    header_timeout: float
+    keepalive_timeout: float
+    max_header_bytes: int
+    max_pipeline: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> EdgeLimits:
+        return cls(
+            settings.max_connections,
+            settings.header_timeout,
+            settings.keepalive_timeout,
+            settings.max_header_bytes,
+            settings.max_pipeline,
+        )
+
+
+#: Descriptors a worker needs besides its clients' connections (ledger, Redis, journals, logs).
+SPARE_DESCRIPTORS = 256
+
+
+def raise_descriptor_limit(max_connections: int) -> int | None:
+    """Raise the soft descriptor limit to what ``max_connections`` needs (up to the hard
+    limit); return the limit when even that is too low (past it, accept() fails and nothing
+    answers, not even ``/health``), else None."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + SPARE_DESCRIPTORS
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return None
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ValueError, OSError):
+        new = soft
+    return None if new >= wanted else new
+
+
+class _PipelineFull(Exception):
+    """Raised from a parser callback to stop parsing the rest of the bytes received."""
+
+
+class _Edge:
+    """What the connections of one server share: the limits, who is idle, the sweeper."""
+
+    def __init__(self, limits: EdgeLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self.limits = limits
+        self.loop = loop
+        #: Connections with no request in flight, the longest idle first.
+        self.idle: dict[KeygenHttpProtocol, None] = {}
+        self.heads: set[KeygenHttpProtocol] = set()
+        self.interval = min(1.0, limits.header_timeout / 4)
+        self.refused = 0
+        self.last_logged = 0.0
+        loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        """Close the connections whose request head is past its deadline."""
+        deadline = self.loop.time() - self.limits.header_timeout
+        late = [c for c in self.heads if c.head_started <= deadline]
+        for connection in late:
+            connection.refuse(408, "request_timeout", "the request's headers came too slowly")
+        self.loop.call_later(self.interval, self.sweep)
+
+    def count_refusal(self, status: int, code: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.last_logged >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "refused %d malformed or over-limit connection(s) since the last warning "
+                "(the latest: %d %s)",
+                self.refused,
+                status,
+                code,
+            )
+            self.refused, self.last_logged = 0, now
+
+
+def _find_settings(app: Any) -> Settings:
+    """The settings of the Keygen app inside uvicorn's middleware, or the environment's."""
+    for _ in range(8):
+        api = getattr(app, "api", None)
+        if api is not None and isinstance(getattr(api.state, "settings", None), Settings):
+            settings: Settings = api.state.settings
+            return settings
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return Settings()
+
+
+class KeygenHttpProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with the edge's limits (see the module docstring)."""
+
+    _edges: ClassVar[dict[int, _Edge]] = {}
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        edge = self._edges.get(id(server_state))
+        if edge is None or edge.loop is not self.loop:
+            edge = _Edge(EdgeLimits.of(_find_settings(self.app)), self.loop)
+            self._edges[id(server_state)] = edge
+        self.edge = edge
+        self.timeout_keep_alive = edge.limits.keepalive_timeout  # type: ignore[assignment]
+        self.head_started = 0.0
+        self.head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        edge = self.edge
+        if len(self.connections) > edge.limits.max_connections:
+            victim = next(iter(edge.idle), None)
+            if victim is None:
+                self.refuse(503, "too_many_connections", "too many connections; retry later")
+                return
+            victim.close_idle()
+        self.head_started = edge.loop.time()
+        edge.heads.add(self)
+        edge.idle[self] = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.idle.pop(self, None)
+        self.edge.heads.discard(self)
+        self.pipeline.clear()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _PipelineFull):
+                # Not answered: the client reads nothing, and a response is being written.
+                self.refuse(429, "too_many_pipelined", "", answer=False)
+                return
+            raise
+        except httptools.HttpParserError as exc:
+            detail = str(exc) or "the request is not valid HTTP/1.1"
+            self.refuse(400, "bad_request", f"invalid HTTP request: {detail}")
+            return
+        if self in self.edge.heads and self.head_bytes > self.edge.limits.max_header_bytes:
+            self.refuse(
+                431,
+                "headers_too_large",
+                f"the request line and headers must be at most "
+                f"{self.edge.limits.max_header_bytes} bytes",
+            )
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(400, "bad_request", msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        edge = self.edge
+        if self not in edge.heads:
+            self.head_started = edge.loop.time()
+            edge.heads.add(self)
+
+    def on_headers_complete(self) -> None:
+        edge = self.edge
+        edge.heads.discard(self)
+        edge.idle.pop(self, None)
+        self.head_bytes = 0
+        super().on_headers_complete()
+        if len(self.pipeline) > edge.limits.max_pipeline:
+            raise _PipelineFull
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.pipeline and not self.transport.is_closing():
+            self.edge.idle[self] = None
+
+    def close_idle(self) -> None:
+        """Close this idle connection to make room for a new one."""
+        self.edge.idle.pop(self, None)
+        self.edge.heads.discard(self)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def refuse(self, status: int, code: str, message: str, *, answer: bool = True) -> None:
+        """Answer ``status`` with the JSON error shape (unless a response is already under
+        way on this connection), and close the connection."""
+        edge = self.edge
+        edge.idle.pop(self, None)
+        edge.heads.discard(self)
+        self.pipeline.clear()
+        edge.count_refusal(status, code)
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            answer = answer and not cycle.response_started
+            # The request in flight must neither read on nor write: its body never arrived.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if not answer:
+            self.transport.close()
+            return
+        body = error_body(code, message)
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()

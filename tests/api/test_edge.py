@@ -1,0 +1,108 @@
+"""What the edge refuses before anything is allocated, in-process (raw sockets: e2e)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from keygen.api import create_app
+from keygen.api.allocate import AllocateEndpoint
+from keygen.config import Settings
+from tests.support.app import running
+
+pytestmark = pytest.mark.anyio
+
+
+async def _next_start(client: httpx.AsyncClient, namespace: str = "default") -> int:
+    response = await client.post("/allocate", json={"namespace": namespace, "size": 1})
+    start: int = response.json()["start"]
+    return start
+
+
+async def test_namespace_with_a_trailing_newline_is_refused(client: httpx.AsyncClient) -> None:
+    """'abc\\n' is not the namespace 'abc', nor one of its own: a 422 (fullmatch, not $)."""
+    response = await client.post("/allocate", json={"namespace": "abc\n", "size": 1})
+    assert response.status_code == 422
+    assert await _next_start(client, "abc") == 1
+
+
+@pytest.mark.parametrize("namespace", ["", "-a", "A", "a b", "a\x00", "\u0430", "a" * 65])
+async def test_namespaces_outside_the_pattern_are_refused(
+    client: httpx.AsyncClient, namespace: str
+) -> None:
+    """Each namespace the contract refuses gets a 422."""
+    response = await client.post("/allocate", json={"namespace": namespace})
+    assert response.status_code == 422, namespace
+
+
+async def test_an_integral_float_size_is_an_integer(client: httpx.AsyncClient) -> None:
+    """size 1.0 (an integer to JSON Schema) is served as 1; 1.5 and true are refused."""
+    response = await client.post(
+        "/allocate", content=b'{"size": 2.0}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200 and response.json()["size"] == 2
+    for body in (b'{"size": 1.5}', b'{"size": true}', b'{"size": 1e400}', b'{"size": -0}'):
+        response = await client.post(
+            "/allocate", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, body
+
+
+async def test_an_empty_post_needs_a_json_content_type(client: httpx.AsyncClient) -> None:
+    """No body and no Content-Type (a cross-site form's request) is a 415; with the type,
+    the defaults are served."""
+    response = await client.post("/allocate")
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    form = await client.post("/allocate", data={"size": "1"})
+    assert form.status_code == 415
+    ok = await client.post("/allocate", headers={"content-type": "application/json"})
+    assert ok.status_code == 200
+
+
+async def test_a_disconnect_before_the_body_ends_allocates_nothing(
+    app: AllocateEndpoint,
+) -> None:
+    """A body cut short by http.disconnect gets no allocation and no response."""
+    sent: list[dict[str, object]] = []
+    messages = [
+        {"type": "http.request", "body": b'{"namespace": "cut"}', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/allocate",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"keygen")],
+    }
+    async with running(app) as http:
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert sent == []
+        assert await _next_start(http, "cut") == 1
+
+
+async def test_health_with_a_trailing_slash_is_a_json_404(client: httpx.AsyncClient) -> None:
+    """/health/ is not redirected (the Location would be the client's Host): a JSON 404."""
+    response = await client.get("/health/", headers={"host": "evil.example"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_only_allowed_hosts_are_served(settings: Settings) -> None:
+    """With KEYGEN_ALLOWED_HOSTS set, another Host gets a JSON 400 on every path."""
+    app = create_app(settings.model_copy(update={"allowed_hosts": "keygen,*.example.com"}))
+    async with running(app) as http:
+        assert (await http.get("/health/live")).status_code == 200
+        ok = await http.get("/health/live", headers={"host": "a.example.com:8010"})
+        assert ok.status_code == 200
+        for host in ("evil.example", "example.com.evil", "keygen.evil"):
+            response = await http.post("/allocate", json={}, headers={"host": host})
+            assert response.status_code == 400, host
+            assert response.json()["error"]["code"] == "host_not_allowed"

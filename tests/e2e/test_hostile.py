@@ -1,0 +1,334 @@
+"""Hostile and broken clients against a real ``keygen serve``, over raw sockets.
+
+Each test states one thing the edge refuses (docs/security.md); those about bodies are
+checked against the ledger itself: a namespace the hostile request named has no grant.
+Everything is bounded in count and time, and aims at 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from keygen.ledgers.sqlite import LEDGER_FILENAME
+from tests.support.processes import ServeProcess
+
+pytestmark = pytest.mark.e2e
+
+HEADER_TIMEOUT = 1.5
+MAX_CONNECTIONS = 200
+JSON = b"Content-Type: application/json\r\n"
+#: Examples the schema fuzzer tries per operation: enough to find the known gaps, bounded.
+FUZZ_EXAMPLES = 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    env = {
+        "KEYGEN_DATA_DIR": str(tmp / "data"),
+        "KEYGEN_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+        "KEYGEN_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "KEYGEN_LEASE_SIZE": "1000",
+    }
+    process = ServeProcess(env, log=tmp / "serve.log").start()
+    process.data_dir = tmp / "data"  # type: ignore[attr-defined]
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _connect(server: ServeProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def _exchange(server: ServeProcess, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data``, then read until the server closes the connection (or ``timeout``)."""
+    with _connect(server) as sock:
+        sock.sendall(data)
+        return _read_to_close(sock, timeout)
+
+
+def _read_to_close(sock: socket.socket, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    out = b""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _hang_up(server: ServeProcess, data: bytes) -> None:
+    """Send ``data`` and close the connection without reading."""
+    with _connect(server) as sock:
+        sock.sendall(data)
+
+
+def _status(response: bytes) -> int:
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    assert match, response[:200]
+    return int(match.group(1))
+
+
+def _json_error(response: bytes) -> tuple[int, str]:
+    """The status and error code of a JSON error response; fails on anything else."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), response[:300]
+    return _status(response), json.loads(body)["error"]["code"]
+
+
+def _grants(server: ServeProcess, namespace: str) -> int:
+    path = server.data_dir / LEDGER_FILENAME  # type: ignore[attr-defined]
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as ledger:
+        (count,) = ledger.execute(
+            "SELECT count(*) FROM grants WHERE namespace = ?", (namespace,)
+        ).fetchone()
+    return int(count)
+
+
+def _rejected(server: ServeProcess, code: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"Accept": "text/plain"}).text
+    match = re.search(rf'keygen_rejected_requests_total{{code="{code}"}} (\S+)', text)
+    return float(match.group(1)) if match else 0.0
+
+
+def _allocate(server: ServeProcess, namespace: str, size: int = 1) -> dict[str, int]:
+    response = httpx.post(f"{server.url}/allocate", json={"namespace": namespace, "size": size})
+    assert response.status_code == 200, response.text
+    body: dict[str, int] = response.json()
+    return body
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_body_that_never_fully_arrived_allocates_nothing(server: ServeProcess) -> None:
+    """Hang-ups before the body's end, and malformed chunks after a complete JSON chunk,
+    allocate nothing: the ledger has no grant for the namespaces they named."""
+    head = b"POST /allocate HTTP/1.1\r\nHost: x\r\n" + JSON
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n"
+
+    def chunk(namespace: str) -> bytes:
+        body = json.dumps({"namespace": namespace}).encode()
+        return b"%x\r\n%s\r\n" % (len(body), body)
+
+    cut = {
+        "cut-length": head + b"Content-Length: 60\r\n\r\n" + b'{"namespace":"cut-length"}',
+        "cut-chunked": chunked + chunk("cut-chunked"),
+    }
+    bad = {
+        "bad-size": chunked + chunk("bad-size") + b"zz\r\n\r\n",
+        "bad-ext": chunked + chunk("bad-ext") + b"0;\x01\r\n\r\n",
+        "bad-crlf": chunked + chunk("bad-crlf")[:-2] + b"XX0\r\n\r\n",
+    }
+    before = _allocate(server, "default")
+    already = _rejected(server, "client_disconnected")
+    for data in cut.values():
+        _hang_up(server, data)
+    # Headers only, then a hang-up: the body would default to namespace 'default'.
+    _hang_up(server, head + b"Content-Length: 20\r\n\r\n")
+    _hang_up(server, head + b"Transfer-Encoding: chunked\r\n\r\n")
+    for data in bad.values():
+        status, _ = _json_error(_exchange(server, data))
+        assert status == 400
+    expected = already + len(cut) + 2 + len(bad)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _rejected(server, "client_disconnected") < expected:
+        if any(_grants(server, ns) for ns in (*cut, *bad)):
+            break
+        time.sleep(0.05)
+    assert {ns: _grants(server, ns) for ns in (*cut, *bad)} == dict.fromkeys((*cut, *bad), 0)
+    after = _allocate(server, "default")
+    assert after["start"] == before["end"] + 1  # nothing was taken from 'default' meanwhile
+
+
+def test_what_the_parser_refuses_is_a_json_error(server: ServeProcess) -> None:
+    """A bad Content-Length, an unknown method, a bad request line or a bad header get the
+    service's JSON error shape, never text/plain."""
+    for data in (
+        b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"BREW /allocate HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost x\r\n\r\n",
+        b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+    ):
+        status, code = _json_error(_exchange(server, data))
+        assert (status, code) == (400, "bad_request"), data
+
+
+def test_health_with_a_slash_is_not_redirected_to_the_clients_host(
+    server: ServeProcess,
+) -> None:
+    """``GET /health/`` is a JSON 404, not a redirect whose Location comes from Host."""
+    response = _exchange(
+        server, b"GET /health/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    )
+    assert b"evil.example" not in response
+    assert _json_error(response) == (404, "not_found")
+
+
+def test_a_post_without_content_type_is_refused_even_without_a_body(
+    server: ServeProcess,
+) -> None:
+    """An empty POST with no Content-Type (what a cross-site form can send) gets a 415."""
+    response = _exchange(
+        server,
+        b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    assert _json_error(response) == (415, "unsupported_media_type")
+
+
+def test_slowloris_headers_are_cut_off(server: ServeProcess) -> None:
+    """A client sending its headers a byte at a time gets a 408 after the header timeout,
+    and one that connects and says nothing is closed as well."""
+    silent = _connect(server)
+    started = time.monotonic()
+    with _connect(server) as sock:
+        sock.settimeout(0.2)
+        response = b""
+        for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+            try:
+                sock.send(bytes([byte]))
+                response = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if response or time.monotonic() - started > HEADER_TIMEOUT + 5:
+                break
+        response += _read_to_close(sock, 1)
+    elapsed = time.monotonic() - started
+    assert _json_error(response) == (408, "request_timeout")
+    assert elapsed < HEADER_TIMEOUT + 2
+    with silent:
+        assert _json_error(_read_to_close(silent, 3)) == (408, "request_timeout")
+
+
+def test_a_huge_header_is_refused_with_bounded_memory(server: ServeProcess) -> None:
+    """A 50 MB header line gets a 431 after the first tens of kB, and RSS stays put."""
+    assert server.proc is not None
+    rss_before = _rss_kib(server.proc.pid)
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent, line = 0, b"a" * 65536
+        try:
+            while sent < 50 * 2**20:
+                sock.sendall(line)
+                sent += len(line)
+        except OSError:
+            pass  # refused and closed, as it should be
+        response = _read_to_close(sock, 3)
+    growth = _rss_kib(server.proc.pid) - rss_before
+    print(f"huge header: {sent} bytes sent before the close, RSS +{growth} KiB")
+    assert sent < 50 * 2**20, "the server read all 50 MB"
+    assert _json_error(response) == (431, "headers_too_large")
+    assert growth < 20_000, f"RSS grew {growth} KiB"
+
+
+def test_pipelined_requests_never_read_are_bounded(server: ServeProcess) -> None:
+    """Pipelined requests whose answers are never read end in a closed connection, and
+    RSS stays within a few MB."""
+    assert server.proc is not None
+    rss_before = _rss_kib(server.proc.pid)
+    request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    burst = request * 2000
+    sent = 0
+    with _connect(server) as sock:
+        sock.settimeout(5)
+        try:
+            while sent < 100 * 2**20:
+                sock.sendall(burst)
+                sent += len(burst)
+        except OSError:
+            pass
+    growth = _rss_kib(server.proc.pid) - rss_before
+    print(f"pipelining: {sent} bytes sent before the close, RSS +{growth} KiB")
+    assert sent < 100 * 2**20, "the server kept reading"
+    assert growth < 20_000, f"RSS grew {growth} KiB"
+    assert httpx.get(f"{server.url}/health/live").status_code == 200
+
+
+def test_a_connection_flood_keeps_health_answering(server: ServeProcess) -> None:
+    """Five times KEYGEN_MAX_CONNECTIONS idle connections: /health/live keeps answering
+    within 100 ms on fresh connections, and RSS stays bounded."""
+    assert server.proc is not None
+    rss_before = _rss_kib(server.proc.pid)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=server.url, timeout=2) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                # A fresh connection each time: the flood must not lock newcomers out.
+                status = http.get("/health/live", headers={"Connection": "close"}).status_code
+                latencies.append(time.monotonic() - started)
+                statuses.append(status)
+                stop.wait(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(5 * MAX_CONNECTIONS):
+            flood.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        growth = _rss_kib(server.proc.pid) - rss_before
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and len(latencies) < 20:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        prober.join(10)
+        for sock in flood:
+            sock.close()
+    print(f"flood: /health/live max {max(latencies, default=0) * 1000:.1f} ms, RSS +{growth} KiB")
+    assert len(latencies) >= 20
+    assert set(statuses) == {200}
+    assert max(latencies) < 0.1, sorted(latencies)[-5:]
+    assert growth < 20_000, f"RSS grew {growth} KiB"
+
+
+def test_the_schema_agrees_with_the_server(server: ServeProcess) -> None:
+    """Every check of the schema fuzzer passes on every operation the live server documents,
+    in a bounded number of examples each (schemathesis' pytest plugin is not used: it does
+    not work with this pytest)."""
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 5
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def fuzz(case: schemathesis.Case) -> None:
+            case.call_and_validate(base_url=server.url)
+
+        fuzz()
