@@ -49,47 +49,47 @@ def test_opens_at_threshold_and_rejects() -> None:
     assert breaker.opened_count == 1
 
 
-def test_half_open_lets_exactly_one_probe() -> None:
-    """After the reset timeout one probe goes through; others wait for its outcome."""
+def test_no_request_is_a_probe() -> None:
+    """Past the reset timeout the breaker is half-open, yet still lets no request through."""
     breaker, clock = make(threshold=1, reset=2.0)
     breaker.record_failure()
     clock.now += 2.0
     assert breaker.state is BreakerState.HALF_OPEN
-    assert breaker.allow()
     assert not breaker.allow()
-    assert breaker.state is BreakerState.HALF_OPEN
 
 
-def test_successful_probe_closes() -> None:
-    """A successful probe closes the breaker."""
-    breaker, clock = make(threshold=1)
+def test_a_successful_probe_closes_once_the_reset_timeout_passed() -> None:
+    """A probe answered before the reset timeout changes nothing; after it, it closes."""
+    breaker, clock = make(threshold=1, reset=2.0)
     breaker.record_failure()
-    clock.now += 5
-    assert breaker.allow()
-    breaker.record_success()
+    clock.now += 1.0
+    breaker.probe_succeeded()
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 1.0
+    breaker.probe_succeeded()
     assert breaker.state is BreakerState.CLOSED
-    assert breaker.allow() and breaker.allow()
+    assert breaker.allow() and breaker.closed_count == 1
 
 
-def test_failed_probe_reopens_for_a_full_timeout() -> None:
+def test_a_failed_probe_keeps_it_open_for_a_full_timeout() -> None:
     """A failed probe opens the breaker again, counting from the probe's failure."""
     breaker, clock = make(threshold=1, reset=2.0)
     breaker.record_failure()
     clock.now += 2.0
-    assert breaker.allow()
-    breaker.record_failure()
+    breaker.probe_failed()
     assert breaker.state is BreakerState.OPEN
     clock.now += 1.0
-    assert not breaker.allow()
+    breaker.probe_succeeded()
+    assert breaker.state is BreakerState.OPEN
     clock.now += 1.0
-    assert breaker.allow()
+    breaker.probe_succeeded()
+    assert breaker.state is BreakerState.CLOSED
 
 
-def test_abandoned_probe_lets_another_probe() -> None:
-    """A probe cancelled before its outcome does not wedge the breaker half-open."""
+def test_a_served_request_does_not_close_an_open_breaker() -> None:
+    """Only a probe closes it: a late success of an attempt begun before it opened does not."""
     breaker, clock = make(threshold=1)
     breaker.record_failure()
     clock.now += 5
-    assert breaker.allow()
-    breaker.abandon_probe()
-    assert breaker.allow()
+    breaker.record_success()
+    assert not breaker.allow()

@@ -89,3 +89,76 @@ def test_allocate_reports_an_unreachable_server() -> None:
     result = keygen("allocate", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KEYGEN_BODY_TIMEOUT": "-1"}, "KEYGEN_BODY_TIMEOUT: Input should be greater than 0"),
+        ({"ID_BLOCK_SIZE": "0"}, "ID_BLOCK_SIZE: Input should be greater than or equal to 1"),
+        (
+            {"KEYGEN_DB_POOL_MIN_SIZE": "5", "KEYGEN_DB_POOL_MAX_SIZE": "2"},
+            "configuration: KEYGEN_DB_POOL_MIN_SIZE must not exceed KEYGEN_DB_POOL_MAX_SIZE",
+        ),
+        ({"REDIS_SENTINEL_HOSTS": "a:1;b:2"}, "REDIS_SENTINEL_HOSTS: 'a:1;b:2' is not host:port"),
+        ({"REDIS_SENTINEL_HOSTS": "h:99999"}, "REDIS_SENTINEL_HOSTS: 'h:99999' is not host:port"),
+        ({"KEYGEN_DATABASE_URL": "mysql://u:pw@db/x"}, "KEYGEN_DATABASE_URL: must be a postgresql"),
+        ({"KEYGEN_DATABASE_URL": "db.example/x"}, "KEYGEN_DATABASE_URL: must be a postgresql"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(env: dict[str, str], named: str) -> None:
+    """Each bad setting stops every command at once, exit 2, with the variable's real name
+    (prefix included), on one line, without a traceback or a secret."""
+    result = keygen("ledger", "status", env=env)
+    assert result.returncode == 2, result
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "pw" not in result.stderr
+
+
+def test_serve_help_shows_every_default() -> None:
+    """keygen serve --help names each option's default."""
+    result = keygen("serve", "--help")
+    assert result.returncode == 0
+    for default in ("(default: 127.0.0.1)", "(default: 8010)", "(default: 1)"):
+        assert default in result.stdout
+
+
+@pytest.mark.e2e
+def test_a_server_error_is_shown_as_the_server_wrote_it(tmp_path: Path) -> None:
+    """allocate prints the server's message verbatim: no markup eats its brackets."""
+    server = ServeProcess({"KEYGEN_DATA_DIR": str(tmp_path / "data")}, log=tmp_path / "s.log")
+    server.start()
+    try:
+        result = keygen("allocate", "--namespace", "BAD NS", "--url", server.url)
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert "invalid_request" in result.stderr and "[a-z0-9]" in result.stderr, result.stderr
+
+
+def test_config_check_on_the_embedded_default(tmp_path: Path) -> None:
+    """config check passes on a fresh data dir: the dir is writable, the ledger answers."""
+    result = keygen("config", "check", "--json", env={"KEYGEN_DATA_DIR": str(tmp_path / "d")})
+    assert result.returncode == 0, result.stderr
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    assert set(checks) == {"data dir", "ledger"} and all(c["ok"] for c in checks.values())
+
+
+def test_config_check_fails_on_an_unreachable_ledger_and_a_damaged_journal(tmp_path: Path) -> None:
+    """A PostgreSQL that does not answer and a torn reserve journal each fail their row, and
+    the command exits 1."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reserve-0.journal").write_bytes(b'{"type": "reserve", "torn')
+    env = {
+        "KEYGEN_DATA_DIR": str(data),
+        "KEYGEN_RESERVE": "on",
+        "KEYGEN_DATABASE_URL": "postgresql://keygen@127.0.0.1:9/keygen",
+        "KEYGEN_DB_CONNECT_TIMEOUT": "1",
+    }
+    result = keygen("config", "check", "--json", env=env)
+    assert result.returncode == 1, result.stderr
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    assert checks["data dir"]["ok"] is True
+    assert checks["ledger"]["ok"] is False and "cannot reach" in checks["ledger"]["detail"]
+    assert checks["journal reserve-0.journal"]["ok"] is False

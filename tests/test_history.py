@@ -79,12 +79,24 @@ def test_the_history_is_bounded_on_disk(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("window", ["0", "5s", "25h", "abc", "15x", "-1m"])
-async def test_a_window_out_of_bounds_is_a_422(client: httpx.AsyncClient, window: str) -> None:
-    """GET /metrics/history refuses a window it cannot serve, in the JSON error shape."""
+@pytest.mark.parametrize("window", ["abc", "15x", "-1m", "1e400", ""])
+async def test_a_window_that_is_no_duration_is_a_422(
+    client: httpx.AsyncClient, window: str
+) -> None:
+    """GET /metrics/history refuses what is not a duration, in the JSON error shape."""
     response = await client.get("/metrics/history", params={"window": window})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("window", "seconds"), [("0", 10), ("5s", 10), ("25h", 86400)])
+async def test_a_window_out_of_bounds_is_brought_to_the_bound(
+    client: httpx.AsyncClient, window: str, seconds: int
+) -> None:
+    """A duration below 10 s or above 24 h is served as the nearest bound."""
+    response = await client.get("/metrics/history", params={"window": window})
+    assert response.status_code == 200 and response.json()["window_seconds"] == seconds
 
 
 @pytest.mark.anyio

@@ -10,6 +10,7 @@ threshold, the window and the ``for`` duration are the rule's, used by both.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -331,7 +332,7 @@ class Alerts:
     def _step(self, alert: _Alert, value: float | None, at: float) -> None:
         alert.value = value
         rule = alert.rule
-        was = alert.state
+        was, since = alert.state, alert.since
         if not rule.breached(value):
             alert.state, alert.since = "inactive", None
         elif was == "inactive":
@@ -350,7 +351,8 @@ class Alerts:
                 _number(rule.threshold),
             )
             if self._webhook is not None and "firing" in (was, alert.state):
-                self._webhook.send(self._payload(alert, resolved=was == "firing"))
+                resolved = was == "firing"
+                self._webhook.send(self._payload(alert, since or at, resolved=resolved))
 
     def document(self) -> AlertsDocument:
         """Every rule: its alerts per label, or one inactive entry when it has none."""
@@ -363,7 +365,7 @@ class Alerts:
             ]
         return AlertsDocument(self.evaluated_at, shown)
 
-    def _payload(self, alert: _Alert, *, resolved: bool) -> dict[str, Any]:
+    def _payload(self, alert: _Alert, since: float, *, resolved: bool) -> dict[str, Any]:
         """Alertmanager's webhook format (version 4), one alert per message."""
         labels = {
             "alertname": alert.rule.name,
@@ -376,7 +378,7 @@ class Alerts:
         now = _iso(time.time())
         return {
             "version": "4",
-            "groupKey": f"{{}}:{{alertname={alert.rule.name!r}}}",
+            "groupKey": f'{{}}:{{alertname="{alert.rule.name}"}}',
             "status": status,
             "receiver": "keygen",
             "truncatedAlerts": 0,
@@ -389,10 +391,13 @@ class Alerts:
                     "status": status,
                     "labels": labels,
                     "annotations": annotations,
-                    "startsAt": _iso(alert.since) if alert.since else now,
+                    "startsAt": _iso(since),  # a resolution keeps its start, as Alertmanager does
                     "endsAt": now if resolved else "0001-01-01T00:00:00Z",
                     "generatorURL": "",
-                    "fingerprint": "",
+                    # Stable per label set, as Alertmanager's: receivers pair the messages by it.
+                    "fingerprint": hashlib.sha256(
+                        msgspec.json.encode(sorted(labels.items()))
+                    ).hexdigest()[:16],
                 }
             ],
         }

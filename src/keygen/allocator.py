@@ -9,6 +9,12 @@ whose ``Retry-After`` is when the first breaker will let a probe through.
 A layer may be *guaranteed* part of the budget: the layers before it give up that long before
 the deadline, so a hanging backend early in the order cannot starve a later layer (the
 emergency reserve) of its turn.
+
+A layer that goes silent (no answer, no refusal: a dropped-packet partition, a frozen
+process) must not hold every request for its whole timeout. A watchdog counts each attempt
+still pending after ``stall_timeout`` as a failure of its layer, so a few stalled requests
+open the breaker and the requests after them go straight to the next layer; the stalled
+ones wait out their own timeout (a range one of them may still get is its own, or wasted).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keygen.breaker import CircuitBreaker
 from keygen.dispensers.base import Dispenser
@@ -38,10 +44,22 @@ class Layer:
     breaker: CircuitBreaker
     timeout: float
     guaranteed: float = 0.0
+    #: Attempts in flight, for the stall watchdog.
+    pending: set[_Attempt] = field(default_factory=set)
 
     @property
     def source(self) -> str:
         return self.dispenser.source
+
+
+class _Attempt:
+    """One request's try of one layer; ``stalled`` once the watchdog counted it."""
+
+    __slots__ = ("stalled", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.stalled = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +78,7 @@ class Allocator:
         timeout: float,
         metrics: Counters,
         on_allocated: Callable[[str, int], None] | None = None,
+        stall_timeout: float = 0.5,
     ) -> None:
         """``on_allocated(namespace, size)`` is called after every success, whichever layer
         served (the emergency reserve learns the namespaces served and their rate from it)."""
@@ -69,6 +88,8 @@ class Allocator:
         self.timeout = timeout
         self.metrics = metrics
         self.on_allocated = on_allocated
+        self.stall_timeout = stall_timeout
+        self._watchdog: asyncio.Task[None] | None = None
         # Per layer, the budget kept for the layers after it.
         self._kept_after = tuple(
             sum(later.guaranteed for later in self.layers[i + 1 :]) for i in range(len(layers))
@@ -80,39 +101,20 @@ class Allocator:
         deadline = started + self.timeout
         refused: tuple[Layer, ReserveUnavailable] | None = None
         for layer, kept in zip(self.layers, self._kept_after, strict=True):
-            # Checked before allow(): a half-open breaker's probe must not be taken and dropped.
             remaining = deadline - time.perf_counter() - kept
             if remaining <= 0 or not layer.breaker.allow():
                 continue
-            refused = None
             try:
-                async with asyncio.timeout(min(layer.timeout, remaining)):
-                    id_range = await layer.dispenser.allocate(namespace, size)
+                id_range = await self._attempt(layer, namespace, size, remaining)
             except RequestError:
-                layer.breaker.record_success()  # the layer answered; the request was at fault
                 self.metrics.record_failure(time.perf_counter() - started)
                 raise
-            except (LayerUnavailable, TimeoutError) as exc:
-                layer.breaker.record_failure()
-                if isinstance(exc, ReserveUnavailable):
-                    refused = (layer, exc)
-                    continue  # expected while it lasts: the 503 says it, not the log
-                log.warning(
-                    "layer %s could not allocate: %s",
-                    layer.source,
-                    str(exc) or f"no answer in {min(layer.timeout, remaining):.3g} s",
-                )
+            except ReserveUnavailable as exc:
+                refused = (layer, exc)  # expected while it lasts: the 503 says it, not the log
                 continue
-            except Exception:
-                # A bug or an untranslated driver error must not become a 500: the range was
-                # not returned, so trying the next layer is safe.
-                layer.breaker.record_failure()
-                log.exception("layer %s failed unexpectedly", layer.source)
+            except LayerUnavailable:
+                refused = None
                 continue
-            except BaseException:  # cancelled: the layer was not judged
-                layer.breaker.abandon_probe()
-                raise
-            layer.breaker.record_success()
             self.metrics.record_success(layer.source, size, time.perf_counter() - started)
             if self.on_allocated is not None:
                 self.on_allocated(namespace, size)
@@ -130,12 +132,70 @@ class Allocator:
             "no layer could allocate within the time budget", retry_after=self.retry_after()
         )
 
+    async def _attempt(self, layer: Layer, namespace: str, size: int, budget: float) -> IdRange:
+        """One try of ``layer``, judged by its breaker (unless the watchdog already counted
+        it as stalled). Raises the request's error, or LayerUnavailable for any failure."""
+        attempt = _Attempt(time.perf_counter())
+        layer.pending.add(attempt)
+        try:
+            async with asyncio.timeout(min(layer.timeout, budget)):
+                id_range = await layer.dispenser.allocate(namespace, size)
+        except RequestError:
+            if not attempt.stalled:
+                layer.breaker.record_success()  # it answered; the request was at fault
+            raise
+        except (LayerUnavailable, TimeoutError) as exc:
+            if not attempt.stalled:  # (a stalled attempt was counted already)
+                layer.breaker.record_failure()
+            if isinstance(exc, ReserveUnavailable):
+                raise
+            reason = str(exc) or f"no answer in {min(layer.timeout, budget):.3g} s"
+            log.warning("layer %s could not allocate: %s", layer.source, reason)
+            raise LayerUnavailable(reason) from exc
+        except Exception as exc:
+            # A bug or an untranslated driver error must not become a 500: the range was not
+            # returned, so trying the next layer is safe.
+            if not attempt.stalled:
+                layer.breaker.record_failure()
+            log.exception("layer %s failed unexpectedly", layer.source)
+            raise LayerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            layer.pending.discard(attempt)
+        if not attempt.stalled:  # a stalled layer's late answers do not clear its record
+            layer.breaker.record_success()
+        return id_range
+
     def retry_after(self, skip: Layer | None = None) -> int:
         """Whole seconds until some layer (other than ``skip``) will be tried again (at
         least 1)."""
         waits = [layer.breaker.retry_after() for layer in self.layers if layer is not skip]
         return max(1, math.ceil(min(waits, default=0.0)))
 
+    def start(self) -> None:
+        """Start the stall watchdog (on the running loop)."""
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.stall_timeout / 5)
+            self.count_stalls(time.perf_counter())
+
+    def count_stalls(self, now: float) -> None:
+        """Count every attempt pending longer than ``stall_timeout`` (once) against its layer."""
+        for layer in self.layers:
+            for attempt in layer.pending:
+                if not attempt.stalled and now - attempt.started > self.stall_timeout:
+                    attempt.stalled = True
+                    layer.breaker.record_failure()
+                    log.warning(
+                        "layer %s has not answered for %.2g s: counted as a failure",
+                        layer.source,
+                        self.stall_timeout,
+                    )
+
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         for layer in self.layers:
             await layer.dispenser.aclose()

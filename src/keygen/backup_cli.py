@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from keygen.backup import backup, parse_floors, restore
@@ -17,14 +18,14 @@ err = Console(stderr=True)
 
 
 def _progress(message: str) -> None:
-    err.print(f"[dim]·[/dim] {message}")
+    err.print(f"[dim]·[/dim] {escape(message)}")
 
 
 def backup_command(args: argparse.Namespace) -> int:
     try:
         manifest = asyncio.run(backup(Settings(), args.out, _progress))
     except KeygenError as exc:
-        err.print(f"[red]keygen backup: {exc}[/red]")
+        err.print(f"[red]keygen backup: {escape(str(exc))}[/red]")
         return 1
     err.print(
         f"[green]backup of the {manifest['ledger']} ledger written to {args.out}[/green] "
@@ -38,7 +39,7 @@ def restore_command(args: argparse.Namespace) -> int:
         floors = parse_floors(args.floor)
         changes = asyncio.run(restore(Settings(), args.backup, floors, _progress))
     except KeygenError as exc:
-        err.print(f"[red]keygen restore: {exc}[/red]")
+        err.print(f"[red]keygen restore: {escape(str(exc))}[/red]")
         return 1
     table = Table(title=f"restored from {args.backup}")
     for column in ("namespace", "last ID in the backup", "last ID now"):

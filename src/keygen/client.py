@@ -4,11 +4,21 @@
         ids = keygen.allocate(size=1000, namespace="orders")
         for order_id in range(ids.start, ids.end + 1): ...
 
-A 503 (no layer could allocate) is retried after the server's ``Retry-After``, and a request
-that could not reach its instance (refused, reset, timed out), got a 408 or another 5xx is
-sent to the next of the given URLs, up to ``retries`` times in all; another 4xx is raised as
-``KeygenAPIError`` at once. Retrying is always safe: a range whose response was lost is never
-handed to anyone else, only wasted.
+A request that could not reach its instance (refused, reset, timed out), got a 408 or a 5xx
+is sent again, up to ``retries`` more times, all within ``timeout`` seconds from the call;
+another 4xx is raised as ``KeygenAPIError`` at once. With several URLs each retry goes to the
+next instance, at once if this request has not tried that instance yet. Before a request goes
+back to an instance it already tried (always, with one URL) it waits: a 503's
+``Retry-After`` (at most ``MAX_RETRY_WAIT``), else stamina's exponential backoff with jitter.
+A 408 is sent again at once. When the attempts or the time run out, the last error is raised
+with a note saying how many attempts were made, why they stopped and what each got. Each
+retry is reported by stamina's instrumentation (a ``stamina.retry_scheduled`` warning on the
+``stamina`` logger; ``stamina_retries_total`` if prometheus-client is installed), and
+``stamina.set_testing`` removes the waits in tests. The backoff hook returns a wait of its
+own (Retry-After, or none for an untried instance): that needs stamina 25.2 or later.
+
+Retrying never risks a duplicate: the service never hands any ID to two requests, so a range
+whose response was lost is only wasted, and a retry gets a range of its own.
 
 One client is meant to be shared by a program's tasks or threads. It keeps at most
 ``max_connections`` connections to each instance; more concurrent requests wait for one.
@@ -16,13 +26,13 @@ One client is meant to be shared by a program's tasks or threads. It keeps at mo
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import httpx
 import msgspec
+import stamina
 
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.ranges import AllocatedRange
@@ -30,9 +40,21 @@ from keygen.ranges import AllocatedRange
 __all__ = ["AllocatedRange", "AsyncKeygenClient", "KeygenAPIError", "KeygenClient"]
 
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-#: Longer than the service's default ALLOCATION_TIMEOUT (30 s), so its 503 arrives first.
+#: The deadline of one ``allocate`` call, its attempts and waits included. Longer than the
+#: service's default ALLOCATION_TIMEOUT (30 s), so that its 503 arrives first.
 DEFAULT_TIMEOUT = 35.0
+#: Retries after the first attempt. Enough to outlast an instance restarting (on one URL
+#: their backoffs add up to 13-15.5 s), and the deadline bounds them anyway.
+DEFAULT_RETRIES = 10
+#: The longest a 503's Retry-After is honoured for.
 MAX_RETRY_WAIT = 10.0
+#: stamina's backoff before retry n (from 1): min(WAIT_MAX, WAIT_INITIAL * 2**(n-1) +
+#: uniform(0, WAIT_JITTER)). The jitter spreads the clients of a restarting instance apart.
+WAIT_INITIAL = 0.1
+WAIT_MAX = 2.0
+WAIT_JITTER = 0.5
+#: No wait is begun that would leave the attempt after it less time than this.
+MIN_ATTEMPT_TIME = 0.25
 _decode_allocated = msgspec.json.Decoder(AllocatedRange).decode
 #: Connections per instance. Few on purpose: httpcore's pool spends time in proportion to
 #: its connections on every request, so a client shared by 50 tasks gets 1.7 times as many
@@ -82,23 +104,21 @@ def _allocated(response: httpx.Response) -> AllocatedRange:
     return _decode_allocated(response.content)
 
 
-def _wait_before_retry(
-    error: KeygenAPIError | httpx.TransportError, attempt: int, retries: int
-) -> float | None:
-    """Seconds to wait before the next attempt, or None when the error must be raised.
-
-    A 503 waits for its Retry-After. A transport error (refused, reset, timed out), a 408 (the
-    body was too slow to arrive: nothing was allocated) or another 5xx (an instance
-    restarting, a proxy in front of it) moves on to the next URL at once. If the failed
-    request was served after all, its range is simply never used.
-    """
-    if attempt >= retries:
-        return None
+def _retryable(error: Exception) -> bool:
+    """A transport error (refused, reset, timed out), a 408 (the body was too slow to arrive:
+    nothing was allocated) or a 5xx (no layer could allocate, an instance restarting, a proxy
+    in front of it). If the failed request was served after all, its range is never used."""
     if isinstance(error, httpx.TransportError):
-        return 0.0
-    if error.status_code == 503:
-        return min(error.retry_after or 1.0, MAX_RETRY_WAIT)
-    return 0.0 if error.status_code >= 500 or error.status_code == 408 else None
+        return True
+    return isinstance(error, KeygenAPIError) and (
+        error.status_code >= 500 or error.status_code == 408
+    )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KeygenAPIError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class _HasCurrent(Protocol):
@@ -113,6 +133,88 @@ def _move_on(client: _HasCurrent, failed: int, count: int) -> int:
     if client._current == failed:
         client._current = following
     return following
+
+
+class _Attempts:
+    """One ``allocate`` call's attempts: the instance each goes to, the time each may take,
+    and (``backoff``, stamina's backoff hook) whether and how long to wait before the next."""
+
+    def __init__(self, client: _HasCurrent, urls: Sequence[str], retries: int, timeout: float):
+        self.client = client
+        self.urls = urls
+        self.retries = retries
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.index = client._current
+        self.tried = {self.index}
+        self.failures: list[str] = []
+        self.seen: Exception | None = None  # the last error the hook was asked about
+        self.stopped: str | None = None  # why the hook refused a retry after it
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def attempt_timeout(self) -> httpx.Timeout:
+        """What is left of the deadline (a wait is never begun that leaves less than
+        ``MIN_ATTEMPT_TIME``, but a sleep can overrun by a little)."""
+        return httpx.Timeout(max(self.left(), 0.001))
+
+    def backoff(self, error: Exception) -> bool | float:
+        """stamina's backoff hook: False to raise ``error``, True for stamina's exponential
+        backoff with jitter, or the seconds to wait before the next attempt."""
+        self.seen = error
+        if not _retryable(error):
+            return False
+        self.failures.append(f"{self.urls[self.index]}: {_describe(error)}")
+        if len(self.failures) > self.retries:
+            self.stopped = f"no retries left (retries={self.retries})"
+            return False
+        left = self.left()
+        if left < MIN_ATTEMPT_TIME:
+            self.stopped = (
+                f"the deadline (timeout={self.timeout:g}s) leaves no time for another "
+                f"attempt ({max(left, 0.0):.2f}s left)"
+            )
+            return False
+        self.index = _move_on(self.client, self.index, len(self.urls))
+        if self.index not in self.tried:
+            self.tried.add(self.index)
+            return 0.0  # an instance this request has not tried yet: at once
+        if isinstance(error, KeygenAPIError) and error.status_code == 408:
+            return 0.0  # the instance is up; the body was slow
+        if isinstance(error, KeygenAPIError) and error.retry_after is not None:
+            wait = min(error.retry_after, MAX_RETRY_WAIT)
+            if wait > left - MIN_ATTEMPT_TIME:
+                self.stopped = (
+                    f"Retry-After {wait:g}s would pass the deadline "
+                    f"(timeout={self.timeout:g}s, {left:.2f}s left)"
+                )
+                return False
+            return wait
+        longest = min(WAIT_MAX, WAIT_INITIAL * 2 ** (len(self.failures) - 1) + WAIT_JITTER)
+        if longest <= left - MIN_ATTEMPT_TIME:
+            return True  # stamina draws the backoff, and it fits before the deadline
+        return left - MIN_ATTEMPT_TIME  # cut short: the last attempt before the deadline
+
+    def explain(self, error: Exception) -> None:
+        """Note on ``error``, about to be raised, how many attempts were made and why no more."""
+        if not _retryable(error):
+            return  # the caller's error (or a malformed answer): not a matter of retrying
+        if self.seen is not error:
+            # stamina did not ask the hook: retrying is off (stamina.set_active(False)).
+            self.failures.append(f"{self.urls[self.index]}: {_describe(error)}")
+        # Without a reason of the hook's, stamina stopped: stamina.set_testing's attempts.
+        stopped = self.stopped or "stamina stopped retrying (stamina.set_active/set_testing)"
+        count = len(self.failures)
+        shown = self.failures[-10:]
+        first = count - len(shown) + 1
+        lines = [
+            f"keygen client: gave up after {count} attempt{'s' if count > 1 else ''} in "
+            f"{time.monotonic() - self.started:.2f}s: {stopped}. Attempts:",
+            *(f"  {first + i}. {failure}" for i, failure in enumerate(shown)),
+        ]
+        error.add_note("\n".join(lines))
 
 
 def _limits(max_connections: int) -> httpx.Limits:
@@ -130,40 +232,65 @@ def _urls(base_url: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def _check(timeout: float, retries: int) -> None:
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    if retries < 0:
+        raise ValueError("retries must not be negative")
+
+
 class KeygenClient:
     """Synchronous client. With several URLs (instances), a request that cannot reach one
-    instance is sent to the next."""
+    instance is sent to the next.
+
+    Args:
+        base_url: One instance's URL, or several.
+        timeout: Seconds one ``allocate`` call may take, its attempts and waits included.
+        retries: Attempts after the first one, at most.
+        max_connections: Connections kept to each instance.
+        transport: httpx's transport (tests).
+    """
 
     def __init__(
         self,
         base_url: str | Sequence[str] = DEFAULT_URL,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        _check(timeout, retries)
+        self.timeout = timeout
         self.retries = retries
+        self._urls = _urls(base_url)
         self._https = [
             httpx.Client(
                 base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
             )
-            for url in _urls(base_url)
+            for url in self._urls
         ]
         self._current = 0
 
     def allocate(self, size: int | None = None, namespace: str | None = None) -> AllocatedRange:
         body = _request_body(size, namespace)
-        index = self._current
-        for attempt in range(self.retries + 1):
-            try:
-                return _allocated(self._https[index].post("/allocate", json=body))
-            except (KeygenAPIError, httpx.TransportError) as error:
-                wait = _wait_before_retry(error, attempt, self.retries)
-                if wait is None:
-                    raise
-                index = _move_on(self, index, len(self._https))
-                time.sleep(wait)
+        attempts = _Attempts(self, self._urls, self.retries, self.timeout)
+        try:
+            for attempt in stamina.retry_context(
+                on=attempts.backoff,
+                attempts=attempts.retries + 1,
+                timeout=attempts.timeout,
+                wait_initial=WAIT_INITIAL,
+                wait_max=WAIT_MAX,
+                wait_jitter=WAIT_JITTER,
+            ):
+                with attempt:
+                    http = self._https[attempts.index]
+                    response = http.post("/allocate", json=body, timeout=attempts.attempt_timeout())
+                    return _allocated(response)
+        except Exception as error:
+            attempts.explain(error)
+            raise
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
@@ -182,23 +309,26 @@ class KeygenClient:
 
 
 class AsyncKeygenClient:
-    """Asynchronous client, for asyncio and AnyIO programs; URLs as in ``KeygenClient``."""
+    """Asynchronous client, for asyncio and AnyIO programs; arguments as in ``KeygenClient``."""
 
     def __init__(
         self,
         base_url: str | Sequence[str] = DEFAULT_URL,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        _check(timeout, retries)
+        self.timeout = timeout
         self.retries = retries
+        self._urls = _urls(base_url)
         self._https = [
             httpx.AsyncClient(
                 base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
             )
-            for url in _urls(base_url)
+            for url in self._urls
         ]
         self._current = 0
 
@@ -206,16 +336,25 @@ class AsyncKeygenClient:
         self, size: int | None = None, namespace: str | None = None
     ) -> AllocatedRange:
         body = _request_body(size, namespace)
-        index = self._current
-        for attempt in range(self.retries + 1):
-            try:
-                return _allocated(await self._https[index].post("/allocate", json=body))
-            except (KeygenAPIError, httpx.TransportError) as error:
-                wait = _wait_before_retry(error, attempt, self.retries)
-                if wait is None:
-                    raise
-                index = _move_on(self, index, len(self._https))
-                await asyncio.sleep(wait)
+        attempts = _Attempts(self, self._urls, self.retries, self.timeout)
+        try:
+            async for attempt in stamina.retry_context(
+                on=attempts.backoff,
+                attempts=attempts.retries + 1,
+                timeout=attempts.timeout,
+                wait_initial=WAIT_INITIAL,
+                wait_max=WAIT_MAX,
+                wait_jitter=WAIT_JITTER,
+            ):
+                with attempt:
+                    http = self._https[attempts.index]
+                    response = await http.post(
+                        "/allocate", json=body, timeout=attempts.attempt_timeout()
+                    )
+                    return _allocated(response)
+        except Exception as error:
+            attempts.explain(error)
+            raise
         raise AssertionError("unreachable")
 
     async def health(self) -> dict[str, Any]:

@@ -142,11 +142,18 @@ class HealthReporter:
         return self._snapshot(answer)
 
     async def refresh(self) -> _Answer:
-        """Ping every layer and ask the Sentinels, now."""
+        """Ping every layer and ask the Sentinels, now. A layer whose breaker is open is
+        closed by a ping it answers (no user request is ever a probe), and kept open by one
+        it does not."""
         layers, sentinels = await asyncio.gather(
             asyncio.gather(*(ping(layer, self.timeout) for layer in self.layers)),
             self._sentinels(),
         )
+        for layer, pinged in zip(self.layers, layers, strict=True):
+            if pinged.health == HEALTHY:
+                layer.breaker.probe_succeeded()
+            else:
+                layer.breaker.probe_failed()
         self._last = _Answer(list(layers), sentinels, time.monotonic())
         return self._last
 

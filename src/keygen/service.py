@@ -167,12 +167,14 @@ class Keygen:
             layers,
             timeout=settings.allocation_timeout,
             metrics=Counters(settings.run_dir),
+            stall_timeout=settings.stall_timeout,
             on_allocated=reserve.observe if reserve is not None else None,
         )
         service = cls(
             settings, ledger, allocator, redis=redis, sentinel_monitor=monitor, reserve=reserve
         )
         service.probes.start()
+        allocator.start()
         return service
 
     @staticmethod

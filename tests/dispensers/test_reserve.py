@@ -325,6 +325,7 @@ async def test_the_service_degrades_then_refuses_with_reserve_exhausted(
         reserve_size=5_000,
         lease_size=100,
         breaker_failure_threshold=1,
+        health_max_age=0,  # /health asks the layers at every read, not at the next probe
     )
     app = create_app(settings)
     async with running(app) as http:

@@ -92,7 +92,8 @@ async def test_the_service_starts_without_postgresql_and_serves_once_it_is_back(
     controlled_postgres: PostgresNode, postgres_url: str, tmp_path: Path
 ) -> None:
     """Started while PostgreSQL is down, the service answers 503 with Retry-After (and an
-    unhealthy /health) instead of failing to start, then serves as soon as it is back."""
+    unhealthy /health) instead of failing to start, then serves as soon as it is back, and
+    /health says so within a probe."""
     await asyncio.to_thread(controlled_postgres.stop)
     try:
         async with running(create_app(pg_settings(tmp_path, postgres_url))) as http:
@@ -102,7 +103,10 @@ async def test_the_service_starts_without_postgresql_and_serves_once_it_is_back(
             async with asyncio.timeout(10):
                 while (served := await allocate(http, 5)).status_code != 200:
                     await asyncio.sleep(0.1)
-            up = await http.get("/health")
+            # /health follows at the next background probe.
+            async with asyncio.timeout(5):
+                while (up := await http.get("/health")).status_code != 200:
+                    await asyncio.sleep(0.1)
     finally:
         await asyncio.to_thread(controlled_postgres.ensure_running)
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1

@@ -250,7 +250,10 @@ async def test_a_used_up_reserve_gives_clean_503s_until_postgresql_returns(
             restarted_at = time.monotonic()
             await asyncio.to_thread(controlled_postgres.start)
             await acks_from(result, SOURCE_POSTGRESQL, 50)
-        up = await health_until(server.url, reserves_held)
+        # Both used-up reserves' usage recorded in the ledger, and fresh ones held.
+        up = await health_until(
+            server.url, lambda h: reserves_held(h) and h["reserve"]["usages_recorded"] == 2
+        )
     refusals = [o for o in result.outcomes if o.status != 200]
     assert {o.status for o in refusals} == {503} and not result.errors
     assert {o.code for o in refusals} == {"reserve_exhausted"}

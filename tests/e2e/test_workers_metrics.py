@@ -3,13 +3,14 @@
 Every request here goes on a fresh connection, so the kernel spreads them over both workers
 (a keep-alive connection would stay on one); the per-worker counter files in the run
 directory show that both served, and every scrape, answered by either, says the total.
+That run directory is the instance's for one start: a graceful stop removes it.
 """
 
 from __future__ import annotations
 
-import signal
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,17 +65,22 @@ def worker_of(health: dict[str, Any]) -> int:
 
 
 def run_dir_of(server: ServeProcess) -> Path:
-    """The run directory ``keygen serve`` made for its workers (it is in their environment)."""
+    """The run directory ``keygen serve`` made for its workers: the one holding a worker's
+    counter file (``counters-<pid>``), in /dev/shm or the temp dir."""
     assert server.proc is not None
-    for pid in children(server.proc.pid):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for entry in environ:
-            if entry.startswith(b"KEYGEN_RUN_DIR="):
-                return Path(entry.split(b"=", 1)[1].decode())
-    raise AssertionError(f"no child of {server.proc.pid} has KEYGEN_RUN_DIR in its environment")
+    pids = [server.proc.pid, *children(server.proc.pid)]
+    places = [Path("/dev/shm"), Path(tempfile.gettempdir())]
+
+    def find() -> tuple[bool, Path | None]:
+        for place in places:
+            for pid in pids:
+                for found in place.glob(f"keygen-run-*/counters-{pid}"):
+                    return True, found.parent
+        return False, None
+
+    run_dir = wait_for(f"a run directory with the counters of one of {pids} in {places}", find)
+    assert run_dir is not None
+    return run_dir
 
 
 def served_by_worker(run_dir: Path) -> dict[int, int]:
@@ -111,13 +117,13 @@ def server(tmp_path: Path) -> Iterator[ServeProcess]:
     try:
         yield process.start()
     finally:
-        process.kill(signal.SIGKILL)
+        process.stop()  # SIGTERM: it removes its run directory (SIGKILL after 30 s)
 
 
 def test_one_scrape_counts_every_worker_exactly(server: ServeProcess) -> None:
     """With two workers, N allocations on fresh connections spread over both, and every
-    scrape (Prometheus text, JSON /metrics, /health), whichever worker answers, reports
-    exactly N, the instance's two workers, the 200s and the one rejected request."""
+    scrape (Prometheus text that promtool accepts, JSON /metrics, /health), whichever worker
+    answers it, reports exactly N, two workers, N 200s and the one rejected request."""
     run_dir = run_dir_of(server)
     answered: dict[int, int] = {}
 
@@ -212,3 +218,26 @@ def test_one_scrape_counts_every_worker_exactly(server: ServeProcess) -> None:
         assert health["metrics"]["total_allocations"] == n, health["metrics"]
         assert health["metrics"]["ids_allocated"] == n * SIZE, health["metrics"]
     assert answering == set(per_worker), (answering, per_worker)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_graceful_stop_removes_the_run_directory(workers: int, tmp_path: Path) -> None:
+    """Stopped with SIGTERM, as a service manager stops it, ``keygen serve`` removes the run
+    directory its workers counted in (a fresh one is made at every start)."""
+    env = {"KEYGEN_DATA_DIR": str(tmp_path / "data"), "KEYGEN_PROBE_INTERVAL": "0.2"}
+    process = ServeProcess(env, workers=workers, log=tmp_path / "serve.log")
+    try:
+        process.start()
+        run_dir = run_dir_of(process)
+        proc = process.proc
+        assert proc is not None
+        process.stop()
+        left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else None
+        assert left is None, (
+            f"SERVICE BUG: `keygen serve --workers {workers}` exited on SIGTERM (status "
+            f"{proc.returncode}) leaving its run directory {run_dir} with {left}: uvicorn "
+            "re-raises the captured SIGTERM as uvicorn.run returns (Server.capture_signals), "
+            "so the process dies before keygen.cli._run_dir's finally can remove it"
+        )
+    finally:
+        process.kill()  # only if it is still running

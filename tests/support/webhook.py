@@ -90,10 +90,21 @@ class WebhookReceiver:
         return [d.body for d in self.deliveries if d.accepted and isinstance(d.body, dict)]
 
     def find(
-        self, alertname: str, status: str, labels: dict[str, str] | None = None
+        self,
+        alertname: str,
+        status: str,
+        labels: dict[str, str] | None = None,
+        *,
+        after: float | None = None,
     ) -> dict[str, Any] | None:
-        """The first accepted message with ``status`` about ``alertname`` (and ``labels``)."""
-        for message in self.messages:
+        """The first accepted message with ``status`` about ``alertname`` (and ``labels``),
+        received after ``after`` (a ``time.monotonic()``) if given."""
+        for delivery in self.deliveries:
+            message = delivery.body
+            if not delivery.accepted or not isinstance(message, dict):
+                continue
+            if after is not None and delivery.at < after:
+                continue
             if message.get("status") != status:
                 continue
             for alert in message.get("alerts", []):
@@ -110,12 +121,13 @@ class WebhookReceiver:
         status: str,
         *,
         labels: dict[str, str] | None = None,
+        after: float | None = None,
         timeout: float = 20.0,
     ) -> dict[str, Any]:
-        """Wait until a ``status`` message about ``alertname`` has arrived; on the deadline,
-        fail saying what did arrive."""
+        """Wait until a ``status`` message about ``alertname`` has arrived (after ``after``);
+        on the deadline, fail saying what did arrive."""
         deadline = time.monotonic() + timeout
-        while (found := self.find(alertname, status, labels)) is None:
+        while (found := self.find(alertname, status, labels, after=after)) is None:
             if time.monotonic() > deadline:
                 seen = [
                     (d.body.get("status"), d.alertnames, d.accepted)

@@ -9,6 +9,7 @@ modules (rich, uvloop, httpx, the cluster, the nemesis) when the command runs, s
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import signal
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keygen.chaos.faults import FAULT_KINDS, FAULTS, KIND_GROUPS, KNOWN_KINDS
-from keygen.errors import ClusterError
+from keygen.errors import ChaosError, ClusterError
 
 __all__ = ["ChaosOptions", "add_chaos_command", "chaos"]
 
@@ -87,6 +88,10 @@ def chaos(args: argparse.Namespace) -> int:
     from keygen.chaos.report import markdown
     from keygen.chaos.run import run_chaos, sigterm
 
+    # The load's clients retry by design (the report counts every attempt): stamina's
+    # warning per retry would drown the live view.
+    logging.getLogger("stamina").setLevel(logging.ERROR)
+
     console = Console(stderr=True)
     if args.instances < 2 and any(FAULTS[kind].kills_instance for kind in args.faults):
         console.print(
@@ -109,7 +114,7 @@ def chaos(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, sigterm)
     try:
         run = run_chaos(options, console)
-    except ClusterError as exc:
+    except (ChaosError, ClusterError) as exc:
         console.print(f"[red]keygen chaos: {escape(str(exc))}[/red]")
         return 2
     except KeyboardInterrupt:

@@ -58,7 +58,7 @@ class LoadConfig:
         rate: requests per second to start (open loop).
         clients: client objects the requests are spread over (each keeps its own pools).
         namespaces: drawn uniformly per request.
-        timeout: seconds one HTTP attempt may take.
+        timeout: seconds one request may take in all, its retries and their waits included.
         retries: further attempts a client makes (next instance, or after Retry-After).
         max_in_flight: requests in flight beyond which new ones are not sent but counted as
             ``shed``, and as failed requests (a bound on the generator's own cost in a long

@@ -40,7 +40,7 @@ from keygen.chaos.view import show
 from keygen.cluster import LocalCluster
 from keygen.cluster import processes as _proc
 from keygen.cluster.postgres import with_database
-from keygen.errors import ClusterError
+from keygen.errors import ChaosError, ClusterError
 
 if TYPE_CHECKING:
     from keygen.chaos.cli import ChaosOptions
@@ -156,7 +156,10 @@ async def _drive(
     stop = asyncio.Event()
     load_task = asyncio.create_task(load.run())
     nemesis_task = asyncio.create_task(nemesis.run(plan, started, stop))
-    shower = asyncio.create_task(show(setup.console, setup.say, load, nemesis, started))
+    ends_at = None if options.schedule else started + options.duration
+    shower = asyncio.create_task(
+        show(setup.console, setup.say, load, nemesis, started, ends_at, len(plan))
+    )
     sigterm.watch(asyncio.current_task())
     try:
         if options.schedule:
@@ -192,6 +195,12 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
         if options.schedule == "short"
         else plan_random(kinds, options.duration, seed=options.seed)
     )
+    if not plan:
+        raise ChaosError(
+            f"--duration {options.duration:g} leaves no room for a fault (a fault needs a warm-up "
+            f"of 5 s, its hold of up to 12 s and 20 s to recover): use --duration 40 or more, "
+            "or --schedule short"
+        )
     (out / "plan.json").write_text(json.dumps([asdict(p) for p in plan], indent=1) + "\n")
     setup = _Setup(options, out, console)
     windows: list[FaultWindow] = []

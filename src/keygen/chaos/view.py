@@ -16,11 +16,14 @@ from keygen.chaos.nemesis import Nemesis
 __all__ = ["show", "status_table"]
 
 
-def status_table(load: LoadGenerator, nemesis: Nemesis, started: float) -> Table:
+def status_table(
+    load: LoadGenerator, nemesis: Nemesis, started: float, ends_at: float | None, planned: int
+) -> Table:
     stats = load.stats
     now = time.time()
     table = Table(show_header=False, box=None)
     table.add_row("elapsed", f"{now - started:.0f} s")
+    table.add_row("time left", _left(now, ends_at, nemesis, planned))
     table.add_row("acknowledged", f"{stats.acknowledged:,} ({stats.ids:,} IDs)")
     table.add_row(
         "failed",
@@ -34,8 +37,14 @@ def status_table(load: LoadGenerator, nemesis: Nemesis, started: float) -> Table
         "fault",
         f"[yellow]{current.kind}[/yellow] for {now - current.start:.0f} s" if current else "-",
     )
-    table.add_row("faults done", str(len([w for w in nemesis.windows if w.end])))
+    table.add_row("faults done", f"{len([w for w in nemesis.windows if w.end])} of {planned}")
     return table
+
+
+def _left(now: float, ends_at: float | None, nemesis: Nemesis, planned: int) -> str:
+    if ends_at is not None:
+        return f"{max(0.0, ends_at - now):.0f} s"
+    return f"{planned - len(nemesis.windows)} faults to start, then the tail"
 
 
 async def show(
@@ -44,22 +53,25 @@ async def show(
     load: LoadGenerator,
     nemesis: Nemesis,
     started: float,
+    ends_at: float | None,
+    planned: int,
 ) -> None:
     """Until cancelled: the table, live, on a terminal; else a line of figures every 10 s."""
     if console.is_terminal:
         with Live(
-            status_table(load, nemesis, started),
+            status_table(load, nemesis, started, ends_at, planned),
             console=console,
             refresh_per_second=2,
             transient=True,
         ) as live:
             while True:
                 await asyncio.sleep(0.5)
-                live.update(status_table(load, nemesis, started))
+                live.update(status_table(load, nemesis, started, ends_at, planned))
     while True:
         await asyncio.sleep(10)
         stats = load.stats
         say(
-            f"{time.time() - started:.0f}s: {stats.acknowledged:,} acknowledged, "
-            f"{stats.failed:,} failed, {stats.in_flight} in flight"
+            f"{time.time() - started:.0f}s ({_left(time.time(), ends_at, nemesis, planned)} "
+            f"left): {stats.acknowledged:,} acknowledged, {stats.failed:,} failed, "
+            f"{stats.in_flight} in flight"
         )

@@ -33,7 +33,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from keygen.constants import GRANT_LEASE, REDIS_LEASE_KEY, REDIS_LOCK_KEY, SOURCE_REDIS
+from keygen.constants import (
+    DEFAULT_NAMESPACE,
+    GRANT_LEASE,
+    REDIS_LEASE_KEY,
+    REDIS_LOCK_KEY,
+    SOURCE_REDIS,
+)
 from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
 from keygen.errors import LayerUnavailable, NamespaceExhausted
@@ -268,10 +274,18 @@ class RedisDispenser:
             raise LayerUnavailable(f"Redis: loading functions: {exc}") from exc
 
     async def ping(self) -> None:
+        """A real operation of the layer: on the server the Sentinels name, it must be the
+        master, and the function library must answer (loaded again where it is missing)."""
         try:
-            await self.redis.ping()
+            role = await self.redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
         except REDIS_FAILURES as exc:
             raise LayerUnavailable(f"Redis: {exc}") from exc
+        if not role or str(role[0]) != "master":
+            # A master demoted by a failover keeps its connections: drop them, so that the
+            # next one is made to the master the Sentinels name now.
+            await self._drop_idle_connections()
+            raise LayerUnavailable(f"Redis: the server is a {role[0] if role else '?'} now")
+        await self.peek(DEFAULT_NAMESPACE)
 
     async def aclose(self) -> None:
         await self._batches.aclose()
