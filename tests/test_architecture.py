@@ -28,6 +28,7 @@ LAYERS = {
     "keygen.probes": 4,
     "keygen.history": 4,
     "keygen.alerts": 4,
+    "keygen.audit": 4,
     "keygen.allocator": 3,
     "keygen.breaker": 3,
     "keygen.metrics": 3,
@@ -67,7 +68,7 @@ def modules() -> list[tuple[str, Path]]:
 
 def imports_of(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)

@@ -447,6 +447,13 @@ def ledger() -> list[timeseries.Panel]:
             "short",
             (headroom, "{{namespace}}"),
         ),
+        graph(
+            "Audit violations",
+            "What each instance's background audit of its own grants found wrong in the "
+            "ledger's trail: must stay 0 (KeygenAuditViolation fires above it).",
+            "short",
+            (f"sum by (instance) ({selector('keygen_audit_violations_total')})", "{{instance}}"),
+        ),
     ]
 
 

@@ -102,6 +102,10 @@ def _reserve_left(w: Window, window: float) -> dict[str, float | None]:
     return {ns: figures.seconds_left for ns, figures in w.view.reserve().items()}
 
 
+def _audit(w: Window, window: float) -> dict[str, float | None]:
+    return {"": float(w.view.audit_violations())}
+
+
 def _headroom(w: Window, window: float) -> dict[str, float | None]:
     return {ns: float(left) for ns, left in w.view.headroom().items()}
 
@@ -215,6 +219,16 @@ RULES: Final = (
         0,
         _headroom,
         label="namespace",
+    ),
+    Rule(
+        "KeygenAuditViolation",
+        "critical",
+        "The ledger's audit trail holds what must never be there",
+        "sum by (instance) (keygen_audit_violations_total) > {threshold}",
+        True,
+        0,
+        0,
+        _audit,
     ),
 )
 

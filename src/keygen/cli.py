@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -36,6 +36,9 @@ from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
 from keygen.monitor import add_monitor_command
 from keygen.redact import redact_url
+
+if TYPE_CHECKING:
+    from keygen.audit import AuditVerdict
 
 err = Console(stderr=True, soft_wrap=True)  # a message is not broken across lines
 
@@ -236,6 +239,40 @@ def alert_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit(settings: Settings) -> AuditVerdict:
+    from keygen.audit import audit_ledger
+
+    ledger = await open_ledger(settings, inspect=True)
+    try:
+        return await audit_ledger(ledger)
+    finally:
+        await ledger.aclose()
+
+
+def audit(args: argparse.Namespace) -> int:
+    try:
+        verdict = asyncio.run(_audit(_settings()))
+    except LedgerUnavailable as exc:
+        err.print(f"[red]keygen audit: {escape(str(exc))}[/red]")
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": verdict.ok,
+                    "grants": verdict.grants,
+                    "namespaces": verdict.namespaces,
+                    "violations": [vars(v) for v in verdict.violations],
+                }
+            )
+        )
+    else:
+        for violation in verdict.violations[:50]:
+            print(f"{violation.kind} in {violation.namespace!r}: {violation.detail}")
+        print(verdict.summary())
+    return 0 if verdict.ok else 1
+
+
 def config_check(args: argparse.Namespace) -> int:
     from keygen.checkup import checkup
 
@@ -304,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=ledger_status)
+
+    p = commands.add_parser(
+        "audit",
+        help="check the ledger's audit trail: overlapping grants, grants above the counter; "
+        "exit 1 on a violation",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=audit)
 
     p = commands.add_parser("config", help="the settings")
     config_commands = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

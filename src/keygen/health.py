@@ -114,6 +114,8 @@ class HealthReporter:
         self.stale_after = stale_after
         #: The ledger's namespaces with the least headroom, as the probe last found them.
         self.headroom: dict[str, int] = {}
+        #: Violations the background audit found in this worker's own grants.
+        self.audit_violations = 0
         self.redis = redis
         self.sentinel_monitor = sentinel_monitor
         self.reserve = reserve
@@ -179,6 +181,7 @@ class HealthReporter:
             redis=self._redis(answer.sentinels),
             reserve=self.reserve.snapshot() if self.reserve is not None else None,
             headroom=self.headroom,
+            audit_violations=self.audit_violations,
         )
 
     def instance(self, *, publish: bool = False) -> InstanceView:

@@ -2,7 +2,8 @@
 
 Every worker probes its layers (a dead layer shows without traffic, and no user request pays
 for finding out), asks the ledger for the namespaces with the least headroom now and then,
-and publishes its state for the instance's figures. One worker per data dir (whichever holds
+checks its own new grants in the ledger's audit trail (``audit.py``), and publishes its
+state for the instance's figures. One worker per data dir (whichever holds
 the history lock) also records the history point of that second and evaluates the alerts,
 and publishes the alerts for the other workers to serve.
 """
@@ -19,6 +20,7 @@ from typing import Final
 import msgspec
 
 from keygen.alerts import Alerts
+from keygen.audit import Auditor
 from keygen.health import HealthReporter
 from keygen.history import History
 from keygen.metrics import InstanceView
@@ -46,12 +48,14 @@ class Probes:
         run_dir: Path | None,
         history: History,
         alerts: Alerts,
+        auditor: Auditor,
     ) -> None:
         self.reporter = reporter
         self.interval = interval
         self.run_dir = run_dir
         self.history = history
         self.alerts = alerts
+        self.auditor = auditor
         self.leading = False
         self._ticks = 0
         self._task: asyncio.Task[None] | None = None
@@ -73,6 +77,7 @@ class Probes:
         """One round: probe, publish, and (when leading) record the history and alerts."""
         if self._ticks % HEADROOM_EVERY == 0:
             await self._refresh_headroom()
+            await self._audit()
         self._ticks += 1
         await self.reporter.refresh()
         view = self.reporter.instance(publish=True)
@@ -86,6 +91,14 @@ class Probes:
                 path.with_suffix(".tmp").write_bytes(msgspec.json.encode(document))
                 path.with_suffix(".tmp").replace(path)
         return view
+
+    async def _audit(self) -> None:
+        try:
+            async with asyncio.timeout(10 * self.reporter.timeout):
+                await self.auditor.check()
+        except Exception as exc:  # a ledger that is down: the next round catches up
+            log.debug("audit round skipped: %s", exc)
+        self.reporter.audit_violations = self.auditor.violations
 
     async def _refresh_headroom(self) -> None:
         try:

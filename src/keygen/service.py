@@ -11,6 +11,7 @@ import logging
 
 from keygen.alerts import Alerts
 from keygen.allocator import Allocator, Layer
+from keygen.audit import Auditor
 from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
 from keygen.dispensers.base import Dispenser
@@ -123,6 +124,7 @@ class Keygen:
                 webhook_url=settings.alert_webhook_url,
                 scale=settings.alert_time_scale,
             ),
+            auditor=Auditor(ledger, holder_prefix=settings.instance_id),
         )
 
     @classmethod

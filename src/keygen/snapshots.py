@@ -201,6 +201,8 @@ class WorkerState(msgspec.Struct, frozen=True):
     reserve: ReserveSnapshot | None
     #: IDs left below 2**63-1, for the namespaces of the ledger with the least.
     headroom: dict[str, int]
+    #: What the background audit of this worker's own grants found wrong (never anything).
+    audit_violations: int = 0
 
 
 class HistoryDocument(msgspec.Struct, frozen=True):

@@ -65,7 +65,7 @@ async def test_a_disconnect_before_the_body_ends_allocates_nothing(
 ) -> None:
     """A body cut short by http.disconnect gets no allocation and no response."""
     sent: list[dict[str, object]] = []
-    messages = [
+    messages: list[dict[str, object]] = [
         {"type": "http.request", "body": b'{"namespace": "cut"}', "more_body": True},
         {"type": "http.disconnect"},
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import httpx
@@ -182,13 +182,13 @@ async def test_a_body_that_never_arrives_gets_408_and_allocates_nothing(
     app = create_app(settings.model_copy(update={"body_timeout": 0.2}))
     async with running(app) as http:
         before = (await http.post("/allocate", json={"size": 1})).json()
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
             await asyncio.sleep(3600)  # the body never comes
             raise AssertionError("unreachable")
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope = {

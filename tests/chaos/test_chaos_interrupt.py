@@ -3,6 +3,7 @@ run started and still writes the report of the run so far."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,6 +58,20 @@ def _stop_left_behind(out: Path, started: dict[int, int | None]) -> None:
 
 
 @pytest.mark.timeout(300)
+def wait_for_acks(path: Path, count: int, timeout: float = 60) -> None:
+    """Wait until the load has written ``count`` acknowledgements (the condition itself, not
+    a guess of how long it takes on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            seen = path.read_bytes().count(b"\n")
+        if seen >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{seen} of {count} acknowledgements in {path} after {timeout} s")
+
+
 def test_sigterm_stops_everything_and_writes_the_report() -> None:
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
     out.chmod(0o755)  # PostgreSQL runs as its own user
@@ -92,7 +107,7 @@ def test_sigterm_stops_everything_and_writes_the_report() -> None:
             if "load at" in line or not line:
                 break
         assert any("load at" in line for line in output), "".join(output)
-        time.sleep(3)  # some load, so that the report has acknowledged ranges
+        wait_for_acks(out / "acks.jsonl", 20)  # so that the report has acknowledged ranges
         started = started_by_run(run.pid, out)
         kinds = " ".join(" ".join(proc.cmdline(p)) for p in started)
         assert "redis-server" in kinds and "postgres" in kinds and "serve" in kinds, kinds

@@ -80,7 +80,8 @@ async def test_a_crash_under_load_reissues_nothing(
     assert verdict.ok, verdict.summary()
     conn = await asyncpg.connect(postgres_url)
     try:
-        counters = dict(await conn.fetch("SELECT namespace, last_id FROM keygen_counters"))
+        rows = await conn.fetch("SELECT namespace, last_id FROM keygen_counters")
+        counters: dict[str, int] = {row["namespace"]: row["last_id"] for row in rows}
     finally:
         await conn.close()
     for namespace in NAMESPACES:

@@ -115,7 +115,11 @@ async def test_rolling_restart_loses_no_request(postgres_url: str, tmp_path: Pat
             started = len(acknowledged)
             server.stop()  # SIGTERM: drains, then exits
             await asyncio.to_thread(server.start)
-            await wait_until(lambda n=started: len(acknowledged) >= n + 300, timeout=30)
+
+            def grew(n: int = started) -> bool:
+                return len(acknowledged) >= n + 300
+
+            await wait_until(grew, timeout=30)
         stop.set()
         await asyncio.gather(*loops)
     finally:

@@ -16,8 +16,9 @@ from keygen.checker import Record, check
 from keygen.cluster.postgres import PostgresNode, with_database
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE, MAX_ID
 from keygen.errors import LedgerUnavailable, NamespaceExhausted
-from keygen.ledgers.postgres import PostgresLedger, is_transient, redact_url
+from keygen.ledgers.postgres import PostgresLedger, is_transient
 from keygen.ledgers.postgres_migrations import LATEST_VERSION, MIGRATIONS, migrate
+from keygen.redact import redact_url
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.anyio

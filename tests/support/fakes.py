@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from keygen.constants import MAX_ID
-from keygen.errors import LayerUnavailable, NamespaceExhausted
+from keygen.constants import GRANT_RESERVE, MAX_ID
+from keygen.dispensers.base import Dispenser
+from keygen.errors import LayerUnavailable, LedgerUnavailable, NamespaceExhausted
 from keygen.histogram import REFILL_BUCKETS, Histogram
-from keygen.ledgers.base import NamespaceStatus
+from keygen.ledgers.base import Grant, Ledger, NamespaceStatus, ReserveUsage
 from keygen.ranges import IdRange
 
 
@@ -18,7 +19,9 @@ class FakeLedger:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.last: dict[str, int] = {}
-        self.grants: list[tuple[IdRange, str]] = []
+        self.granted: list[tuple[IdRange, str]] = []  # (span, kind), in grant order
+        self.trail: list[Grant] = []  # the audit trail
+        self.usages: list[ReserveUsage] = []
         self.down = False
         self.delay = delay
 
@@ -32,15 +35,39 @@ class FakeLedger:
             raise NamespaceExhausted(namespace, count, MAX_ID - last)
         self.last[namespace] = last + count
         granted = IdRange(namespace, last + 1, last + count)
-        self.grants.append((granted, kind))
+        self.granted.append((granted, kind))
+        self.trail.append(Grant(len(self.trail) + 1, namespace, last + 1, last + count, kind, holder))
         return granted
 
     async def advance_to(self, namespace: str, last_id: int) -> int:
         self.last[namespace] = max(self.last.get(namespace, 0), last_id)
         return self.last[namespace]
 
+    async def record_reserve_usage(self, usage: ReserveUsage) -> bool:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        if all((u.namespace, u.start) != (usage.namespace, usage.start) for u in self.usages):
+            self.usages.append(usage)
+        await self.advance_to(usage.namespace, usage.end)
+        reserve = (usage.namespace, usage.start, usage.end, GRANT_RESERVE)
+        return any((g.namespace, g.start, g.end, g.kind) == reserve for g in self.trail)
+
     async def status(self) -> list[NamespaceStatus]:
         return [NamespaceStatus(ns, last, 0) for ns, last in sorted(self.last.items())]
+
+    async def grants(
+        self, *, after: int = 0, holder_prefix: str | None = None, limit: int = 10_000
+    ) -> list[Grant]:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        prefix = holder_prefix or ""
+        return [g for g in self.trail if g.id > after and g.holder.startswith(prefix)][:limit]
+
+    async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        return [g for g in self.trail if g.namespace == namespace and g.start <= end <= g.end
+                or g.namespace == namespace and start <= g.end and g.start <= end]
 
     async def ping(self) -> None:
         if self.down:
@@ -78,3 +105,8 @@ class FakeDispenser:
 
     async def aclose(self) -> None:
         pass
+
+
+# The fakes stand for these protocols: mypy checks here that they still match them.
+_LEDGER: type[Ledger] = FakeLedger
+_DISPENSER: type[Dispenser] = FakeDispenser

@@ -48,6 +48,18 @@ class ReserveUsage:
         return self.end - self.used_end
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One row of the audit trail: a span the ledger granted, once."""
+
+    id: int  # in the order the grants were committed
+    namespace: str
+    start: int
+    end: int
+    kind: str
+    holder: str
+
+
 class Ledger(Protocol):
     """Grants spans of a namespace's counter, each exactly once, durably.
 
@@ -93,8 +105,27 @@ class Ledger(Protocol):
         """Every namespace, ordered by name."""
         ...
 
+    async def grants(
+        self, *, after: int = 0, holder_prefix: str | None = None, limit: int = 10_000
+    ) -> list[Grant]:
+        """Grants of the audit trail with an id above ``after``, in id order, at most
+        ``limit`` (page on with the last id); only those whose holder starts with
+        ``holder_prefix`` when given."""
+        ...
+
+    async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
+        """Every grant of ``namespace`` that shares an ID with ``start..end``."""
+        ...
+
     async def ping(self) -> None:
         """Raise LedgerUnavailable unless the ledger answers."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+def like_prefix(prefix: str | None) -> str:
+    """A LIKE pattern matching what starts with ``prefix`` (any text when None)."""
+    if prefix is None:
+        return "%"
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -38,7 +38,7 @@ from keygen.errors import (
     SchemaTooNew,
     ServiceError,
 )
-from keygen.ledgers.base import NamespaceStatus, ReserveUsage
+from keygen.ledgers.base import Grant, NamespaceStatus, ReserveUsage, like_prefix
 from keygen.ledgers.postgres_migrations import Connection, migrate
 from keygen.ranges import IdRange
 from keygen.redact import redact_url
@@ -371,6 +371,30 @@ class PostgresLedger:
                 return []  # never migrated: no namespace exists yet
             raise
         return [NamespaceStatus(r["namespace"], r["last_id"], r["grants"]) for r in rows]
+
+    async def grants(
+        self, *, after: int = 0, holder_prefix: str | None = None, limit: int = 10_000
+    ) -> list[Grant]:
+        async with self._connection("reading the audit trail") as conn:
+            rows = await conn.fetch(
+                "SELECT id, namespace, start_id, end_id, kind, holder FROM keygen_grants"
+                " WHERE id > $1 AND holder LIKE $2 ESCAPE '\\' ORDER BY id LIMIT $3",
+                after,
+                like_prefix(holder_prefix),
+                limit,
+            )
+        return [Grant(*row) for row in rows]
+
+    async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
+        async with self._connection("reading the audit trail") as conn:
+            rows = await conn.fetch(
+                "SELECT id, namespace, start_id, end_id, kind, holder FROM keygen_grants"
+                " WHERE namespace = $1 AND end_id >= $2 AND start_id <= $3 ORDER BY id",
+                namespace,
+                start,
+                end,
+            )
+        return [Grant(*row) for row in rows]
 
     async def ping(self) -> None:
         started = time.perf_counter()

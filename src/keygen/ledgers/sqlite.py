@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_SQLITE
 from keygen.errors import LedgerUnavailable, NamespaceExhausted
-from keygen.ledgers.base import NamespaceStatus, ReserveUsage
+from keygen.ledgers.base import Grant, NamespaceStatus, ReserveUsage, like_prefix
 from keygen.ranges import IdRange
 
 T = TypeVar("T")
@@ -198,6 +198,29 @@ class SqliteLedger:
             ).fetchall()
         )
         return [NamespaceStatus(ns, int(last), int(grants)) for ns, last, grants in rows]
+
+    async def grants(
+        self, *, after: int = 0, holder_prefix: str | None = None, limit: int = 10_000
+    ) -> list[Grant]:
+        pattern = like_prefix(holder_prefix)
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, namespace, start_id, end_id, kind, holder FROM grants"
+                " WHERE id > ? AND holder LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+                (after, pattern, limit),
+            ).fetchall()
+        )
+        return [Grant(*row) for row in rows]
+
+    async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, namespace, start_id, end_id, kind, holder FROM grants"
+                " WHERE namespace = ? AND end_id >= ? AND start_id <= ? ORDER BY id",
+                (namespace, start, end),
+            ).fetchall()
+        )
+        return [Grant(*row) for row in rows]
 
     async def ping(self) -> None:
         await self._run(lambda: self._conn.execute("SELECT 1").fetchone())

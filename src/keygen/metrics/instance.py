@@ -184,6 +184,10 @@ class InstanceView:
             return None
         return sum(r.ids_served for r in reserves), sum(r.reserves_taken for r in reserves)
 
+    def audit_violations(self) -> int:
+        """What every worker's background audit found wrong, ever (never anything)."""
+        return sum(state.audit_violations for state in self.states)
+
     def headroom(self) -> dict[str, int]:
         """The namespaces with the least headroom, as the freshest worker's probe saw them."""
         return self.own.headroom

@@ -68,6 +68,11 @@ class KeygenCollector(Collector):
         ]:
             headroom.add_metric([namespace], left)
         yield headroom
+        yield CounterMetricFamily(
+            "keygen_audit_violations",
+            "What the background audit of the ledger's trail found wrong: must stay 0",
+            value=view.audit_violations(),
+        )
         yield from _process(view)
 
 

@@ -1,0 +1,141 @@
+"""Online verification: the ledger's audit trail checked for what must never be in it.
+
+Every grant of every kind (leases of the in-process and Redis layers, direct grants, emergency
+reserves) is a span the ledger handed out once. So in a sound ledger no two grants of a
+namespace share an ID, no grant ends above its namespace's counter, and no counter ever goes
+back. ``keygen audit`` checks the whole trail; each running instance checks its own new grants
+the same way in the background (``Auditor``) and counts what it finds in
+``keygen_audit_violations_total``, behind an alert that must never fire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from keygen.checker import Record, find_overlaps
+from keygen.ledgers.base import Grant, Ledger
+
+__all__ = ["AuditVerdict", "Auditor", "Violation", "audit_ledger"]
+
+log = logging.getLogger(__name__)
+
+PAGE = 10_000
+#: Own grants an instance checks per round at most (oldest first: a backlog is caught up).
+ROUND = 200
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str  # "overlap", "above_counter", "counter_regressed"
+    namespace: str
+    detail: str
+
+
+@dataclass
+class AuditVerdict:
+    grants: int = 0
+    namespaces: int = 0
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        verdict = "OK" if self.ok else "VIOLATION"
+        return (
+            f"{verdict}: {self.grants} grants in {self.namespaces} namespaces, "
+            f"{len(self.violations)} violations"
+        )
+
+
+def _describe(grant: Grant) -> str:
+    return f"grant #{grant.id} {grant.start}..{grant.end} ({grant.kind}, {grant.holder})"
+
+
+async def audit_ledger(
+    ledger: Ledger, progress: Callable[[str], None] | None = None
+) -> AuditVerdict:
+    """Check every grant of the audit trail against every other and against the counters."""
+    counters = {s.namespace: s.last_id for s in await ledger.status()}
+    verdict = AuditVerdict(namespaces=len(counters))
+    records: list[Record] = []
+    by_range: dict[tuple[str, int, int], Grant] = {}
+    highest: dict[str, Grant] = {}
+    after = 0
+    while page := await ledger.grants(after=after, limit=PAGE):
+        for grant in page:
+            size = grant.end - grant.start + 1
+            records.append(Record(grant.namespace, grant.start, grant.end, size))
+            by_range.setdefault((grant.namespace, grant.start, grant.end), grant)
+            if grant.namespace not in highest or grant.end > highest[grant.namespace].end:
+                highest[grant.namespace] = grant
+        after = page[-1].id
+        verdict.grants += len(page)
+        if progress is not None:
+            progress(f"{verdict.grants} grants read")
+    overlaps, _ = find_overlaps(records)
+    for first, second in overlaps:
+        a = by_range[(first.namespace, first.start, first.end)]
+        b = by_range[(second.namespace, second.start, second.end)]
+        verdict.violations.append(
+            Violation("overlap", first.namespace, f"{_describe(a)} and {_describe(b)}")
+        )
+    for namespace, grant in sorted(highest.items()):
+        counter = counters.get(namespace)
+        if counter is None or grant.end > counter:
+            verdict.violations.append(
+                Violation("above_counter", namespace, f"{_describe(grant)}; counter {counter}")
+            )
+    return verdict
+
+
+class Auditor:
+    """One instance's background check of its own new grants (``holder_prefix``)."""
+
+    def __init__(self, ledger: Ledger, holder_prefix: str) -> None:
+        self.ledger = ledger
+        self.holder_prefix = holder_prefix
+        self.violations = 0
+        self.checked = 0
+        self._after = 0
+        self._counters: dict[str, int] = {}
+
+    async def check(self) -> list[Violation]:
+        """Check the next own grants (and every counter against what was seen before);
+        count and log what is wrong. Ledger errors propagate (the next round tries again)."""
+        found = []
+        counters = {s.namespace: s.last_id for s in await self.ledger.status()}
+        for namespace, last in counters.items():
+            if last < self._counters.get(namespace, 0):
+                found.append(
+                    Violation(
+                        "counter_regressed", namespace, f"{self._counters[namespace]} -> {last}"
+                    )
+                )
+        self._counters = counters
+        mine = await self.ledger.grants(
+            after=self._after, holder_prefix=self.holder_prefix, limit=ROUND
+        )
+        for grant in mine:
+            others = [
+                g
+                for g in await self.ledger.overlapping(grant.namespace, grant.start, grant.end)
+                if g.id != grant.id
+            ]
+            found += [
+                Violation("overlap", grant.namespace, f"{_describe(grant)} and {_describe(o)}")
+                for o in others
+            ]
+            if grant.end > counters.get(grant.namespace, 0):
+                found.append(Violation("above_counter", grant.namespace, _describe(grant)))
+            self._after = grant.id
+        self.checked += len(mine)
+        for violation in found:
+            log.critical(
+                "audit: %s in %r: %s", violation.kind, violation.namespace, violation.detail
+            )
+        self.violations += len(found)
+        return found
