@@ -61,7 +61,7 @@ def test_a_lone_request_is_granted_at_once_alone() -> None:
         dispenser = DirectDispenser(ledger, holder="test")
         assert await dispenser.allocate("default", 7) == IdRange("default", 1, 7)
         assert await dispenser.allocate("default", 3) == IdRange("default", 8, 10)
-        assert [(g.size, kind) for g, kind in ledger.grants] == [(7, "direct"), (3, "direct")]
+        assert [(g.size, kind) for g, kind in ledger.granted] == [(7, "direct"), (3, "direct")]
 
     run(scenario)
 
@@ -257,7 +257,7 @@ def test_coalesced_ranges_are_exact_disjoint_and_account_for_every_grant(
         assert all(isinstance(r, IdRange | asyncio.CancelledError) for r in outcomes)
         verdict = check(Record.of(r, requested=size) for size, r in served)
         assert verdict.ok, verdict.summary()
-        grants = [g for g, _ in ledger.grants]
+        grants = [g for g, _ in ledger.granted]
         for _, r in served:
             assert any(g.start <= r.start and r.end <= g.end for g in grants), r
         assert sum(r.size for _, r in served) + dispenser.ids_wasted == sum(g.size for g in grants)

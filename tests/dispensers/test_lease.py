@@ -55,7 +55,7 @@ async def test_many_waiters_cause_one_refill() -> None:
     ledger = FakeLedger(delay=0.01)
     dispenser = LeaseDispenser(ledger, lease_size=10_000, holder="h")
     got = await asyncio.gather(*(dispenser.allocate("default", 10) for _ in range(1000)))
-    assert len(ledger.grants) == 1
+    assert len(ledger.granted) == 1
     assert check(Record.of(r) for r in got).ok
 
 
@@ -67,7 +67,7 @@ async def test_request_larger_than_a_lease_is_granted_directly() -> None:
     small = await dispenser.allocate("default", 10)
     big = await dispenser.allocate("default", 250)
     after = await dispenser.allocate("default", 10)
-    assert [kind for _, kind in ledger.grants] == ["lease", "direct"]
+    assert [kind for _, kind in ledger.granted] == ["lease", "direct"]
     assert big.size == 250
     assert after.start == small.end + 1  # served from the same lease
     assert check(Record.of(r) for r in (small, big, after)).ok

@@ -25,7 +25,7 @@ from keygen.dispensers import reserve as reserve_module
 from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailable
-from keygen.ledgers.base import ReserveUsage
+from keygen.ledgers.base import Grant, ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
 from keygen.metrics import Counters
@@ -66,6 +66,16 @@ class SwitchedLedger:
     async def status(self) -> Any:
         self._check()
         return await self.ledger.status()
+
+    async def grants(
+        self, *, after: int = 0, holder_prefix: str | None = None, limit: int = 10_000
+    ) -> list[Grant]:
+        self._check()
+        return await self.ledger.grants(after=after, holder_prefix=holder_prefix, limit=limit)
+
+    async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
+        self._check()
+        return await self.ledger.overlapping(namespace, start, end)
 
     async def ping(self) -> None:
         self._check()

@@ -36,7 +36,9 @@ class FakeLedger:
         self.last[namespace] = last + count
         granted = IdRange(namespace, last + 1, last + count)
         self.granted.append((granted, kind))
-        self.trail.append(Grant(len(self.trail) + 1, namespace, last + 1, last + count, kind, holder))
+        self.trail.append(
+            Grant(len(self.trail) + 1, namespace, last + 1, last + count, kind, holder)
+        )
         return granted
 
     async def advance_to(self, namespace: str, last_id: int) -> int:
@@ -66,8 +68,9 @@ class FakeLedger:
     async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
         if self.down:
             raise LedgerUnavailable("fake ledger is down")
-        return [g for g in self.trail if g.namespace == namespace and g.start <= end <= g.end
-                or g.namespace == namespace and start <= g.end and g.start <= end]
+        return [
+            g for g in self.trail if g.namespace == namespace and g.end >= start and g.start <= end
+        ]
 
     async def ping(self) -> None:
         if self.down:
