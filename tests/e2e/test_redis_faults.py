@@ -8,9 +8,10 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,6 +111,20 @@ async def served_by_redis_again(result: LoadResult, timeout: float = 20) -> None
             await asyncio.sleep(0.05)
 
 
+async def health_when(
+    url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10
+) -> dict[str, Any]:
+    """/health once ``predicate`` holds: it shows the background probe's last answer, at
+    most a probe interval old."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            health: dict[str, Any] = (await http.get(f"{url}/health")).json()
+            if predicate(health) or time.monotonic() > deadline:
+                return health
+            await asyncio.sleep(0.1)
+
+
 def assert_clean(result: LoadResult) -> None:
     """No overlap, no failed request, and the Redis layer did serve."""
     verdict = check(result.acknowledged)
@@ -147,7 +162,7 @@ async def test_master_killed(cluster: LocalCluster, postgres_url: str, tmp_path:
             new = cluster.wait_for_failover(old, timeout=30)
             await served_by_redis_again(result)
             await wait_for_acks(result, len(result.acknowledged) + 300, timeout=30)
-            health = httpx.get(f"{servers[0].url}/health", timeout=10).json()
+            health = await health_when(servers[0].url, lambda h: h["redis_health"] == "healthy")
     assert_clean(result)
     assert health["redis_health"] == "healthy"
     assert health["redis"]["master"] == f"127.0.0.1:{new.port}"
