@@ -76,18 +76,6 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield webhook
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh Redis master, 2 replicas and 3 Sentinels on free ports (as in
-    test_redis_faults.py: the master is declared down after 1 s)."""
-    topology = LocalCluster(tmp_path / "cluster", down_after_ms=1000, with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
-
-
 @asynccontextmanager
 async def serving(env: dict[str, str], log: Path) -> AsyncIterator[ServeProcess]:
     server = ServeProcess(env, log=log)

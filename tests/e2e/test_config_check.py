@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,6 @@ from keygen.cluster.topology import LocalCluster
 from tests.test_cli import keygen
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    topology = LocalCluster(tmp_path / "cluster", with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
 
 
 def test_every_layer_is_asked_and_a_dead_sentinel_fails_its_row(

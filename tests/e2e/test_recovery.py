@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,16 +122,6 @@ async def test_postgresql_back_serves_every_request_within_one_probe(
     print(f"PostgreSQL back: every burst served by it {recovered:.2f} s after its restart")
     assert recovered <= PROBE_INTERVAL + RESET + SLACK
     assert check(load.records).ok
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    topology = LocalCluster(tmp_path / "cluster", down_after_ms=1000, with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
 
 
 async def test_redis_after_a_failover_serves_every_request_within_one_probe(

@@ -8,7 +8,7 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 CLIENTS_PER_INSTANCE = 6
 NAMESPACES = ("default", "orders")
-#: A master is declared down after 1 s: failovers complete in about 2.3 s here.
-DOWN_AFTER_MS = 1000
 #: Megabytes written while the replicas are paused, so that the master's later writes stay
 #: in its own output buffer (see DESIGN.md, testing notes).
 LAG_MEGABYTES = 40
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh Redis master, 2 replicas and 3 Sentinels on free ports."""
-    topology = LocalCluster(tmp_path / "cluster", down_after_ms=DOWN_AFTER_MS, with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
 
 
 def service_env(cluster: LocalCluster, postgres_url: str, **extra: str) -> dict[str, str]:

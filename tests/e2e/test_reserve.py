@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -62,17 +62,6 @@ def service_env(tmp_path: Path, postgres_url: str, sentinels: str, **extra: str)
 def dead_sentinels() -> str:
     """Sentinel addresses on which nothing listens: a Redis topology that is down."""
     return ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh Redis master, 2 replicas and 3 Sentinels on free ports."""
-    topology = LocalCluster(tmp_path / "cluster", down_after_ms=1000, with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
 
 
 @asynccontextmanager

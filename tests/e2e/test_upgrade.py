@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -63,17 +62,6 @@ def previous_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "src"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh Redis master, 2 replicas and 3 Sentinels on free ports."""
-    topology = LocalCluster(tmp_path / "cluster", down_after_ms=1000, with_postgres=False)
-    topology.up()
-    try:
-        yield topology
-    finally:
-        topology.kill_all()
 
 
 def has_live_endpoint(server: ServeProcess) -> bool:
