@@ -59,6 +59,7 @@ class Probes:
         self.leading = False
         self._ticks = 0
         self._task: asyncio.Task[None] | None = None
+        self._ledger_work: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -75,9 +76,12 @@ class Probes:
 
     async def tick(self) -> InstanceView:
         """One round: probe, publish, and (when leading) record the history and alerts."""
-        if self._ticks % HEADROOM_EVERY == 0:
-            await self._refresh_headroom()
-            await self._audit()
+        if self._ticks % HEADROOM_EVERY == 0 and (
+            self._ledger_work is None or self._ledger_work.done()
+        ):
+            # Beside the probe, not before it: a slow ledger must not delay the pings that
+            # close the breakers of the layers that are back.
+            self._ledger_work = asyncio.get_running_loop().create_task(self._read_ledger())
         self._ticks += 1
         await self.reporter.refresh()
         view = self.reporter.instance(publish=True)
@@ -91,6 +95,10 @@ class Probes:
                 path.with_suffix(".tmp").write_bytes(msgspec.json.encode(document))
                 path.with_suffix(".tmp").replace(path)
         return view
+
+    async def _read_ledger(self) -> None:
+        await self._refresh_headroom()
+        await self._audit()
 
     async def _audit(self) -> None:
         try:
@@ -119,9 +127,10 @@ class Probes:
         return self.alerts.document()  # nobody has evaluated yet: every rule inactive
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ledger_work):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.alerts.aclose()
         self.history.close()
