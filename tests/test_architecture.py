@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "keygen"
 LAYERS = {
     "keygen.cli": 6,
     "keygen.backup_cli": 6,
+    "keygen.keys_cli": 6,
     "keygen.__main__": 6,
     "keygen.chaos": 6,
     "keygen.cluster": 6,
@@ -29,6 +30,7 @@ LAYERS = {
     "keygen.history": 4,
     "keygen.alerts": 4,
     "keygen.audit": 4,
+    "keygen.auth": 4,
     "keygen.allocator": 3,
     "keygen.breaker": 3,
     "keygen.metrics": 3,

@@ -32,6 +32,7 @@ from keygen.cluster.cli import add_cluster_commands
 from keygen.config import Settings, describe
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.errors import LedgerUnavailable
+from keygen.keys_cli import add_keys_commands, auth_warning
 from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
 from keygen.monitor import add_monitor_command
@@ -87,6 +88,8 @@ def serve(args: argparse.Namespace) -> int:
             f"[yellow]keygen: KEYGEN_MAX_CONNECTIONS={settings.max_connections} needs more "
             f"file descriptors than the limit, {soft}[/yellow]"
         )
+    if (warning := auth_warning(settings, args.host)) is not None:
+        err.print(f"[bold red]WARNING: {escape(warning)}[/bold red]")
     with _run_dir(settings):
         uvicorn.run(
             "keygen.api.app:create_app",
@@ -153,7 +156,7 @@ def _remove_stale_run_dirs(where: Path) -> None:
 
 def allocate(args: argparse.Namespace) -> int:
     try:
-        with KeygenClient(args.url, retries=0) as client:
+        with KeygenClient(args.url, retries=0, api_key=args.api_key or None) as client:
             allocated = client.allocate(size=args.size, namespace=args.namespace)
     except KeygenAPIError as exc:
         err.print(f"[red]keygen: {escape(str(exc))}[/red]")
@@ -324,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="IDs to allocate (default: the server's ID_BLOCK_SIZE)")
     p.add_argument("--namespace", help="namespace (default: 'default')")
     p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("KEYGEN_API_KEY"),
+        metavar="TOKEN",
+        help="an API key with an allocate:<glob> scope (default: $KEYGEN_API_KEY)",
+    )
     p.set_defaults(run=allocate)
 
     p = commands.add_parser("verify", help="check files of acknowledged ranges for overlaps")
@@ -370,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chaos_command(commands)
     add_backup_commands(commands)
     add_monitor_command(commands)
+    add_keys_commands(commands)
     return parser
 
 

@@ -217,6 +217,15 @@ class _Attempts:
         error.add_note("\n".join(lines))
 
 
+def _headers(api_key: str | None) -> dict[str, str]:
+    """The headers of every request: the API key, when one is given."""
+    if api_key is None:
+        return {}
+    if not api_key.strip() or any(c in api_key for c in "\r\n"):
+        raise ValueError("api_key must be a token such as kg_...")
+    return {"Authorization": f"Bearer {api_key.strip()}"}
+
+
 def _limits(max_connections: int) -> httpx.Limits:
     """All of them kept alive: with a lower keep-alive limit the pool would close idle
     connections only to open new ones under the next burst."""
@@ -249,6 +258,9 @@ class KeygenClient:
         retries: Attempts after the first one, at most.
         max_connections: Connections kept to each instance.
         transport: httpx's transport (tests).
+        api_key: An API key's token (``keygen keys create``), sent as
+            ``Authorization: Bearer <token>`` with every request; a 401 or 403 is raised as
+            ``KeygenAPIError`` at once, never retried.
     """
 
     def __init__(
@@ -259,14 +271,20 @@ class KeygenClient:
         retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         _check(timeout, retries)
+        headers = _headers(api_key)
         self.timeout = timeout
         self.retries = retries
         self._urls = _urls(base_url)
         self._https = [
             httpx.Client(
-                base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
+                base_url=url,
+                timeout=timeout,
+                limits=_limits(max_connections),
+                transport=transport,
+                headers=headers,
             )
             for url in self._urls
         ]
@@ -319,14 +337,20 @@ class AsyncKeygenClient:
         retries: int = DEFAULT_RETRIES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         _check(timeout, retries)
+        headers = _headers(api_key)
         self.timeout = timeout
         self.retries = retries
         self._urls = _urls(base_url)
         self._https = [
             httpx.AsyncClient(
-                base_url=url, timeout=timeout, limits=_limits(max_connections), transport=transport
+                base_url=url,
+                timeout=timeout,
+                limits=_limits(max_connections),
+                transport=transport,
+                headers=headers,
             )
             for url in self._urls
         ]

@@ -46,6 +46,11 @@ DEFAULT_KEEPALIVE_TIMEOUT = 5.0
 DEFAULT_MAX_HEADER_BYTES = 16384
 DEFAULT_MAX_PIPELINE = 16
 DEFAULT_ALLOWED_HOSTS = "*"
+# Bounds on what clients can make the ledger keep (docs/security.md, "Growth").
+DEFAULT_MAX_NAMESPACES = 10_000
+DEFAULT_AUDIT_RETENTION_DAYS = 90
+# API keys (keygen/auth.py, docs/security.md "Keys").
+DEFAULT_AUTH_REFRESH_INTERVAL = 2.0
 
 #: A host and a port, as ``REDIS_SENTINEL_HOSTS`` and ``KEYGEN_REDIS_ADDRESS_MAP`` name them.
 Address = tuple[str, int]
@@ -55,6 +60,9 @@ PostgresqlMode = Literal["direct", "lease"]
 
 #: Whether the emergency reserve layer runs: "auto" = with Redis Sentinels and PostgreSQL.
 ReserveMode = Literal["auto", "on", "off"]
+
+#: Whether requests need an API key: "auto" = as soon as the ledger holds one.
+AuthMode = Literal["auto", "required", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -252,6 +260,38 @@ class Settings(BaseSettings):
         description="Comma-separated Host header values served ('*' any, '*.example.com' a "
         "domain's subdomains); any other gets a 400. Set it when browsers can reach the "
         "service: it defeats DNS rebinding.",
+    )
+
+    # Bounds on what clients can make the ledger keep (ledgers/ enforce them).
+    max_namespaces: Annotated[int, Field(ge=1, le=100_000_000)] = Field(
+        DEFAULT_MAX_NAMESPACES,
+        description="Namespaces the ledger may hold; a request creating one more gets a 409 "
+        "too_many_namespaces and nothing is allocated.",
+    )
+    audit_retention_days: Annotated[int, Field(ge=0, le=36_500)] = Field(
+        DEFAULT_AUDIT_RETENTION_DAYS,
+        description="Days a grant row is kept in the audit trail (pruned in the background, "
+        "except each namespace's latest grant and every reserve grant); 0 keeps them all.",
+    )
+
+    # API keys (keygen/auth.py checks them; docs/security.md).
+    auth: AuthMode = Field(
+        "auto",
+        description="Whether requests need an API key (Authorization: Bearer <token>): "
+        "'required', 'off', or 'auto': required as soon as the ledger holds a key.",
+    )
+    auth_secret: str | None = Field(
+        None,
+        repr=False,  # the server secret the keys' hashes are made with
+        min_length=16,
+        description="The server secret API keys are hashed with (HMAC-SHA256); unset: the "
+        "file auth.secret in KEYGEN_DATA_DIR, made on first use. Instances sharing a "
+        "PostgreSQL ledger need the same one.",
+    )
+    auth_refresh_interval: Annotated[float, Field(gt=0, le=5)] = Field(
+        DEFAULT_AUTH_REFRESH_INTERVAL,
+        description="Seconds between two reads of the key table by each worker: a new or "
+        "revoked key takes effect within this (and a read's time).",
     )
 
     @field_validator("redis_sentinel_hosts", "database_url")

@@ -10,10 +10,15 @@ command line as a message and an exit status, and have no HTTP status.
     │   │   ├── ClientDisconnected   400 client_disconnected: the body never fully arrived
     │   │   │                            (nothing can be answered; counted, not sent)
     │   │   ├── MalformedJSON        400 malformed_json
+    │   │   ├── Unauthorized         401 unauthorized: no API key, or one that is unknown or
+    │   │   │                            revoked (KEYGEN_AUTH)
+    │   │   ├── Forbidden            403 forbidden: the API key lacks the scope the request needs
     │   │   ├── NotFound             404 not_found
     │   │   ├── MethodNotAllowed     405 method_not_allowed
     │   │   ├── RequestTimeout       408 request_timeout: the body did not arrive in time
     │   │   ├── NamespaceExhausted   409 namespace_exhausted
+    │   │   ├── TooManyNamespaces    409 too_many_namespaces: the ledger holds
+    │   │   │                            KEYGEN_MAX_NAMESPACES already
     │   │   ├── PayloadTooLarge      413 payload_too_large
     │   │   ├── UnsupportedMediaType 415 unsupported_media_type
     │   │   └── InvalidRequest       422 invalid_request
@@ -23,7 +28,9 @@ command line as a message and an exit status, and have no HTTP status.
     │   │   └── ReserveUnavailable   503 reserve_unavailable: no emergency reserve to serve from
     │   │       └── ReserveExhausted 503 reserve_exhausted: the emergency reserve is used up
     │   ├── ServiceUnavailable       503 service_unavailable: no layer could serve in time (with
-    │   │                                the reserve's code when the reserve refused last)
+    │   │   │                            the reserve's code when the reserve refused last)
+    │   │   └── KeysUnavailable      503 keys_unavailable: keys are required, and the table of
+    │   │                                keys could not be read from the ledger yet
     │   └── JournalLocked            500 journal_locked: start-up refused, every reserve journal
     │                                    of the data dir is locked by another process
     └── ToolError                    tool_error: a command-line tool failed
@@ -45,9 +52,11 @@ __all__ = [
     "ChaosError",
     "ClientDisconnected",
     "ClusterError",
+    "Forbidden",
     "InvalidRequest",
     "JournalLocked",
     "KeygenError",
+    "KeysUnavailable",
     "LayerUnavailable",
     "LedgerUnavailable",
     "MalformedJSON",
@@ -63,7 +72,9 @@ __all__ = [
     "SchemaTooNew",
     "ServiceError",
     "ServiceUnavailable",
+    "TooManyNamespaces",
     "ToolError",
+    "Unauthorized",
     "UnsupportedMediaType",
 ]
 
@@ -108,6 +119,24 @@ class MalformedJSON(RequestError):
     code = "malformed_json"
 
 
+class Unauthorized(RequestError):
+    """The request carries no API key (``Authorization: Bearer <token>``), or one that is
+    unknown or revoked, and the service requires one."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="keygen"'}
+
+
+class Forbidden(RequestError):
+    """The API key is valid but has no scope for this request (the path or the namespace)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(RequestError):
     status_code = 404
     code = "not_found"
@@ -139,6 +168,21 @@ class NamespaceExhausted(RequestError):
         self.namespace = namespace
         self.requested = requested
         self.remaining = remaining
+
+
+class TooManyNamespaces(RequestError):
+    """The request names a new namespace, and the ledger already holds as many as it may."""
+
+    status_code = 409
+    code = "too_many_namespaces"
+
+    def __init__(self, namespace: str, limit: int) -> None:
+        super().__init__(
+            f"namespace {namespace!r} does not exist and cannot be created: the ledger already "
+            f"holds {limit} namespaces (KEYGEN_MAX_NAMESPACES)"
+        )
+        self.namespace = namespace
+        self.limit = limit
 
 
 class RequestTimeout(RequestError):
@@ -203,6 +247,13 @@ class ServiceUnavailable(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class KeysUnavailable(ServiceUnavailable):
+    """Keys are required, and this worker has not read the table of keys from the ledger yet
+    (it was unreachable at start-up): nothing is served that needs a key until it has."""
+
+    code = "keys_unavailable"
 
 
 class JournalLocked(ServiceError):

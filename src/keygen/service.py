@@ -12,6 +12,7 @@ import logging
 from keygen.alerts import Alerts
 from keygen.allocator import Allocator, Layer
 from keygen.audit import Auditor
+from keygen.auth import ENFORCED_MARKER, KeyStore, load_secret
 from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
 from keygen.dispensers.base import Dispenser
@@ -80,6 +81,23 @@ async def _redis_layer(
     return dispenser, monitor
 
 
+async def _key_store(settings: Settings, ledger: Ledger) -> KeyStore:
+    """The API keys, read once (a key created before start-up is checked from the first
+    request) and then refreshed in the background."""
+    if settings.auth == "off":
+        return KeyStore(None, b"", "off")
+    store = KeyStore(
+        ledger,
+        load_secret(settings),
+        settings.auth,
+        refresh_interval=settings.auth_refresh_interval,
+        marker=settings.data_dir / ENFORCED_MARKER,
+    )
+    await store.refresh_logged()
+    store.start()
+    return store
+
+
 class Keygen:
     """The service: owns the ledger, the allocator and the health reporter."""
 
@@ -92,8 +110,11 @@ class Keygen:
         redis: RedisDispenser | None = None,
         sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
+        auth: KeyStore | None = None,
     ) -> None:
         self.settings = settings
+        #: The API keys requests are checked against (none required when not given).
+        self.auth = auth if auth is not None else KeyStore(None, b"", "off")
         self.ledger = ledger
         self.allocator = allocator
         self.redis = redis
@@ -136,6 +157,11 @@ class Keygen:
             JournalLocked: the reserve is on and every journal slot is locked.
         """
         ledger = await open_ledger(settings)
+        try:
+            auth = await _key_store(settings, ledger)
+        except BaseException:
+            await ledger.aclose()
+            raise
         reserve = None
         layers = []
         redis = monitor = None
@@ -149,6 +175,7 @@ class Keygen:
         except BaseException:
             if reserve is not None:
                 await reserve.aclose()
+            await auth.aclose()
             await ledger.aclose()
             raise
         dispenser: Dispenser
@@ -156,7 +183,10 @@ class Keygen:
             dispenser = DirectDispenser(ledger, holder=settings.instance_id)
         else:
             dispenser = LeaseDispenser(
-                ledger, lease_size=settings.lease_size, holder=settings.instance_id
+                ledger,
+                lease_size=settings.lease_size,
+                holder=settings.instance_id,
+                max_namespaces=settings.max_namespaces,
             )
         layers.append(Layer(dispenser, cls._breaker(settings), settings.allocation_timeout))
         if reserve is not None:
@@ -173,7 +203,13 @@ class Keygen:
             on_allocated=reserve.observe if reserve is not None else None,
         )
         service = cls(
-            settings, ledger, allocator, redis=redis, sentinel_monitor=monitor, reserve=reserve
+            settings,
+            ledger,
+            allocator,
+            redis=redis,
+            sentinel_monitor=monitor,
+            reserve=reserve,
+            auth=auth,
         )
         service.probes.start()
         allocator.start()
@@ -191,5 +227,6 @@ class Keygen:
         if self.sentinel_monitor is not None:
             await self.sentinel_monitor.aclose()
         await self.allocator.aclose()
+        await self.auth.aclose()
         await self.ledger.aclose()
         self.counters.close()

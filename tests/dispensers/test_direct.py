@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,8 +15,14 @@ from hypothesis import strategies as st
 from keygen.checker import Record, check
 from keygen.constants import MAX_ID
 from keygen.dispensers.direct import DirectDispenser
-from keygen.errors import LayerUnavailable, LedgerUnavailable, NamespaceExhausted
+from keygen.errors import (
+    LayerUnavailable,
+    LedgerUnavailable,
+    NamespaceExhausted,
+    TooManyNamespaces,
+)
 from keygen.ledgers.postgres import PostgresLedger
+from keygen.ledgers.sqlite import SqliteLedger
 from keygen.ranges import IdRange
 from tests.support.fakes import FakeLedger
 
@@ -291,3 +298,24 @@ async def test_coalescing_against_postgresql_needs_far_fewer_grants(postgres_url
     for r in ranges:
         assert any(row["start_id"] <= r.start and r.end <= row["end_id"] for row in rows)
     assert sum(row["end_id"] - row["start_id"] + 1 for row in rows) == sum(sizes)
+
+
+def test_a_namespace_past_the_ledgers_bound_is_refused_as_the_request_error(
+    tmp_path: Path,
+) -> None:
+    """The ledger's TooManyNamespaces reaches the caller as itself (a 409), not as a
+    LedgerUnavailable the allocator would fall back from; existing namespaces are served."""
+
+    async def scenario() -> None:
+        ledger = await SqliteLedger.open(tmp_path, max_namespaces=1)
+        try:
+            dispenser = DirectDispenser(ledger, holder="test")
+            assert (await dispenser.allocate("a", 5)).end == 5
+            with pytest.raises(TooManyNamespaces):
+                await dispenser.allocate("b", 5)
+            assert (await dispenser.allocate("a", 5)).start == 6
+            await dispenser.aclose()
+        finally:
+            await ledger.aclose()
+
+    asyncio.run(scenario())

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from keygen.checker import Record, check
 from keygen.constants import MAX_ID
+from keygen.dispensers import lease as lease_module
 from keygen.dispensers.lease import LeaseDispenser
 from keygen.errors import NamespaceExhausted
 from keygen.ledgers.sqlite import SqliteLedger
@@ -60,10 +61,11 @@ async def test_many_waiters_cause_one_refill() -> None:
 
 
 @pytest.mark.anyio
-async def test_request_larger_than_a_lease_is_granted_directly() -> None:
-    """A request bigger than the lease size is one direct grant and leaves the lease alone."""
+async def test_request_larger_than_the_largest_lease_is_granted_directly() -> None:
+    """A request bigger than the bound on leases is one direct grant and leaves the lease
+    alone."""
     ledger = FakeLedger()
-    dispenser = LeaseDispenser(ledger, lease_size=100, holder="h")
+    dispenser = LeaseDispenser(ledger, lease_size=100, max_lease_size=200, holder="h")
     small = await dispenser.allocate("default", 10)
     big = await dispenser.allocate("default", 250)
     after = await dispenser.allocate("default", 10)
@@ -74,10 +76,60 @@ async def test_request_larger_than_a_lease_is_granted_directly() -> None:
 
 
 @pytest.mark.anyio
+async def test_leases_grow_with_the_requests_so_large_requests_share_grants(
+    tmp_path: Path,
+) -> None:
+    """Requests as large as a lease (or larger) are served from leases that grew toward
+    their size, a grant per many requests instead of an fsynced grant row per request, and
+    the lease never grows past its bound."""
+    ledger = await SqliteLedger.open(tmp_path)
+    try:
+        dispenser = LeaseDispenser(ledger, lease_size=1000, holder="h")
+        got = [await dispenser.allocate("big", 1000) for _ in range(200)]
+        got += [await dispenser.allocate("big", 2500) for _ in range(100)]
+        rows = await ledger.grants()
+    finally:
+        await ledger.aclose()
+    assert check(Record.of(r, requested=r.size) for r in got).ok
+    assert len(rows) <= 10, [(g.kind, g.end - g.start + 1) for g in rows]
+    assert {g.kind for g in rows} == {"lease"}
+    assert max(g.end - g.start + 1 for g in rows) <= dispenser.max_lease_size
+    assert dispenser.max_lease_size == 1000 * lease_module.LEASE_GROWTH
+
+
+@pytest.mark.anyio
+async def test_idle_namespaces_are_evicted_and_their_tails_never_reused() -> None:
+    """Past max_namespaces, the lease of a namespace idle since the last sweep is given up
+    (its tail counted as wasted), the busy ones are kept, and an evicted namespace comes
+    back on a fresh lease above everything granted before."""
+    ledger = FakeLedger()
+    dispenser = LeaseDispenser(ledger, lease_size=100, holder="h", max_namespaces=3)
+    first = [await dispenser.allocate(ns, 1) for ns in ("hot", "idle-1", "idle-2")]
+    for namespace in [f"ns-{i}" for i in range(50)]:
+        first.append(await dispenser.allocate("hot", 1))
+        first.append(await dispenser.allocate(namespace, 1))
+    assert len(dispenser._leases) <= 3
+    assert "hot" in dispenser._leases
+    assert 50 <= dispenser.evictions <= 51  # one new namespace each (the first sweep may
+    # find every lease used, and take the first one after clearing their flags)
+    assert sum(g.namespace == "hot" for g, _ in ledger.granted) <= 2
+    granted = sum(g.size for g, _ in ledger.granted)
+    assert (
+        dispenser.ids_wasted
+        + sum(r.size for r in first)
+        + sum(lease.remaining for lease in dispenser._leases.values())
+        == granted
+    )
+    again = await dispenser.allocate("idle-1", 1)
+    assert again.start > 100  # the evicted lease 1..100 is never served from again
+    assert check(Record.of(r) for r in [*first, again]).ok
+
+
+@pytest.mark.anyio
 async def test_contiguous_refill_keeps_the_tail() -> None:
     """When the next lease starts right after the current one, the tail is not wasted."""
     ledger = FakeLedger()
-    dispenser = LeaseDispenser(ledger, lease_size=10, holder="h")
+    dispenser = LeaseDispenser(ledger, lease_size=10, max_lease_size=10, holder="h")
     first = await dispenser.allocate("default", 7)
     second = await dispenser.allocate("default", 5)  # 3 left: refill is contiguous
     assert (first.start, second.start, second.end) == (1, 8, 12)
@@ -88,7 +140,7 @@ async def test_contiguous_refill_keeps_the_tail() -> None:
 async def test_non_contiguous_refill_counts_waste() -> None:
     """When another holder took the next span, the old tail is abandoned and counted."""
     ledger = FakeLedger()
-    dispenser = LeaseDispenser(ledger, lease_size=10, holder="h")
+    dispenser = LeaseDispenser(ledger, lease_size=10, max_lease_size=10, holder="h")
     await dispenser.allocate("default", 7)
     await ledger.grant("default", 10, kind="lease", holder="someone else")
     second = await dispenser.allocate("default", 5)

@@ -21,11 +21,12 @@ from keygen.breaker import CircuitBreaker
 from keygen.checker import Record, check
 from keygen.config import Settings
 from keygen.constants import GRANT_RESERVE
+from keygen.dispensers import lease as lease_module
 from keygen.dispensers import reserve as reserve_module
 from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailable
-from keygen.ledgers.base import Grant, ReserveUsage
+from keygen.ledgers.base import ApiKeyRecord, Grant, ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
 from keygen.metrics import Counters
@@ -76,6 +77,18 @@ class SwitchedLedger:
     async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
         self._check()
         return await self.ledger.overlapping(namespace, start, end)
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        self._check()
+        await self.ledger.add_api_key(key)
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        self._check()
+        return await self.ledger.api_keys()
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        self._check()
+        return await self.ledger.revoke_api_key(key_id)
 
     async def ping(self) -> None:
         self._check()
@@ -257,6 +270,53 @@ async def test_namespaces_served_by_any_layer_get_a_reserve(
     assert entry.minutes_left is not None and entry.minutes_left > 0
 
 
+async def test_reserves_go_to_the_namespaces_served_most(
+    ledger: SwitchedLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Namespaces that filled the reserve's list and went idle give way to one served more:
+    the least served one's reserve is retired as evicted (journaled, its usage recorded, its
+    tail wasted and never served from again), and the busy namespace gets a reserve; the
+    pinned namespace keeps its own."""
+    monkeypatch.setattr(reserve_module, "MAX_NAMESPACES", 3)
+    monkeypatch.setattr(reserve_module, "MIN_HOLD", 0.0, raising=False)
+    data_dir = tmp_path / "data"
+    async with reserve_on(ledger, data_dir, size=1000) as reserve:
+        reserve.observe("default", 5)
+        reserve.observe("early-1", 1)
+        reserve.observe("early-2", 5)
+        await until(lambda: reserve.remaining("early-1") > 0 and reserve.remaining("early-2") > 0)
+        evicted = reserve.snapshot().namespaces["early-1"]
+        for _ in range(20):
+            reserve.observe("busy", 1000)
+        await until(lambda: reserve.remaining("busy") > 0)
+        await until(lambda: reserve.usages_recorded == 1)
+        held = {ns for ns in ("default", "early-1", "early-2", "busy") if reserve.remaining(ns)}
+        wasted = reserve.ids_wasted
+        with pytest.raises(ReserveUnavailable):
+            await reserve.allocate("early-1", 1)
+    assert held == {"default", "early-2", "busy"}  # early-1, served least, was evicted
+    assert wasted == 1000
+    (usage,) = ledger_rows(
+        tmp_path, "SELECT namespace, start_id, end_id, used_end_id, note FROM reserve_usage"
+    )
+    assert evicted.start is not None
+    assert usage == ("early-1", evicted.start, evicted.end, evicted.start - 1, "evicted")
+    journaled = replay((data_dir / JOURNAL_NAME.format(0)).read_bytes()).reserves
+    assert journaled[("early-1", evicted.start)].retired == "evicted"
+
+
+async def test_the_rates_tracked_are_bounded(ledger: SwitchedLedger, tmp_path: Path) -> None:
+    """A flood of namespaces cannot grow the reserve's memory: at most MAX_TRACKED rates and
+    MAX_NAMESPACES reserves are kept, and the keeper forgets idle rates to make room."""
+    async with reserve_on(ledger, tmp_path / "data", size=10) as reserve:
+        for i in range(5 * reserve_module.MAX_TRACKED):
+            reserve.observe(f"flood-{i}", 1)
+        assert len(reserve._rates) <= reserve_module.MAX_TRACKED
+        await until(lambda: len(reserve._wanted) == reserve_module.MAX_NAMESPACES, timeout=20)
+        snapshot = reserve.snapshot()
+    assert len(snapshot.namespaces) <= reserve_module.MAX_NAMESPACES
+
+
 async def test_a_journal_that_cannot_be_written_stops_the_reserve(
     ledger: SwitchedLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +387,7 @@ async def test_the_service_degrades_then_refuses_with_reserve_exhausted(
     """With its ledger gone, the service serves from the reserve and /health says degraded
     with the remaining reserve and the minutes it lasts; once the reserve is used up,
     requests get a 503 reserve_exhausted with Retry-After, and /health turns 503."""
+    monkeypatch.setattr(lease_module, "LEASE_GROWTH", 1)  # every request needs the ledger
     settings = Settings(
         _env_file=None,
         data_dir=tmp_path / "data",

@@ -298,7 +298,7 @@ async def test_serving_from_the_reserve_fires_serving_and_reserve_low(
     KeygenServingFromReserve resolves once PostgreSQL serves again."""
     # KeygenReserveLow's resolution is not waited for: at this load a fresh reserve also
     # lasts under 10 minutes, and the rate it is judged by is measured over a fixed minute
-    # (reserve.RATE_WINDOW, not scaled), so it rightly keeps firing for a minute.
+    # (reserve_state.RATE_WINDOW, not scaled), so it rightly keeps firing for a minute.
     env = service_env(
         tmp_path,
         receiver,

@@ -14,10 +14,12 @@ import pytest
 
 from keygen.checker import Record, check
 from keygen.cluster.postgres import PostgresNode, with_database
-from keygen.constants import GRANT_DIRECT, GRANT_LEASE, MAX_ID
-from keygen.errors import LedgerUnavailable, NamespaceExhausted
+from keygen.constants import GRANT_DIRECT, GRANT_LEASE, GRANT_RESERVE, MAX_ID
+from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespaces
+from keygen.ledgers.base import ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger, is_transient
 from keygen.ledgers.postgres_migrations import LATEST_VERSION, MIGRATIONS, migrate
+from keygen.ledgers.retention import prune
 from keygen.redact import redact_url
 from tests.support.processes import free_port
 
@@ -366,3 +368,56 @@ def test_redact_url_hides_only_the_password() -> None:
         "postgresql://u:***@db:5432/k?sslmode=require"
     )
     assert redact_url("postgresql://u@db/k") == "postgresql://u@db/k"
+
+
+async def test_namespaces_past_the_bound_are_refused_even_from_many_instances(
+    postgres_url: str,
+) -> None:
+    """Several ledgers creating namespaces at once never pass max_namespaces together: the
+    creations past it get TooManyNamespaces, with no counter and no audit row left."""
+    ledgers = [await PostgresLedger.open(postgres_url, max_namespaces=5) for _ in range(3)]
+    try:
+
+        async def create(i: int) -> str:
+            try:
+                await ledgers[i % 3].grant(f"ns-{i}", 1, kind=GRANT_LEASE, holder="h")
+            except TooManyNamespaces:
+                return "refused"
+            return "granted"
+
+        outcomes = await asyncio.gather(*(create(i) for i in range(20)))
+        statuses = await ledgers[0].status()
+        rows = await ledgers[0].grants()
+        existing = statuses[0].namespace  # an existing namespace is still served
+        assert (await ledgers[1].grant(existing, 1, kind=GRANT_LEASE, holder="h")).start == 2
+    finally:
+        for ledger in ledgers:
+            await ledger.aclose()
+    assert outcomes.count("granted") == 5 and outcomes.count("refused") == 15
+    assert len(statuses) == 5 and len(rows) == 5
+
+
+async def test_retention_prunes_old_grant_rows_but_never_the_evidence(postgres_url: str) -> None:
+    """Old rows are pruned in batches, except each namespace's latest grant and every reserve
+    grant; counters are untouched, and a reserve's usage still finds its grant."""
+    async with opened(postgres_url) as ledger:
+        for _ in range(250):
+            await ledger.grant("a", 10, kind=GRANT_LEASE, holder="h")
+        reserve = await ledger.grant("a", 10, kind=GRANT_RESERVE, holder="h/reserve-0")
+        await ledger.grant("b", 10, kind=GRANT_DIRECT, holder="h")
+        await ledger.grant("a", 10, kind=GRANT_DIRECT, holder="h")
+        async with connection(postgres_url) as conn:
+            await conn.execute("UPDATE keygen_grants SET granted_at = now() - interval '100 days'")
+        before = {s.namespace: s.last_id for s in await ledger.status()}
+        deleted = await prune(ledger.prune_batch, time.time() - 90 * 86400, batch=64)
+        kept = await ledger.grants()
+        after = {s.namespace: s.last_id for s in await ledger.status()}
+        usage = ReserveUsage("a", reserve.start, reserve.end, reserve.start - 1, "h/reserve-0")
+        assert await ledger.record_reserve_usage(usage)
+    assert deleted == 250
+    assert [(g.namespace, g.kind) for g in kept] == [
+        ("a", GRANT_RESERVE),
+        ("b", GRANT_DIRECT),
+        ("a", GRANT_DIRECT),
+    ]
+    assert after == before

@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from keygen.api import create_app
 from keygen.checker import Record, check
+from keygen.config import Settings
 from keygen.constants import MAX_ID
-from keygen.errors import LedgerUnavailable, NamespaceExhausted
+from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespaces
+from keygen.ledgers import retention
+from keygen.ledgers.retention import prune
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
+from tests.support.app import running
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +138,92 @@ def test_processes_sharing_the_file_never_overlap(tmp_path: Path) -> None:
     assert verdict.ok, verdict.summary()
     assert verdict.ranges == 240
     assert max(e for _, e in spans) == 4 * sum(range(1, 61))  # nothing skipped, nothing lost
+
+
+async def test_a_namespace_past_the_bound_is_refused_and_nothing_granted(tmp_path: Path) -> None:
+    """With max_namespaces reached, a grant that would create a namespace is refused with
+    TooManyNamespaces and leaves no counter and no audit row; existing namespaces go on."""
+    ledger = await SqliteLedger.open(tmp_path, max_namespaces=3)
+    try:
+        for namespace in ("a", "b", "c"):
+            await ledger.grant(namespace, 10, kind="lease", holder="h")
+        with pytest.raises(TooManyNamespaces) as refused:
+            await ledger.grant("d", 10, kind="lease", holder="h")
+        assert refused.value.status_code == 409 and refused.value.code == "too_many_namespaces"
+        assert (await ledger.grant("a", 5, kind="lease", holder="h")).start == 11
+        assert [s.namespace for s in await ledger.status()] == ["a", "b", "c"]
+        assert all(g.namespace != "d" for g in await ledger.grants())
+    finally:
+        await ledger.aclose()
+
+
+async def test_over_http_a_namespace_past_the_bound_gets_a_409(tmp_path: Path) -> None:
+    """KEYGEN_MAX_NAMESPACES reaches the ledger: the request creating one namespace too many
+    gets a JSON 409 too_many_namespaces, and nothing is allocated for it."""
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path / "data", instance_id="test", max_namespaces=2
+    )
+    async with running(create_app(settings)) as http:
+        served = [(await http.post("/allocate", json={"namespace": ns})) for ns in ("a", "b")]
+        refused = await http.post("/allocate", json={"namespace": "c"})
+        again = await http.post("/allocate", json={"namespace": "a"})
+    assert [r.status_code for r in served] == [200, 200] and again.status_code == 200
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "too_many_namespaces"
+    with sqlite3.connect(tmp_path / "data" / LEDGER_FILENAME) as db:
+        assert db.execute("SELECT count(*) FROM counters WHERE namespace = 'c'").fetchone() == (0,)
+
+
+def _age(path: Path, days: float, where: str = "1 = 1") -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE grants SET granted_at = granted_at - ? WHERE {where}", (days * 86400,))
+
+
+async def test_retention_prunes_old_rows_but_never_the_evidence(tmp_path: Path) -> None:
+    """Rows older than the retention are deleted in small batches, except each namespace's
+    latest grant and every reserve grant; counters are untouched and grants go on above."""
+    ledger = await SqliteLedger.open(tmp_path)
+    try:
+        for _ in range(1200):
+            await ledger.grant("a", 10, kind="lease", holder="h")
+        await ledger.grant("a", 10, kind="reserve", holder="h/reserve-0")
+        await ledger.grant("a", 10, kind="direct", holder="h")  # old, and no longer the latest
+        await ledger.grant("b", 10, kind="lease", holder="h")  # the latest (and only) of "b"
+        _age(ledger.path, 100)
+        await ledger.grant("a", 10, kind="lease", holder="h")  # young, and the latest of "a"
+        before = {s.namespace: s.last_id for s in await ledger.status()}
+        deleted = await prune(ledger.prune_batch, time.time() - 90 * 86400, batch=100)
+        kept = await ledger.grants()
+        after = {s.namespace: s.last_id for s in await ledger.status()}
+        assert (await ledger.grant("a", 1, kind="lease", holder="h")).start == before["a"] + 1
+    finally:
+        await ledger.aclose()
+    assert deleted == 1201
+    assert [(g.namespace, g.kind) for g in kept] == [
+        ("a", "reserve"),
+        ("b", "lease"),
+        ("a", "lease"),
+    ]
+    assert after == before
+
+
+async def test_the_retention_task_prunes_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger opened with a retention prunes its audit trail by itself, and stops when
+    closed."""
+    monkeypatch.setattr(retention, "PRUNE_FIRST_DELAY", 0.0)
+    ledger = await SqliteLedger.open(tmp_path)
+    for _ in range(5):
+        await ledger.grant("a", 10, kind="lease", holder="h")
+    await ledger.aclose()
+    _age(tmp_path / LEDGER_FILENAME, 10)
+    ledger = await SqliteLedger.open(tmp_path, audit_retention_days=7)
+    try:
+        assert ledger.retention is not None
+        async with asyncio.timeout(5):
+            while ledger.retention.pruned < 4:
+                await asyncio.sleep(0.01)
+        assert len(await ledger.grants()) == 1
+    finally:
+        await ledger.aclose()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 from keygen.constants import GRANT_RESERVE, MAX_ID
 from keygen.dispensers.base import Dispenser
 from keygen.errors import LayerUnavailable, LedgerUnavailable, NamespaceExhausted
 from keygen.histogram import REFILL_BUCKETS, Histogram
-from keygen.ledgers.base import Grant, Ledger, NamespaceStatus, ReserveUsage
+from keygen.ledgers.base import ApiKeyRecord, Grant, Ledger, NamespaceStatus, ReserveUsage
 from keygen.ranges import IdRange
 
 
@@ -22,6 +24,7 @@ class FakeLedger:
         self.granted: list[tuple[IdRange, str]] = []  # (span, kind), in grant order
         self.trail: list[Grant] = []  # the audit trail
         self.usages: list[ReserveUsage] = []
+        self.keys: list[ApiKeyRecord] = []
         self.down = False
         self.delay = delay
 
@@ -71,6 +74,23 @@ class FakeLedger:
         return [
             g for g in self.trail if g.namespace == namespace and g.end >= start and g.start <= end
         ]
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        self.keys.append(key)
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        return list(self.keys)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        for index, key in enumerate(self.keys):
+            if key.id == key_id and key.revoked_at is None:
+                self.keys[index] = dataclasses.replace(key, revoked_at=time.time())
+                return True
+        return False
 
     async def ping(self) -> None:
         if self.down:

@@ -3,8 +3,11 @@
 Routing, a pydantic model and a response object per request would cost more than the
 allocation itself, so this endpoint sits in front of the FastAPI app: it reads the body with
 a size limit, decodes and validates it with msgspec, asks the allocator, and writes the
-response itself. Every other path goes on to FastAPI. The endpoint is still documented in
-the OpenAPI schema (see ``openapi.py``), from the same limits it enforces.
+response itself. Every other path goes on to FastAPI. When API keys are required
+(``keygen/auth.py``) the check is here too, for every path: one HMAC and one dict lookup,
+before the body is read; the namespace's scope after it parsed, before anything is
+allocated. The endpoint is still documented in the OpenAPI schema (see ``openapi.py``), from
+the same limits it enforces.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
 from keygen.api.responses import error_body
+from keygen.auth import OPEN, KeyStore, bearer_token
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from keygen.errors import (
     ClientDisconnected,
+    Forbidden,
     InvalidRequest,
+    KeysUnavailable,
     MalformedJSON,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -41,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALLOCATE_PATH = "/allocate"
+#: Paths served without a key, whatever KEYGEN_AUTH says: orchestrators' probes (status only).
+OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+HEALTH_PATH = "/health"
+#: What ``/health`` answers to a request without the ``read`` scope: the status only.
+HEALTH_STATUS_PATH = "/health/ready"
 
 
 class AllocateRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -152,13 +163,21 @@ class AllocateEndpoint:
             return
         service: Keygen = self.api.state.service
         counters = service.counters
+        auth = service.auth
         try:
+            # Before the body is read: a request without a valid key costs nothing more.
+            grants = auth.authenticate(bearer_token(scope["headers"])) if auth.enforced else OPEN
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
             body = await read_body(
                 scope, receive, service.settings.max_body_bytes, self.api.state.read_deadlines
             )
             namespace, size = parse_request(body, service.settings)
+            if not grants.may_allocate(namespace):
+                raise Forbidden(
+                    f"API key {grants.key_id} ({grants.name!r}) may not allocate in namespace "
+                    f"{namespace!r}: it needs a scope allocate:<glob> matching it"
+                )
             allocation = await service.allocator.allocate(namespace, size)
         except ClientDisconnected as exc:
             counters.record_rejected(exc.code)  # no response: nobody is left to read it
@@ -197,6 +216,14 @@ class AllocateEndpoint:
             await self.api(scope, receive, send)
             return
         counters, path = service.counters, scope["path"]
+        if service.auth.enforced and path not in OPEN_PATHS:
+            try:
+                scope = _gate(scope, path, service.auth)
+            except ServiceError as exc:
+                counters.record_rejected(exc.code)
+                counters.record_response(path, exc.status_code)
+                await _send(send, exc.status_code, error_body(exc.code, exc.message), exc.headers())
+                return
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -204,6 +231,36 @@ class AllocateEndpoint:
             await send(message)
 
         await self.api(scope, receive, counted)
+
+
+def _gate(scope: Scope, path: str, auth: KeyStore) -> Scope:
+    """The request as it may go on to the FastAPI app: every path but the open ones needs a
+    key with the ``read`` scope; ``/health`` without one answers the status only.
+
+    Raises:
+        Unauthorized: no valid key (``/health``: a token given that is not one).
+        Forbidden: a valid key without ``read``.
+    """
+    token = bearer_token(scope["headers"])
+    if path == HEALTH_PATH:
+        if token is None:
+            return _status_only(scope)
+        try:
+            grants = auth.authenticate(token)
+        except KeysUnavailable:
+            return _status_only(scope)
+        return scope if grants.read else _status_only(scope)
+    grants = auth.authenticate(token)
+    if not grants.read:
+        raise Forbidden(
+            f"API key {grants.key_id} ({grants.name!r}) has no 'read' scope, which {path[:80]} "
+            "needs"
+        )
+    return scope
+
+
+def _status_only(scope: Scope) -> Scope:
+    return {**scope, "path": HEALTH_STATUS_PATH, "raw_path": HEALTH_STATUS_PATH.encode()}
 
 
 def _host_of(scope: Scope) -> str:

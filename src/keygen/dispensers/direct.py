@@ -13,7 +13,13 @@ import logging
 
 from keygen.constants import GRANT_DIRECT
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
-from keygen.errors import KeygenError, LayerUnavailable, LedgerUnavailable, NamespaceExhausted
+from keygen.errors import (
+    KeygenError,
+    LayerUnavailable,
+    LedgerUnavailable,
+    NamespaceExhausted,
+    RequestError,
+)
 from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
@@ -65,6 +71,10 @@ class DirectDispenser:
                     return
                 batch = fitting
                 continue
+            except RequestError as exc:  # e.g. too many namespaces: no layer could serve it
+                for request in batch:
+                    request.fail(exc, cause=exc.__cause__)
+                return
             except KeygenError as exc:
                 for request in batch:
                     request.fail(LedgerUnavailable(exc.message), cause=exc)

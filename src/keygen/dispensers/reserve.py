@@ -9,6 +9,12 @@ the ledger answers again, takes a fresh one, retires the used one, and records i
 audit trail what was used of it. The keeper is the only code that talks to the ledger: a
 request never waits for it.
 
+Reserves go to the namespaces served most: at most ``MAX_NAMESPACES`` are held (those of
+``KEYGEN_RESERVE_NAMESPACES`` always), and a namespace served more than twice as much as the
+least served one holding a reserve (for ``MIN_HOLD`` seconds at least) takes its place: the
+evicted reserve is retired as a replaced one is (journaled ``retire``, its usage recorded,
+its tail wasted). Allocation rates are tracked for at most ``MAX_TRACKED`` namespaces.
+
 Why this cannot repeat an ID: a reserve is a span the ledger granted once, to this journal
 slot, which one process at a time holds (an exclusive lock). Ranges are carved from it by a
 cursor moved synchronously on the event loop, and only below the journal's *mark*: the mark is
@@ -24,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -33,17 +38,16 @@ from typing import Any, Final
 
 from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
 from keygen.dispensers.journal import Journal, Record
+from keygen.dispensers.reserve_state import RATE_WINDOW, HeldReserve, Rate, namespace_snapshot
 from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
 from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger, ReserveUsage
 from keygen.ranges import IdRange
-from keygen.snapshots import ReserveNamespaceSnapshot, ReserveSnapshot
+from keygen.snapshots import ReserveSnapshot
 
 log = logging.getLogger(__name__)
 
-#: The journal's mark runs ahead of the cursor by this fraction of the reserve.
-MARK_CHUNKS: Final = 64
 #: Seconds between the keeper's rounds while all is well; after failures it backs off.
 KEEP_INTERVAL: Final = 1.0
 MAX_BACKOFF: Final = 2.0
@@ -54,88 +58,16 @@ QUIET: Final = 1.0
 SERVING_WINDOW: Final = 5.0
 #: Most namespaces a process keeps a reserve for.
 MAX_NAMESPACES: Final = 256
+#: Most namespaces whose allocation rate is tracked (the candidates for a reserve); the
+#: keeper forgets the idlest ones to keep room for newcomers.
+MAX_TRACKED: Final = 2 * MAX_NAMESPACES
+#: A reserve is held this long at least before a busier namespace may take its place, and at
+#: most this many are evicted per keeper round: evictions stay rare (each wastes a tail).
+MIN_HOLD: Final = 60.0
+MAX_EVICTIONS: Final = 8
 #: The keeper gives up on one ledger call after this long (the ledger's own timeouts are
 #: shorter; this only bounds a ledger that misbehaves).
 LEDGER_CALL_TIMEOUT: Final = 30.0
-#: Seconds of allocations the rate (and so "minutes left") is measured over.
-RATE_WINDOW: Final = 60
-
-
-class _Reserve:
-    """A reserve in memory: IDs ``cursor..end`` are left; ``start..durable`` are journaled."""
-
-    __slots__ = ("cursor", "durable", "end", "namespace", "prefetching", "retired", "start")
-
-    def __init__(self, namespace: str, start: int, end: int, mark: int) -> None:
-        self.namespace = namespace
-        self.start = start
-        self.end = end
-        self.cursor = mark + 1  # after a restart: above everything possibly handed out
-        self.durable = mark  # highest ID the journal's mark covers
-        self.prefetching = False  # a task raising the mark ahead of need is scheduled
-        self.retired: str | None = None
-
-    @property
-    def remaining(self) -> int:
-        return self.end - self.cursor + 1
-
-    @property
-    def used_end(self) -> int:
-        return self.cursor - 1
-
-    @property
-    def used(self) -> bool:
-        return self.cursor > self.start
-
-    @property
-    def chunk(self) -> int:
-        return max(1, (self.end - self.start + 1) // MARK_CHUNKS)
-
-    def key(self) -> dict[str, Any]:
-        return {"namespace": self.namespace, "start": self.start}
-
-
-def _namespace_snapshot(reserve: _Reserve | None, per_minute: float) -> ReserveNamespaceSnapshot:
-    if reserve is None:
-        return ReserveNamespaceSnapshot(
-            held=False, ids_per_minute=round(per_minute, 1), minutes_left=None
-        )
-    return ReserveNamespaceSnapshot(
-        held=True,
-        start=reserve.start,
-        end=reserve.end,
-        remaining=reserve.remaining,
-        used=reserve.used_end - reserve.start + 1,
-        journaled_mark=reserve.durable,
-        ids_per_minute=round(per_minute, 1),
-        minutes_left=round(reserve.remaining / per_minute, 2) if per_minute > 0 else None,
-    )
-
-
-class _Rate:
-    """IDs allocated per second over the last minute, in one-second buckets."""
-
-    __slots__ = ("buckets",)
-
-    def __init__(self) -> None:
-        self.buckets: deque[list[int]] = deque()
-
-    def add(self, ids: int, now: float) -> None:
-        second = int(now)
-        buckets = self.buckets
-        if buckets and buckets[-1][0] == second:
-            buckets[-1][1] += ids
-            return
-        buckets.append([second, ids])
-        while buckets[0][0] <= second - RATE_WINDOW:
-            buckets.popleft()
-
-    def per_minute(self, now: float) -> float:
-        live = [(second, ids) for second, ids in self.buckets if second > now - RATE_WINDOW]
-        if not live:
-            return 0.0
-        covered = max(1.0, now - live[0][0])
-        return 60 * sum(ids for _, ids in live) / covered
 
 
 class ReserveDispenser:
@@ -167,10 +99,11 @@ class ReserveDispenser:
         self.last_error_at: float | None = None
         self._ledger = ledger
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-journal")
-        self._current: dict[str, _Reserve] = {}
-        self._pending: list[_Reserve] = []  # retired, usage not yet in the ledger
+        self._current: dict[str, HeldReserve] = {}
+        self._pending: list[HeldReserve] = []  # retired, usage not yet in the ledger
         self._wanted: dict[str, None] = dict.fromkeys(namespaces)  # ordered set
-        self._rates: dict[str, _Rate] = {}
+        self._pinned = frozenset(namespaces)  # never evicted
+        self._rates: dict[str, Rate] = {}
         self._last_served: dict[str, float] = {}
         self._last_served_at: float | None = None  # any namespace
         self._marks = SingleFlight()
@@ -179,7 +112,7 @@ class ReserveDispenser:
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         for entry in journal.reserves:
-            reserve = _Reserve(entry.namespace, entry.start, entry.end, entry.mark)
+            reserve = HeldReserve(entry.namespace, entry.start, entry.end, entry.mark)
             self._wanted[entry.namespace] = None
             if entry.retired is not None:
                 reserve.retired = entry.retired
@@ -246,7 +179,7 @@ class ReserveDispenser:
                 f"{namespace}:{reserve.start}", partial(self._raise_mark, reserve, size)
             )
 
-    def _serving_reserve(self, namespace: str, size: int) -> _Reserve:
+    def _serving_reserve(self, namespace: str, size: int) -> HeldReserve:
         if self.broken is not None or self._closed:
             raise ReserveUnavailable(self._broken_message())
         reserve = self._current.get(namespace)
@@ -263,7 +196,7 @@ class ReserveDispenser:
             )
         return reserve
 
-    def _served(self, reserve: _Reserve, size: int) -> None:
+    def _served(self, reserve: HeldReserve, size: int) -> None:
         now = time.monotonic()
         if self._last_served_at is None or now - self._last_served_at > SERVING_WINDOW:
             log.warning(
@@ -282,7 +215,7 @@ class ReserveDispenser:
             reserve.prefetching = True  # set now: carving never yields, the task starts later
             self._spawn(self._prefetch_mark(reserve))  # the next chunk, before it is needed
 
-    async def _raise_mark(self, reserve: _Reserve, size: int) -> None:
+    async def _raise_mark(self, reserve: HeldReserve, size: int) -> None:
         """Journal (and fsync) a mark covering the next ``size`` IDs, and a chunk more."""
         target = min(reserve.end, max(reserve.cursor + size - 1, reserve.durable + reserve.chunk))
         if target <= reserve.durable:
@@ -290,7 +223,7 @@ class ReserveDispenser:
         await self._append([{"type": "mark", **reserve.key(), "mark": target}])
         reserve.durable = max(reserve.durable, target)
 
-    async def _prefetch_mark(self, reserve: _Reserve) -> None:
+    async def _prefetch_mark(self, reserve: HeldReserve) -> None:
         key = f"{reserve.namespace}:{reserve.start}"
         try:
             await self._marks.run(key, partial(self._raise_mark, reserve, 1))
@@ -332,11 +265,10 @@ class ReserveDispenser:
         gives the reserve's minutes left. Called by the allocator on every success."""
         rate = self._rates.get(namespace)
         if rate is None:
-            if len(self._rates) >= MAX_NAMESPACES:
-                return
-            rate = self._rates[namespace] = _Rate()
+            if len(self._rates) >= MAX_TRACKED:
+                return  # until the keeper forgets the idlest
+            rate = self._rates[namespace] = Rate()
             if namespace not in self._wanted:
-                self._wanted[namespace] = None
                 self._wake.set()
         rate.add(size, time.monotonic())
 
@@ -382,13 +314,96 @@ class ReserveDispenser:
             return
         await self._record_usages()
         now = time.monotonic()
+        await self._rebalance(now)
         for namespace in list(self._wanted):
             reserve = self._current.get(namespace)
             if reserve is None or self._due(reserve, now):
                 await self._take(namespace)
         await self._record_usages()
 
-    def _due(self, reserve: _Reserve, now: float) -> bool:
+    async def _rebalance(self, now: float) -> None:
+        """Give the reserves to the namespaces served most (see the module docstring)."""
+        self._forget_idle_rates(now)
+        scores = {namespace: rate.per_minute(now) for namespace, rate in self._rates.items()}
+        candidates = sorted(
+            (namespace for namespace in scores if namespace not in self._wanted),
+            key=scores.__getitem__,
+            reverse=True,
+        )
+        evictions = 0
+        for namespace in candidates:
+            score = scores[namespace]
+            if score <= 0:
+                break
+            if len(self._wanted) < MAX_NAMESPACES:
+                self._wanted[namespace] = None
+                continue
+            victim = self._least_served(scores, now)
+            if victim is None or evictions >= MAX_EVICTIONS or score <= 2 * scores.get(victim, 0.0):
+                break
+            await self._evict(victim)
+            evictions += 1
+            self._wanted[namespace] = None
+
+    def _forget_idle_rates(self, now: float) -> None:
+        """Forget the rates of namespaces without a reserve that nothing served for a minute,
+        then the idlest others, so that newcomers always find room."""
+        rates = self._rates
+        idle = [
+            namespace
+            for namespace, rate in rates.items()
+            if namespace not in self._wanted
+            and (not rate.buckets or rate.buckets[-1][0] <= now - RATE_WINDOW)
+        ]
+        for namespace in idle:
+            del rates[namespace]
+        excess = len(rates) - MAX_TRACKED * 3 // 4
+        if excess > 0:
+            others = sorted(
+                (namespace for namespace in rates if namespace not in self._wanted),
+                key=lambda namespace: rates[namespace].buckets[-1][0],
+            )
+            for namespace in others[:excess]:
+                del rates[namespace]
+
+    def _least_served(self, scores: dict[str, float], now: float) -> str | None:
+        """The namespace holding (or wanting) a reserve that is served least, among those
+        that may be evicted: not pinned, held for ``MIN_HOLD`` at least."""
+        evictable = []
+        for namespace in self._wanted:
+            if namespace in self._pinned:
+                continue
+            reserve = self._current.get(namespace)
+            if reserve is not None and now - reserve.held_since < MIN_HOLD:
+                continue
+            evictable.append(namespace)
+        return min(evictable, key=lambda namespace: scores.get(namespace, 0.0), default=None)
+
+    async def _evict(self, namespace: str) -> None:
+        """Stop holding a reserve for ``namespace``: its reserve is retired as a replaced one
+        is (journaled first, then never served from again; its usage recorded, its tail
+        wasted)."""
+        reserve = self._current.get(namespace)
+        if reserve is not None:
+            await self._append([{"type": "retire", **reserve.key(), "reason": "evicted"}])
+            if self._current.get(namespace) is reserve:
+                del self._current[namespace]
+            reserve.retired = "evicted"
+            self._pending.append(reserve)
+            self.ids_wasted += reserve.remaining
+            log.info(
+                "evicted emergency reserve %d..%d of %r for a namespace served more "
+                "(%d IDs used, %d wasted)",
+                reserve.start,
+                reserve.end,
+                namespace,
+                reserve.used_end - reserve.start + 1,
+                reserve.remaining,
+            )
+        self._wanted.pop(namespace, None)
+        self._last_served.pop(namespace, None)
+
+    def _due(self, reserve: HeldReserve, now: float) -> bool:
         """A used reserve is replaced once quiet, or when half gone (served while the ledger
         answers: a slow ledger rather than a dead one)."""
         if not reserve.used:
@@ -412,7 +427,7 @@ class ReserveDispenser:
                 granted = await self._ledger.grant(
                     namespace, exhausted.remaining, kind=GRANT_RESERVE, holder=self.holder
                 )
-        fresh = _Reserve(namespace, granted.start, granted.end, granted.start - 1)
+        fresh = HeldReserve(namespace, granted.start, granted.end, granted.start - 1)
         old = self._current.get(namespace)
         records: list[Record] = [
             {
@@ -510,7 +525,7 @@ class ReserveDispenser:
         for namespace in sorted({*self._wanted, *self._current}):
             rate = self._rates.get(namespace)
             per_minute = rate.per_minute(now) if rate is not None else 0.0
-            namespaces[namespace] = _namespace_snapshot(self._current.get(namespace), per_minute)
+            namespaces[namespace] = namespace_snapshot(self._current.get(namespace), per_minute)
         return ReserveSnapshot(
             serving=self.serving,
             size=self.size,

@@ -19,18 +19,26 @@ if TYPE_CHECKING:
 __all__ = ["ledger_location", "open_ledger"]
 
 
-async def open_ledger(settings: Settings, *, inspect: bool = False) -> Ledger:
+async def open_ledger(settings: Settings, *, inspect: bool = False, tool: bool = False) -> Ledger:
     """The ledger the settings name, ready to use.
 
     Args:
         inspect: for a tool that only reads (``keygen ledger status``, a backup): the schema
             is not migrated, and PostgreSQL gets one connection, made on first use.
+        tool: for a tool that writes (``keygen keys``): the schema is migrated, and no
+            background task (audit retention) runs.
     """
     from keygen.ledgers.postgres import PostgresLedger
     from keygen.ledgers.sqlite import SqliteLedger
 
+    # A tool that only reads does not prune the audit trail.
+    retention = 0 if inspect or tool else settings.audit_retention_days
     if settings.database_url is None:
-        return await SqliteLedger.open(settings.data_dir)
+        return await SqliteLedger.open(
+            settings.data_dir,
+            max_namespaces=settings.max_namespaces,
+            audit_retention_days=retention,
+        )
     if inspect:
         return PostgresLedger(
             settings.database_url,
@@ -46,6 +54,8 @@ async def open_ledger(settings: Settings, *, inspect: bool = False) -> Ledger:
         pool_max_size=settings.db_pool_max_size,
         connect_timeout=settings.db_connect_timeout,
         command_timeout=settings.db_command_timeout,
+        max_namespaces=settings.max_namespaces,
+        audit_retention_days=retention,
     )
 
 

@@ -60,6 +60,20 @@ class Grant:
     holder: str
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key as the ledger keeps it: never the token, only its keyed hash
+    (``keygen/auth.py``)."""
+
+    id: str
+    name: str
+    digest: str  # hex HMAC-SHA256 of the token under the server secret
+    scopes: tuple[str, ...]
+    secret_id: str  # a fingerprint of the server secret that made ``digest``, not the secret
+    created_at: float  # epoch seconds
+    revoked_at: float | None = None
+
+
 class Ledger(Protocol):
     """Grants spans of a namespace's counter, each exactly once, durably.
 
@@ -115,6 +129,22 @@ class Ledger(Protocol):
 
     async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
         """Every grant of ``namespace`` that shares an ID with ``start..end``."""
+        ...
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new API key (its id and digest are new).
+
+        Raises:
+            LedgerUnavailable: the ledger cannot be reached or did not commit.
+        """
+        ...
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        """Every API key, revoked ones included, in the order they were created."""
+        ...
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Mark the key revoked; False when no key has that id or it was revoked already."""
         ...
 
     async def ping(self) -> None:

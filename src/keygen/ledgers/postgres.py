@@ -37,9 +37,17 @@ from keygen.errors import (
     NamespaceExhausted,
     SchemaTooNew,
     ServiceError,
+    TooManyNamespaces,
 )
-from keygen.ledgers.base import Grant, NamespaceStatus, ReserveUsage, like_prefix
-from keygen.ledgers.postgres_migrations import Connection, migrate
+from keygen.ledgers.base import (
+    ApiKeyRecord,
+    Grant,
+    NamespaceStatus,
+    ReserveUsage,
+    like_prefix,
+)
+from keygen.ledgers.postgres_migrations import MIGRATION_LOCK_KEY, Connection, migrate
+from keygen.ledgers.retention import AuditRetention
 from keygen.ranges import IdRange
 from keygen.redact import redact_url
 from keygen.snapshots import PostgresSnapshot
@@ -72,6 +80,33 @@ SELECT last_id FROM granted
 
 CREATE_NAMESPACE_SQL = """
 INSERT INTO keygen_counters (namespace) VALUES ($1) ON CONFLICT (namespace) DO NOTHING
+"""
+
+#: The advisory lock serialising namespace creations when their number is bounded, so that
+#: instances creating namespaces at once cannot together pass the bound.
+NAMESPACE_LOCK_KEY = MIGRATION_LOCK_KEY + 1
+
+# $1 namespace, $2 the most namespaces there may be. Run under NAMESPACE_LOCK_KEY.
+CREATE_BOUNDED_NAMESPACE_SQL = """
+INSERT INTO keygen_counters (namespace)
+SELECT $1 WHERE (SELECT count(*) FROM keygen_counters) < $2
+ON CONFLICT (namespace) DO NOTHING
+"""
+
+NAMESPACE_EXISTS_SQL = "SELECT EXISTS (SELECT 1 FROM keygen_counters WHERE namespace = $1)"
+
+# $1 after id, $2 batch, $3 before (epoch seconds).
+PRUNE_SCAN_SQL = """
+SELECT id, granted_at < to_timestamp($3) AS old FROM keygen_grants
+WHERE id > $1 ORDER BY id LIMIT $2
+"""
+
+# $1 after id, $2 up to id, $3 before (epoch seconds). What is kept: retention.py.
+PRUNE_SQL = f"""
+DELETE FROM keygen_grants g
+WHERE g.id > $1 AND g.id <= $2 AND g.granted_at < to_timestamp($3)
+  AND g.kind <> '{GRANT_RESERVE}'
+  AND g.end_id < (SELECT max(h.end_id) FROM keygen_grants h WHERE h.namespace = g.namespace)
 """
 
 LAST_ID_SQL = "SELECT last_id FROM keygen_counters WHERE namespace = $1"
@@ -180,6 +215,8 @@ class PostgresLedger:
         connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT,
         command_timeout: float = DEFAULT_DB_COMMAND_TIMEOUT,
         migrate: bool = True,
+        max_namespaces: int | None = None,
+        audit_retention_days: int = 0,
     ) -> None:
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
             raise ValueError("need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1")
@@ -189,6 +226,13 @@ class PostgresLedger:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.migrate = migrate
+        #: Namespaces a grant may create at most (None: no bound).
+        self.max_namespaces = max_namespaces
+        self.retention = (
+            AuditRetention(self.prune_batch, days=audit_retention_days, name=self.name)
+            if audit_retention_days > 0
+            else None
+        )
         self.schema_version: int | None = None
         self.ping_ms: float | None = None
         self.last_error: str | None = None
@@ -215,6 +259,8 @@ class PostgresLedger:
                 await ledger.aclose()
                 raise
             log.warning("%s; starting without it, it is retried on every request", exc)
+        if ledger.retention is not None:
+            ledger.retention.start()
         return ledger
 
     # -- connecting -----------------------------------------------------------------------
@@ -324,12 +370,24 @@ class PostgresLedger:
                 raise await self._exhausted(conn, namespace, count)
             row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
             if row is None:  # a new namespace, or an exhausted one
-                await conn.execute(CREATE_NAMESPACE_SQL, namespace)
+                await self._create_namespace(conn, namespace)
                 row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
             if row is None:
                 raise await self._exhausted(conn, namespace, count)
         last_id: int = row[0]
         return IdRange(namespace, last_id - count + 1, last_id)
+
+    async def _create_namespace(self, conn: Connection, namespace: str) -> None:
+        """Create ``namespace`` unless it exists; refuse when that would pass the bound."""
+        if self.max_namespaces is None:
+            await conn.execute(CREATE_NAMESPACE_SQL, namespace)
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", NAMESPACE_LOCK_KEY)
+            await conn.execute(CREATE_BOUNDED_NAMESPACE_SQL, namespace, self.max_namespaces)
+            exists: bool = await conn.fetchval(NAMESPACE_EXISTS_SQL, namespace)
+        if not exists:
+            raise TooManyNamespaces(namespace, self.max_namespaces)
 
     @staticmethod
     async def _exhausted(conn: Connection, namespace: str, count: int) -> NamespaceExhausted:
@@ -396,6 +454,60 @@ class PostgresLedger:
             )
         return [Grant(*row) for row in rows]
 
+    async def prune_batch(self, before: float, after: int, batch: int) -> tuple[int, int | None]:
+        """Delete the prunable grant rows among the next ``batch`` rows after id ``after``
+        that were granted before ``before`` (``retention.py`` says which are kept)."""
+        async with self._connection("pruning the audit trail") as conn:
+            rows = await conn.fetch(PRUNE_SCAN_SQL, after, batch, before)
+            old = [row["id"] for row in rows if row["old"]]
+            if not old:
+                return 0, None
+            status = await conn.execute(PRUNE_SQL, after, old[-1], before)
+        deleted = int(status.rpartition(" ")[2])
+        done = len(old) < len(rows) or len(rows) < batch  # ids follow time: the rest is younger
+        return deleted, None if done else old[-1]
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        async with self._connection("adding an API key") as conn:
+            await conn.execute(
+                "INSERT INTO keygen_api_keys (id, name, digest, scopes, secret_id, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, to_timestamp($6))",
+                key.id,
+                key.name,
+                key.digest,
+                " ".join(key.scopes),
+                key.secret_id,
+                key.created_at,
+            )
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        async with self._connection("reading the API keys") as conn:
+            rows = await conn.fetch(
+                "SELECT id, name, digest, scopes, secret_id, extract(epoch FROM created_at),"
+                " extract(epoch FROM revoked_at) FROM keygen_api_keys ORDER BY created_at, id"
+            )
+        return [
+            ApiKeyRecord(
+                r[0],
+                r[1],
+                r[2],
+                tuple(r[3].split()),
+                r[4],
+                float(r[5]),
+                None if r[6] is None else float(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self._connection("revoking an API key") as conn:
+            status = await conn.execute(
+                "UPDATE keygen_api_keys SET revoked_at = now()"
+                " WHERE id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        return bool(status == "UPDATE 1")
+
     async def ping(self) -> None:
         started = time.perf_counter()
         async with self._connection("ping") as conn:
@@ -428,6 +540,8 @@ class PostgresLedger:
         )
 
     async def aclose(self) -> None:
+        if self.retention is not None:
+            await self.retention.aclose()
         self._closed = True
         connecting = self._connecting
         if connecting is not None:

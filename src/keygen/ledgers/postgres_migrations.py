@@ -98,6 +98,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "API keys: each kept as a keyed hash of its token, with its scopes",
+        """
+        CREATE TABLE keygen_api_keys (
+            id         text PRIMARY KEY,
+            name       text NOT NULL,
+            -- HMAC-SHA256 of the token under the server secret (keygen/auth.py); never the token.
+            digest     text NOT NULL UNIQUE,
+            scopes     text NOT NULL,  -- space-separated
+            secret_id  text NOT NULL,  -- fingerprint of the server secret that made the digest
+            created_at timestamptz NOT NULL DEFAULT now(),
+            revoked_at timestamptz
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from keygen.constants import GRANT_RESERVE, MAX_ID, SOURCE_SQLITE
-from keygen.errors import LedgerUnavailable, NamespaceExhausted
-from keygen.ledgers.base import Grant, NamespaceStatus, ReserveUsage, like_prefix
+from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespaces
+from keygen.ledgers.base import (
+    ApiKeyRecord,
+    Grant,
+    NamespaceStatus,
+    ReserveUsage,
+    like_prefix,
+)
+from keygen.ledgers.retention import AuditRetention
 from keygen.ranges import IdRange
 
 T = TypeVar("T")
@@ -55,6 +62,15 @@ CREATE TABLE IF NOT EXISTS reserve_usage (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (namespace, start_id)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    digest     TEXT NOT NULL UNIQUE,  -- HMAC-SHA256 of the token (keygen/auth.py); never the token
+    scopes     TEXT NOT NULL,         -- space-separated
+    secret_id  TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
 """
 
 
@@ -63,17 +79,36 @@ class SqliteLedger:
 
     name = SOURCE_SQLITE
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_namespaces: int | None = None) -> None:
         self.path = path
+        #: Namespaces a grant may create at most (None: no bound).
+        self.max_namespaces = max_namespaces
+        self.retention: AuditRetention | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
 
     @classmethod
-    async def open(cls, data_dir: Path) -> SqliteLedger:
-        """Open (creating if needed) the ledger file in ``data_dir``."""
-        ledger = cls(data_dir / LEDGER_FILENAME)
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        max_namespaces: int | None = None,
+        audit_retention_days: int = 0,
+    ) -> SqliteLedger:
+        """Open (creating if needed) the ledger file in ``data_dir``.
+
+        Args:
+            max_namespaces: a grant that would create one more namespace is refused.
+            audit_retention_days: prune older grant rows in the background (0: keep all).
+        """
+        ledger = cls(data_dir / LEDGER_FILENAME, max_namespaces=max_namespaces)
         await ledger._run(ledger._connect)
+        if audit_retention_days > 0:
+            ledger.retention = AuditRetention(
+                ledger.prune_batch, days=audit_retention_days, name=ledger.name
+            )
+            ledger.retention.start()
         return ledger
 
     def _connect(self) -> None:
@@ -106,7 +141,15 @@ class SqliteLedger:
 
     def _grant(self, namespace: str, count: int, kind: str, holder: str) -> IdRange:
         def work(db: sqlite3.Connection) -> IdRange:
-            last = self._last_id(db, namespace)
+            row = db.execute(
+                "SELECT last_id FROM counters WHERE namespace = ?", (namespace,)
+            ).fetchone()
+            if row is None and self.max_namespaces is not None:
+                # Under the write lock: concurrent creations are counted one at a time.
+                (namespaces,) = db.execute("SELECT count(*) FROM counters").fetchone()
+                if namespaces >= self.max_namespaces:
+                    raise TooManyNamespaces(namespace, self.max_namespaces)
+            last = 0 if row is None else int(row[0])
             if count > MAX_ID - last:
                 raise NamespaceExhausted(namespace, count, MAX_ID - last)
             now = time.time()
@@ -222,12 +265,74 @@ class SqliteLedger:
         )
         return [Grant(*row) for row in rows]
 
+    async def prune_batch(self, before: float, after: int, batch: int) -> tuple[int, int | None]:
+        """Delete the prunable grant rows among the next ``batch`` rows after id ``after``
+        that were granted before ``before`` (``retention.py`` says which are kept)."""
+        return await self._run(lambda: self._prune_batch(before, after, batch))
+
+    def _prune_batch(self, before: float, after: int, batch: int) -> tuple[int, int | None]:
+        rows = self._conn.execute(
+            "SELECT id, granted_at FROM grants WHERE id > ? ORDER BY id LIMIT ?", (after, batch)
+        ).fetchall()
+        old = [row_id for row_id, granted_at in rows if granted_at < before]
+        if not old:
+            return 0, None
+        upto = old[-1]
+
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM grants WHERE id > ? AND id <= ? AND granted_at < ? AND kind <> ?"
+                " AND end_id < (SELECT max(h.end_id) FROM grants h"
+                " WHERE h.namespace = grants.namespace)",
+                (after, upto, before, GRANT_RESERVE),
+            ).rowcount
+
+        deleted = self._write(work)
+        done = len(old) < len(rows) or len(rows) < batch  # ids follow time: the rest is younger
+        return deleted, None if done else upto
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO api_keys (id, name, digest, scopes, secret_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key.id, key.name, key.digest, " ".join(key.scopes), key.secret_id, key.created_at),
+            )
+
+        await self._run(lambda: self._write(work))
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, name, digest, scopes, secret_id, created_at, revoked_at"
+                " FROM api_keys ORDER BY created_at, id"
+            ).fetchall()
+        )
+        return [
+            ApiKeyRecord(key_id, name, digest, tuple(scopes.split()), secret_id, created, revoked)
+            for key_id, name, digest, scopes, secret_id, created, revoked in rows
+        ]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (time.time(), key_id),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(lambda: self._write(work))
+
     async def ping(self) -> None:
         await self._run(lambda: self._conn.execute("SELECT 1").fetchone())
 
     async def aclose(self) -> None:
         if self._closed:
             return
+        if self.retention is not None:
+            await self.retention.aclose()
         self._closed = True
         db, self._db = self._db, None
         if db is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -73,9 +74,10 @@ async def _run(options: Options, console: Console) -> int:
     from rich.live import Live
 
     instances = [Instance(url) for url in options.urls]
-    async with httpx.AsyncClient(
-        timeout=options.timeout, headers={"accept": "application/json"}
-    ) as client:
+    headers = {"accept": "application/json"}
+    if options.api_key:
+        headers["authorization"] = f"Bearer {options.api_key}"
+    async with httpx.AsyncClient(timeout=options.timeout, headers=headers) as client:
         if options.once:
             await asyncio.gather(*(refresh(client, i, options) for i in instances))
             console.print(render(instances, console.width))
@@ -111,6 +113,7 @@ def monitor(args: argparse.Namespace) -> int:
         window=args.window,
         once=args.once,
         frames=args.frames,
+        api_key=args.api_key or None,
     )
     try:
         return asyncio.run(_run(options, Console(highlight=False)))
@@ -214,6 +217,13 @@ def add_monitor_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop after N refreshes and exit with the instances' status (default: run until "
         "Ctrl-C)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("KEYGEN_API_KEY"),
+        metavar="TOKEN",
+        help="an API key with the 'read' scope, for instances that require keys (default: "
+        "$KEYGEN_API_KEY)",
     )
     parser.set_defaults(run=monitor)
 

@@ -75,6 +75,8 @@ class Options:
     window: str = DEFAULT_WINDOW
     once: bool = False
     frames: int | None = None  # stop after this many refreshes (None: until Ctrl-C)
+    #: An API key with the ``read`` scope, for instances that require keys.
+    api_key: str | None = None
 
 
 def verdict(instances: Sequence[Instance]) -> int:
@@ -129,6 +131,9 @@ def _document(
     try:
         return msgspec.json.decode(outcome.content, type=kind)
     except msgspec.DecodeError as exc:
+        if outcome.content.startswith(b'{"status":') and outcome.content.count(b",") == 0:
+            # An instance that requires API keys shows the status only without one.
+            return f"{path} answered the status only: it needs --api-key (a key with 'read')"
         return f"{path} is not the document expected: {exc}"
 
 

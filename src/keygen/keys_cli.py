@@ -1,0 +1,221 @@
+"""``keygen keys create|list|revoke``: the API keys in the ledger (``keygen/auth.py``), and the
+warning ``keygen serve`` gives when it listens beyond loopback without requiring keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import time
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from keygen.auth import load_secret, new_key, parse_scope
+from keygen.config import Settings, describe
+from keygen.errors import KeygenError
+from keygen.ledgers import open_ledger
+from keygen.ledgers.base import ApiKeyRecord
+
+__all__ = ["add_keys_commands", "auth_warning", "is_loopback"]
+
+err = Console(stderr=True, soft_wrap=True)
+
+#: How long ``keygen serve`` spends finding out whether keys exist, for its warning.
+KEYS_PEEK_TIMEOUT = 3.0
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]keygen: invalid configuration[/red]: {escape('; '.join(describe(exc)))}")
+        raise SystemExit(2) from None
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _as_json(record: ApiKeyRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "scopes": list(record.scopes),
+        "created_at": _when(record.created_at),
+        "revoked_at": _when(record.revoked_at) or None,
+    }
+
+
+async def _add(settings: Settings, record: ApiKeyRecord) -> None:
+    ledger = await open_ledger(settings, tool=True)
+    try:
+        await ledger.add_api_key(record)
+    finally:
+        await ledger.aclose()
+
+
+async def _list(settings: Settings) -> list[ApiKeyRecord]:
+    ledger = await open_ledger(settings, tool=True)
+    try:
+        return await ledger.api_keys()
+    finally:
+        await ledger.aclose()
+
+
+async def _revoke(settings: Settings, key_id: str) -> bool:
+    ledger = await open_ledger(settings, tool=True)
+    try:
+        return await ledger.revoke_api_key(key_id)
+    finally:
+        await ledger.aclose()
+
+
+def create(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        token, record = new_key(args.name, args.scope, load_secret(settings), time.time())
+        asyncio.run(_add(settings, record))
+    except (KeygenError, OSError, ValueError) as exc:
+        err.print(f"[red]keygen keys create: {escape(str(exc))}[/red]")
+        return 1
+    if args.json:
+        print(json.dumps({**_as_json(record), "token": token}))
+    else:
+        print(token)
+        err.print(
+            f"key {record.id} ({escape(record.name)}), scopes {' '.join(record.scopes)}: the "
+            "token above is shown only this once; the ledger keeps only its keyed hash."
+        )
+    if settings.auth == "off":
+        err.print("[yellow]keygen: KEYGEN_AUTH=off: no instance checks keys[/yellow]")
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    try:
+        records = asyncio.run(_list(_settings()))
+    except KeygenError as exc:
+        err.print(f"[red]keygen keys list: {escape(str(exc))}[/red]")
+        return 1
+    if args.json:
+        print(json.dumps([_as_json(r) for r in records]))
+        return 0
+    table = Table(title="API keys")
+    for column in ("id", "name", "scopes", "created", "revoked"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.id, escape(r.name), " ".join(r.scopes), _when(r.created_at), _when(r.revoked_at)
+        )
+    Console().print(table)
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        revoked = asyncio.run(_revoke(settings, args.id))
+    except KeygenError as exc:
+        err.print(f"[red]keygen keys revoke: {escape(str(exc))}[/red]")
+        return 1
+    if not revoked:
+        err.print(f"[red]keygen keys revoke: no active key {escape(args.id)!r}[/red]")
+        return 1
+    err.print(
+        f"key {escape(args.id)} revoked: running instances refuse it within "
+        f"{settings.auth_refresh_interval:g} s (KEYGEN_AUTH_REFRESH_INTERVAL)"
+    )
+    return 0
+
+
+def _scope(text: str) -> str:
+    try:
+        return parse_scope(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``keygen keys``."""
+    p = commands.add_parser("keys", help="API keys: create, list, revoke")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    p = keys.add_parser(
+        "create",
+        help="create a key and print its token (shown only this once)",
+        description="Create an API key in the ledger and print its token. Scopes: "
+        "allocate:<namespace glob> (allocate:orders, allocate:shop-*, allocate:*), read "
+        "(/health in detail, /metrics, /dashboard, ...), admin (everything).",
+    )
+    p.add_argument("--name", required=True, help="who or what the key is for")
+    p.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        type=_scope,
+        help="a scope; repeat for several",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON: id, name, token, scopes")
+    p.set_defaults(run=create)
+
+    p = keys.add_parser("list", help="every key, revoked ones included (never a token)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=list_keys)
+
+    p = keys.add_parser("revoke", help="revoke a key: instances refuse it within seconds")
+    p.add_argument("id", help="the key's id (keygen keys list)")
+    p.set_defaults(run=revoke)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``keygen serve --host``) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+async def _key_count(settings: Settings) -> int | None:
+    """Keys in the ledger (revoked ones too); None when it cannot be told in time."""
+    try:
+        async with asyncio.timeout(KEYS_PEEK_TIMEOUT):
+            ledger = await open_ledger(settings, inspect=True)
+            try:
+                return len(await ledger.api_keys())
+            finally:
+                await ledger.aclose()
+    except (KeygenError, TimeoutError, OSError):
+        return None
+
+
+def auth_warning(settings: Settings, host: str) -> str | None:
+    """What ``keygen serve --host host`` must say at start-up: that anyone who can reach it
+    may allocate and read everything (None when keys are required, or it is loopback only)."""
+    if is_loopback(host) or settings.auth == "required":
+        return None
+    if settings.auth == "off":
+        why = "KEYGEN_AUTH=off"
+    else:
+        count = asyncio.run(_key_count(settings))
+        if count:
+            return None
+        why = (
+            "KEYGEN_AUTH=auto and the ledger holds no API key"
+            if count == 0
+            else "KEYGEN_AUTH=auto and the ledger's keys could not be read"
+        )
+    return (
+        f"keygen serve listens on {host}, which is not loopback, and requires no API key "
+        f"({why}): anyone who can reach the port may allocate in every namespace and read "
+        "every internal detail. Create a key (keygen keys create --name NAME --scope "
+        "allocate:*) or set KEYGEN_AUTH=required; docs/security.md."
+    )
