@@ -58,9 +58,12 @@ def _describe(grant: Grant) -> str:
 async def audit_ledger(
     ledger: Ledger, progress: Callable[[str], None] | None = None
 ) -> AuditVerdict:
-    """Check every grant of the audit trail against every other and against the counters."""
-    counters = {s.namespace: s.last_id for s in await ledger.status()}
-    verdict = AuditVerdict(namespaces=len(counters))
+    """Check every grant of the audit trail against every other and against the counters.
+
+    The counters are read after the grants: a grant commits with its counter, so on a live
+    ledger every grant read is below the counter read after it (read the other way round, a
+    grant made in between would look like one above its counter)."""
+    verdict = AuditVerdict()
     records: list[Record] = []
     by_range: dict[tuple[str, int, int], Grant] = {}
     highest: dict[str, Grant] = {}
@@ -76,6 +79,8 @@ async def audit_ledger(
         verdict.grants += len(page)
         if progress is not None:
             progress(f"{verdict.grants} grants read")
+    counters = {s.namespace: s.last_id for s in await ledger.status()}
+    verdict.namespaces = len(counters)
     overlaps, _ = find_overlaps(records)
     for first, second in overlaps:
         a = by_range[(first.namespace, first.start, first.end)]
@@ -107,18 +112,16 @@ class Auditor:
         """Check the next own grants (and every counter against what was seen before);
         count and log what is wrong. Ledger errors propagate (the next round tries again)."""
         found = []
-        counters = {s.namespace: s.last_id for s in await self.ledger.status()}
-        for namespace, last in counters.items():
-            if last < self._counters.get(namespace, 0):
-                found.append(
-                    Violation(
-                        "counter_regressed", namespace, f"{self._counters[namespace]} -> {last}"
-                    )
-                )
-        self._counters = counters
         mine = await self.ledger.grants(
             after=self._after, holder_prefix=self.holder_prefix, limit=ROUND
         )
+        # After the grants, as in audit_ledger: each grant read is below the counter then.
+        counters = {s.namespace: s.last_id for s in await self.ledger.status()}
+        for namespace, last in counters.items():
+            if last < self._counters.get(namespace, 0):
+                previous = self._counters[namespace]
+                found.append(Violation("counter_regressed", namespace, f"{previous} -> {last}"))
+        self._counters = counters
         for grant in mine:
             others = [
                 g

@@ -16,8 +16,8 @@ has the evidence):
 
 So: the bytes of a request's head are counted as they arrive (431 past
 ``KEYGEN_MAX_HEADER_BYTES``); one sweeper per server closes connections whose head has
-taken longer than ``KEYGEN_HEADER_TIMEOUT`` (408), which costs the hot path one clock read
-per request rather than a timer; past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
+taken longer than ``KEYGEN_HEADER_TIMEOUT`` (408), which costs the hot path two attribute
+writes per request rather than a timer; past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
 connection is closed to make room, or the newcomer gets a 503 when none is idle; more than
 ``KEYGEN_MAX_PIPELINE`` waiting requests close the connection (none of them had started, so
 none allocated anything). Every refusal is the service's JSON error shape.
@@ -97,21 +97,30 @@ class _Edge:
     def __init__(self, limits: EdgeLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.limits = limits
         self.loop = loop
-        #: Connections with no request in flight, the longest idle first.
-        self.idle: dict[KeygenHttpProtocol, None] = {}
-        self.heads: set[KeygenHttpProtocol] = set()
+        #: Every open connection. A request only flips attributes of its own; the sets and
+        #: scans are per connection or per sweep, never per request.
+        self.members: set[KeygenHttpProtocol] = set()
         self.interval = min(1.0, limits.header_timeout / 4)
+        #: The loop's clock as of the last sweep: a request's head is timed from it, at the
+        #: cost of an attribute read (its deadline is late by an interval at most).
+        self.now = loop.time()
         self.refused = 0
         self.last_logged = 0.0
         loop.call_later(self.interval, self.sweep)
 
     def sweep(self) -> None:
         """Close the connections whose request head is past its deadline."""
-        deadline = self.loop.time() - self.limits.header_timeout
-        late = [c for c in self.heads if c.head_started <= deadline]
+        self.now = self.loop.time()
+        deadline = self.now - self.limits.header_timeout
+        late = [c for c in self.members if c.in_head and c.head_started <= deadline]
         for connection in late:
             connection.refuse(408, "request_timeout", "the request's headers came too slowly")
         self.loop.call_later(self.interval, self.sweep)
+
+    def longest_idle(self) -> KeygenHttpProtocol | None:
+        """The connection idle the longest (no request in flight or coming), if any."""
+        idle = [c for c in self.members if c.idle()]
+        return min(idle, key=lambda c: c.idle_since, default=None)
 
     def count_refusal(self, status: int, code: str) -> None:
         self.refused += 1
@@ -159,31 +168,43 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             self._edges[id(server_state)] = edge
         self.edge = edge
         self.timeout_keep_alive = edge.limits.keepalive_timeout  # type: ignore[assignment]
+        self.in_head = True  # between a request's first byte (or the connection) and its headers
         self.head_started = 0.0
         self.head_bytes = 0
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         edge = self.edge
+        self.head_started = self.idle_since = edge.loop.time()
         if len(self.connections) > edge.limits.max_connections:
-            victim = next(iter(edge.idle), None)
+            victim = edge.longest_idle()
             if victim is None:
                 self.refuse(503, "too_many_connections", "too many connections; retry later")
                 return
             victim.close_idle()
-        self.head_started = edge.loop.time()
-        edge.heads.add(self)
-        edge.idle[self] = None
+        edge.members.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.edge.idle.pop(self, None)
-        self.edge.heads.discard(self)
+        self.edge.members.discard(self)
         self.pipeline.clear()
         super().connection_lost(exc)
 
+    def idle(self) -> bool:
+        """Nothing in flight and no request coming: a silent keep-alive connection (one
+        that never sent a byte counts, its head timer running)."""
+        cycle = self.cycle
+        return (
+            not self.pipeline
+            and (cycle is None or cycle.response_complete)
+            and self.head_bytes == 0
+            and not self.transport.is_closing()
+        )
+
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
-        self.head_bytes += len(data)
+        if self.in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -202,7 +223,7 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             detail = str(exc) or "the request is not valid HTTP/1.1"
             self.refuse(400, "bad_request", f"invalid HTTP request: {detail}")
             return
-        if self in self.edge.heads and self.head_bytes > self.edge.limits.max_header_bytes:
+        if self.in_head and self.head_bytes > self.edge.limits.max_header_bytes:
             self.refuse(
                 431,
                 "headers_too_large",
@@ -215,33 +236,24 @@ class KeygenHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        edge = self.edge
-        if self not in edge.heads:
-            self.head_started = edge.loop.time()
-            edge.heads.add(self)
+        if not self.in_head:  # a keep-alive connection's next request: its head starts now
+            self.in_head = True
+            self.head_started = self.edge.now
 
     def on_headers_complete(self) -> None:
-        edge = self.edge
-        edge.heads.discard(self)
-        edge.idle.pop(self, None)
+        self.in_head = False
         self.head_bytes = 0
         super().on_headers_complete()
-        if len(self.pipeline) > edge.limits.max_pipeline:
+        if len(self.pipeline) > self.edge.limits.max_pipeline:
             raise _PipelineFull
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self.head_bytes = 0
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.pipeline and not self.transport.is_closing():
-            self.edge.idle[self] = None
+        self.idle_since = self.edge.now
 
     def close_idle(self) -> None:
         """Close this idle connection to make room for a new one."""
-        self.edge.idle.pop(self, None)
-        self.edge.heads.discard(self)
+        self.edge.members.discard(self)
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -249,8 +261,8 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         """Answer ``status`` with the JSON error shape (unless a response is already under
         way on this connection), and close the connection."""
         edge = self.edge
-        edge.idle.pop(self, None)
-        edge.heads.discard(self)
+        edge.members.discard(self)
+        self.in_head = False
         self.pipeline.clear()
         edge.count_refusal(status, code)
         if self.transport.is_closing():
