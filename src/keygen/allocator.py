@@ -104,17 +104,24 @@ class Allocator:
             remaining = deadline - time.perf_counter() - kept
             if remaining <= 0 or not layer.breaker.allow():
                 continue
+            # Inline, not in a coroutine of its own: an extra await per request is measurable.
+            attempt = _Attempt(time.perf_counter())
+            layer.pending.add(attempt)
             try:
-                id_range = await self._attempt(layer, namespace, size, remaining)
+                async with asyncio.timeout(min(layer.timeout, remaining)):
+                    id_range = await layer.dispenser.allocate(namespace, size)
             except RequestError:
+                if not attempt.stalled:
+                    layer.breaker.record_success()  # it answered; the request was at fault
                 self.metrics.record_failure(time.perf_counter() - started)
                 raise
-            except ReserveUnavailable as exc:
-                refused = (layer, exc)  # expected while it lasts: the 503 says it, not the log
+            except Exception as exc:
+                refused = _judged(layer, attempt, exc, min(layer.timeout, remaining))
                 continue
-            except LayerUnavailable:
-                refused = None
-                continue
+            finally:
+                layer.pending.discard(attempt)
+            if not attempt.stalled:  # a stalled layer's late answers do not clear its record
+                layer.breaker.record_success()
             self.metrics.record_success(layer.source, size, time.perf_counter() - started)
             if self.on_allocated is not None:
                 self.on_allocated(namespace, size)
@@ -131,39 +138,6 @@ class Allocator:
         raise ServiceUnavailable(
             "no layer could allocate within the time budget", retry_after=self.retry_after()
         )
-
-    async def _attempt(self, layer: Layer, namespace: str, size: int, budget: float) -> IdRange:
-        """One try of ``layer``, judged by its breaker (unless the watchdog already counted
-        it as stalled). Raises the request's error, or LayerUnavailable for any failure."""
-        attempt = _Attempt(time.perf_counter())
-        layer.pending.add(attempt)
-        try:
-            async with asyncio.timeout(min(layer.timeout, budget)):
-                id_range = await layer.dispenser.allocate(namespace, size)
-        except RequestError:
-            if not attempt.stalled:
-                layer.breaker.record_success()  # it answered; the request was at fault
-            raise
-        except (LayerUnavailable, TimeoutError) as exc:
-            if not attempt.stalled:  # (a stalled attempt was counted already)
-                layer.breaker.record_failure()
-            if isinstance(exc, ReserveUnavailable):
-                raise
-            reason = str(exc) or f"no answer in {min(layer.timeout, budget):.3g} s"
-            log.warning("layer %s could not allocate: %s", layer.source, reason)
-            raise LayerUnavailable(reason) from exc
-        except Exception as exc:
-            # A bug or an untranslated driver error must not become a 500: the range was not
-            # returned, so trying the next layer is safe.
-            if not attempt.stalled:
-                layer.breaker.record_failure()
-            log.exception("layer %s failed unexpectedly", layer.source)
-            raise LayerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            layer.pending.discard(attempt)
-        if not attempt.stalled:  # a stalled layer's late answers do not clear its record
-            layer.breaker.record_success()
-        return id_range
 
     def retry_after(self, skip: Layer | None = None) -> int:
         """Whole seconds until some layer (other than ``skip``) will be tried again (at
@@ -199,3 +173,23 @@ class Allocator:
             await asyncio.gather(self._watchdog, return_exceptions=True)
         for layer in self.layers:
             await layer.dispenser.aclose()
+
+
+def _judged(
+    layer: Layer, attempt: _Attempt, exc: Exception, budget: float
+) -> tuple[Layer, ReserveUnavailable] | None:
+    """Count a failed attempt against its layer (unless the watchdog already counted it as
+    stalled), and say it when that is news; the reserve's refusal is returned, to be the
+    503's reason."""
+    if not attempt.stalled:
+        layer.breaker.record_failure()
+    if isinstance(exc, ReserveUnavailable):
+        return (layer, exc)  # expected while it lasts: the 503 says it, not the log
+    if isinstance(exc, LayerUnavailable | TimeoutError):
+        reason = str(exc) or f"no answer in {budget:.3g} s"
+        log.warning("layer %s could not allocate: %s", layer.source, reason)
+    else:
+        # A bug or an untranslated driver error must not become a 500: the range was not
+        # returned, so trying the next layer is safe.
+        log.error("layer %s failed unexpectedly", layer.source, exc_info=exc)
+    return None
