@@ -207,8 +207,8 @@ class Settings(BaseSettings):
     )
     health_max_age: Annotated[float, Field(ge=0)] = Field(
         2.0,
-        description="Seconds /metrics reuses the last health answer before the layers "
-        "are pinged again (/health always pings).",
+        description="Seconds /health and /metrics reuse the background probe's last answer "
+        "before a read pings the layers itself (0: every read pings).",
     )
     probe_interval: Annotated[float, Field(gt=0)] = Field(
         1.0,

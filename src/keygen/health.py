@@ -1,11 +1,11 @@
 """The service's health: each layer pinged, the Sentinels asked, the parts' snapshots joined.
 
-``/health`` asks live (every layer pinged within ``KEYGEN_HEALTH_TIMEOUT``). ``/metrics`` is
-scraped often and by machines, so it reads the most recent answer instead (the background
-probe's, ``probes.py``), and asks again only when that answer is older than
-``KEYGEN_HEALTH_MAX_AGE``: however often it is scraped, the backends are pinged at most that
-often. The ``metrics`` block counts every worker process of the instance; the layer blocks
-(``reserve``, ``redis``, ``postgresql``) are the answering worker's own.
+``/health`` and ``/metrics`` read the most recent answer (the background probe's,
+``probes.py``, every layer pinged within ``KEYGEN_HEALTH_TIMEOUT``), and ask again only when
+that answer is older than ``KEYGEN_HEALTH_MAX_AGE``: however often they are read, the
+backends are pinged at most that often. The ``metrics`` block counts every worker process of
+the instance; the layer blocks (``reserve``, ``redis``, ``postgresql``) are the answering
+worker's own.
 """
 
 from __future__ import annotations
@@ -127,11 +127,6 @@ class HealthReporter:
     def active_locks(self) -> int:
         """Distributed locks this instance holds now (lease refills in Redis mode)."""
         return 0 if self.redis is None else self.redis.active_locks
-
-    async def live(self) -> HealthSnapshot:
-        """Ping every layer and ask the Sentinels now, all at once and within the timeout:
-        ``/health`` answers promptly when Redis is down, which is when it is read most."""
-        return self._snapshot(await self.refresh())
 
     async def recent(self) -> HealthSnapshot:
         """The health as last asked, asked again only when older than ``max_age``; concurrent

@@ -57,7 +57,6 @@ def _stop_left_behind(out: Path, started: dict[int, int | None]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.timeout(300)
 def wait_for_acks(path: Path, count: int, timeout: float = 60) -> None:
     """Wait until the load has written ``count`` acknowledgements (the condition itself, not
     a guess of how long it takes on a loaded machine)."""
@@ -72,6 +71,7 @@ def wait_for_acks(path: Path, count: int, timeout: float = 60) -> None:
     raise AssertionError(f"{seen} of {count} acknowledgements in {path} after {timeout} s")
 
 
+@pytest.mark.timeout(300)
 def test_sigterm_stops_everything_and_writes_the_report() -> None:
     out = Path(tempfile.mkdtemp(prefix="keygen-chaos-"))
     out.chmod(0o755)  # PostgreSQL runs as its own user

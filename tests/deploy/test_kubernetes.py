@@ -88,8 +88,9 @@ def test_every_overlay_validates_against_the_kubernetes_schemas(
 
 
 def test_probes_are_the_minimal_endpoints(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    """Readiness asks /health/ready and liveness /health/live (never /health, which pings
-    every layer), on the named port the Service targets."""
+    """Readiness asks /health/ready and liveness /health/live (never /health, which shows
+    every internal and needs the read scope once keys exist), on the named port the Service
+    targets."""
     overlay, objects = rendered
     (container,) = keygen_pod(objects, overlay)["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}

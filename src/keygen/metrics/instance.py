@@ -20,9 +20,8 @@ from pathlib import Path
 import msgspec
 
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS
-from keygen.histogram import REFILL_BUCKETS, quantile
+from keygen.histogram import REFILL_BUCKETS
 from keygen.metrics.counters import Counters, InstanceCounters, is_alive, read_instance
-from keygen.metrics.layout import LATENCY_BUCKETS
 from keygen.snapshots import MetricsSnapshot, WorkerState
 
 __all__ = ["InstanceView", "ReserveFigures", "instance_view", "publish"]
@@ -97,10 +96,6 @@ class InstanceView:
             avg_allocation_time_ms=round(1000 * c.latency_sum / requests, 3) if requests else 0.0,
             p95_allocation_time_ms=round(1000 * p95, 3),
         )
-
-    def latency_quantile(self, q: float) -> float | None:
-        """Seconds, from the histogram since the start (history works on its differences)."""
-        return quantile(q, LATENCY_BUCKETS, self.counters.bucket_counts)
 
     # -- layers ----------------------------------------------------------------------------
 
