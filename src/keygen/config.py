@@ -63,6 +63,8 @@ ReserveMode = Literal["auto", "on", "off"]
 
 #: Whether requests need an API key: "auto" = as soon as the ledger holds one.
 AuthMode = Literal["auto", "required", "off"]
+#: KEYGEN_SSL_CLIENT_CERT: whether clients of the service must show a certificate (mTLS).
+ClientCertMode = Literal["none", "optional", "required"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -293,6 +295,56 @@ class Settings(BaseSettings):
         description="Seconds between two reads of the key table by each worker: a new or "
         "revoked key takes effect within this (and a read's time).",
     )
+
+    # TLS and credentials (docs/security.md). PostgreSQL's are in KEYGEN_DATABASE_URL
+    # (password, sslmode=verify-full, sslrootcert, sslcert, sslkey), as libpq spells them.
+    ssl_certfile: Path | None = Field(
+        None, description="The service's certificate chain (PEM): HTTPS instead of HTTP."
+    )
+    ssl_keyfile: Path | None = Field(None, description="The private key of KEYGEN_SSL_CERTFILE.")
+    ssl_ca_certs: Path | None = Field(
+        None, description="CA certificates (PEM) that client certificates are checked against."
+    )
+    ssl_client_cert: ClientCertMode = Field(
+        "none",
+        description="mTLS: 'required' refuses a client without a certificate signed by "
+        "KEYGEN_SSL_CA_CERTS, 'optional' checks one when given, 'none' asks for none.",
+    )
+    redis_username: str | None = Field(None, description="ACL user of the Redis data nodes.")
+    redis_password: str | None = Field(
+        None, repr=False, description="Password of KEYGEN_REDIS_USERNAME (or requirepass)."
+    )
+    redis_tls: bool = Field(False, description="TLS to the Redis data nodes (rediss).")
+    redis_ssl_ca_certs: Path | None = Field(
+        None,
+        description="CA certificates (PEM) the Redis nodes' and Sentinels' are checked "
+        "against (unset: the system's).",
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) shown to Redis and the Sentinels, if asked."
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="The private key of KEYGEN_REDIS_SSL_CERTFILE."
+    )
+    redis_sentinel_username: str | None = Field(None, description="ACL user of the Sentinels.")
+    redis_sentinel_password: str | None = Field(
+        None, repr=False, description="Password of KEYGEN_REDIS_SENTINEL_USERNAME."
+    )
+    redis_sentinel_tls: bool = Field(False, description="TLS to the Sentinels.")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("KEYGEN_SSL_CERTFILE and KEYGEN_SSL_KEYFILE go together")
+        if self.ssl_client_cert != "none" and (
+            self.ssl_ca_certs is None or self.ssl_certfile is None
+        ):
+            raise ValueError(
+                "KEYGEN_SSL_CLIENT_CERT needs KEYGEN_SSL_CA_CERTS and KEYGEN_SSL_CERTFILE"
+            )
+        if (self.redis_ssl_certfile is None) != (self.redis_ssl_keyfile is None):
+            raise ValueError("KEYGEN_REDIS_SSL_CERTFILE and KEYGEN_REDIS_SSL_KEYFILE go together")
+        return self
 
     @field_validator("redis_sentinel_hosts", "database_url")
     @classmethod

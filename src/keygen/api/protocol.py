@@ -118,9 +118,11 @@ class _Edge:
         self.loop.call_later(self.interval, self.sweep)
 
     def longest_idle(self) -> KeygenHttpProtocol | None:
-        """The connection idle the longest (no request in flight or coming), if any."""
+        """The idle connection (no request in flight or coming) whose last request began the
+        earliest, if any: a close stand-in for the one idle the longest, at no cost per
+        request."""
         idle = [c for c in self.members if c.idle()]
-        return min(idle, key=lambda c: c.idle_since, default=None)
+        return min(idle, key=lambda c: c.head_started, default=None)
 
     def count_refusal(self, status: int, code: str) -> None:
         self.refused += 1
@@ -153,6 +155,10 @@ class KeygenHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the edge's limits (see the module docstring)."""
 
     _edges: ClassVar[dict[int, _Edge]] = {}
+    # Slots, not instance attributes: uvicorn's protocol already has 28, and past 30 CPython
+    # (3.11) stops sharing the instance dicts' keys, which slows every attribute access of
+    # every request (about 1.3 us per request, measured).
+    __slots__ = ("edge", "in_head", "head_started", "head_bytes")
 
     def __init__(
         self,
@@ -171,12 +177,11 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         self.in_head = True  # between a request's first byte (or the connection) and its headers
         self.head_started = 0.0
         self.head_bytes = 0
-        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         edge = self.edge
-        self.head_started = self.idle_since = edge.loop.time()
+        self.head_started = edge.loop.time()
         if len(self.connections) > edge.limits.max_connections:
             victim = edge.longest_idle()
             if victim is None:
@@ -246,10 +251,6 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if len(self.pipeline) > self.edge.limits.max_pipeline:
             raise _PipelineFull
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.idle_since = self.edge.now
 
     def close_idle(self) -> None:
         """Close this idle connection to make room for a new one."""
