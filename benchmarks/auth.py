@@ -1,19 +1,25 @@
-"""What API keys cost on the hot path: the server's CPU per ``POST /allocate`` with and
-without a key, in the same run.
+"""What API keys and rate limits cost on the hot path: the server's CPU per ``POST
+/allocate`` without a key, with one, and with one that has limits, in the same run.
 
-Two ``keygen serve --workers 1`` run side by side on fresh data dirs (the embedded default):
+Three ``keygen serve --workers 1`` run side by side on fresh data dirs (the embedded default):
 
 - **open**: ``KEYGEN_AUTH=off``, requests without an ``Authorization`` header (Keygen as it
   was before keys);
 - **keyed**: ``KEYGEN_AUTH=required``, one key (``allocate:*``, made with ``keygen keys
   create`` before start-up), every request carrying ``Authorization: Bearer <token>``: the
-  header parsed, the HMAC computed, the dict looked up and the scope matched.
+  header parsed, the HMAC computed, the dict looked up and the scope matched;
+- **limited**: as keyed, the key with all three limits (requests and IDs a second, IDs a
+  day) and ``KEYGEN_NAMESPACE_LIMITS`` giving every namespace one, all too high to refuse:
+  four counters checked and counted per request (``keygen/quotas.py``).
 
-The same ``wrk`` load drives both in alternating rounds (open, keyed, open, ...). The figure
-is CPU time (user + system, from ``/proc/<pid>/stat``, every process of the server's group)
-divided by the requests wrk counted, per round; the verdict compares the medians'
-difference with the issue's budget of 10 µs. A second figure times the check alone, in
-process (``bearer_token`` + ``KeyStore.authenticate`` + ``Grants.may_allocate``).
+The same ``wrk`` load drives them in alternating rounds (open, keyed, limited, open, ...).
+The figure is CPU time (user + system, from ``/proc/<pid>/stat``, every process of the
+server's group) divided by the requests wrk counted, per round; the verdict compares the
+medians' difference (limited against open) with the budget of 10 µs for keys and limits
+together. In process, it also times the key check alone (``bearer_token`` +
+``KeyStore.authenticate`` + ``Grants.may_allocate``), Keygen's four counters, and the same
+four limits with the ``limits`` library (in memory and, when ``redis-server`` is installed,
+with its Redis storage on a local server): why the counters are Keygen's own.
 
     .venv/bin/python benchmarks/auth.py [--duration 5 --rounds 5 --connections 50]
 """
@@ -21,16 +27,21 @@ process (``bearer_token`` + ``KeyStore.authenticate`` + ``Grants.may_allocate``)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shlex
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # allocate.py's server and wrk helpers, imported as benchmarks.allocate from the project root.
@@ -51,10 +62,17 @@ from benchmarks.allocate import (  # noqa: E402
 )
 
 from keygen.auth import KeyStore, bearer_token, new_key  # noqa: E402
+from keygen.cluster.processes import free_port  # noqa: E402
 from keygen.ledgers.base import ApiKeyRecord  # noqa: E402
+from keygen.quotas import Quotas  # noqa: E402
+from keygen.rates import Rates, parse_namespace_limits  # noqa: E402
 
 BUDGET_US = 10.0
-OPEN, KEYED = "open", "keyed"
+OPEN, KEYED, LIMITED = "open", "keyed", "limited"
+#: Limits too high to refuse anything in a benchmark, but checked and counted all the same.
+HIGH_LIMITS = ["--requests-per-second", "1000000000", "--ids-per-second", "10000000000000"]
+HIGH_LIMITS += ["--ids-per-day", "100000000000000000"]
+NAMESPACE_LIMITS = "*:requests_per_second=1000000000"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 KEYS_CREATE = [sys.executable, "-m", "keygen", "keys", "create"]
 
@@ -102,10 +120,11 @@ def wrk(
     return run
 
 
-def make_key(server: Server) -> str:
-    """A key (allocate:*) in the server's ledger, made before it starts; its token."""
+def make_key(server: Server, *options: str) -> str:
+    """A key (allocate:*, with ``options``) in the server's ledger, made before it starts;
+    its token."""
     done = subprocess.run(
-        [*KEYS_CREATE, "--name", "bench", "--scope", "allocate:*", "--json"],
+        [*KEYS_CREATE, "--name", "bench", "--scope", "allocate:*", *options, "--json"],
         env=server.env,
         cwd=server.cwd,
         capture_output=True,
@@ -143,6 +162,68 @@ def check_alone(iterations: int = 200_000) -> float:
     return seconds / iterations * 1e6
 
 
+def counters_alone(iterations: int = 200_000) -> float:
+    """µs per request of Keygen's rate limits, in process: a key's three and a namespace's."""
+    quotas = Quotas(parse_namespace_limits(NAMESPACE_LIMITS))
+    rates = Rates(10**9, 10**13, 10**17)
+    seconds = min(
+        timeit.repeat(lambda: quotas.admit("k", rates, "orders", 1000), number=iterations, repeat=5)
+    )
+    return seconds / iterations * 1e6
+
+
+def library_alone(iterations: int = 50_000) -> dict[str, float]:
+    """µs per request of the same four limits with the ``limits`` library: its sliding-window
+    counter in memory, and with its Redis storage when ``redis-server`` is installed (the
+    client's CPU and the wall time, a round trip per limit and request)."""
+    try:
+        from limits import parse
+        from limits.aio.storage import MemoryStorage, RedisStorage
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    except ImportError:
+        return {}
+    items = [parse(text) for text in ("1000000000/second", "10000000000000/second")]
+    items += [parse("100000000000000000/day"), parse("1000000000/second")]
+
+    async def per_request(storage: Any, count: int) -> tuple[float, float]:
+        limiter = SlidingWindowCounterRateLimiter(storage)
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(count):
+            for item, cost in zip(items, (1, 1000, 1000, 1), strict=True):
+                await limiter.hit(item, "k", cost=cost)
+        return (
+            (time.process_time() - cpu) / count * 1e6,
+            (time.perf_counter() - wall) / count * 1e6,
+        )
+
+    figures = {"memory": asyncio.run(per_request(MemoryStorage(), iterations))[0]}
+    server = shutil.which("redis-server")
+    if server is None:
+        return figures
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchmarkError("redis-server did not start") from None
+                time.sleep(0.05)
+        storage = RedisStorage(f"async+redis://{HOST}:{port}", implementation="redispy")
+        figures["redis cpu"], figures["redis wall"] = asyncio.run(per_request(storage, 2_000))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per round (5)")
@@ -154,17 +235,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     binary = ensure_wrk()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     alone = check_alone()
-    print(f"the check alone, in process: {alone:.2f} µs per request")
-    cpu: dict[str, list[float]] = {OPEN: [], KEYED: []}
-    rps: dict[str, list[float]] = {OPEN: [], KEYED: []}
+    print(f"the key check alone, in process: {alone:.2f} µs per request")
+    print(f"Keygen's four rate-limit counters, in process: {counters_alone():.2f} µs per request")
+    for what, figure in library_alone().items():
+        print(f"the same four limits with the limits library, {what}: {figure:.2f} µs per request")
+    cpu: dict[str, list[float]] = {OPEN: [], KEYED: [], LIMITED: []}
+    rps: dict[str, list[float]] = {OPEN: [], KEYED: [], LIMITED: []}
     with tempfile.TemporaryDirectory(prefix="keygen-bench-auth-") as tmp:
         open_server = keygen_server(Path(tmp), name=OPEN)
         open_server.env["KEYGEN_AUTH"] = "off"
         keyed_server = keygen_server(Path(tmp), name=KEYED)
         keyed_server.env["KEYGEN_AUTH"] = "required"
         token = make_key(keyed_server)
-        headers = {OPEN: [], KEYED: [f"Authorization: Bearer {token}"]}
-        servers = [open_server, keyed_server]
+        limited_server = keygen_server(Path(tmp), name=LIMITED)
+        limited_server.env["KEYGEN_AUTH"] = "required"
+        limited_server.env["KEYGEN_NAMESPACE_LIMITS"] = NAMESPACE_LIMITS
+        limited_token = make_key(limited_server, *HIGH_LIMITS)
+        headers = {
+            OPEN: [],
+            KEYED: [f"Authorization: Bearer {token}"],
+            LIMITED: [f"Authorization: Bearer {limited_token}"],
+        }
+        servers = [open_server, keyed_server, limited_server]
         with running(servers):
             for server in servers:
                 wrk(binary, args, server, args.warmup, headers[server.name])
@@ -178,18 +270,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cpu[server.name].append(per_request)
                     rps[server.name].append(run.rps)
                     print(
-                        f"round {round_} {server.name:5}: {run.rps:9.0f} req/s, "
+                        f"round {round_} {server.name:7}: {run.rps:9.0f} req/s, "
                         f"{per_request:6.2f} µs CPU per request"
                     )
     medians = {name: statistics.median(values) for name, values in cpu.items()}
-    cost = medians[KEYED] - medians[OPEN]
-    for name in (OPEN, KEYED):
+    for name in (OPEN, KEYED, LIMITED):
         print(
-            f"{name:5}: median {medians[name]:.2f} µs CPU per request, "
+            f"{name:7}: median {medians[name]:.2f} µs CPU per request, "
             f"{statistics.median(rps[name]):.0f} req/s"
         )
+    print(f"a key costs {medians[KEYED] - medians[OPEN]:+.2f} µs CPU per request")
+    cost = medians[LIMITED] - medians[OPEN]
     verdict = "PASS" if cost <= BUDGET_US else "OVER BUDGET"
-    print(f"auth costs {cost:+.2f} µs CPU per request (budget {BUDGET_US:g} µs): {verdict}")
+    print(
+        f"a key and its limits cost {cost:+.2f} µs CPU per request (budget {BUDGET_US:g} µs): "
+        f"{verdict}"
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ LAYERS = {
     "keygen.alerts": 4,
     "keygen.audit": 4,
     "keygen.auth": 4,
+    "keygen.quotas": 4,
     "keygen.allocator": 3,
     "keygen.breaker": 3,
     "keygen.metrics": 3,
@@ -44,6 +45,8 @@ LAYERS = {
     "keygen.progress": 0,
     "keygen.histogram": 0,
     "keygen.redact": 0,
+    "keygen.rates": 0,
+    "keygen.requester": 0,
     "keygen": 0,
     # Stand apart: a program that allocates, or checks ranges, needs nothing of the server.
     "keygen.client": 0,

@@ -43,6 +43,7 @@ from typing import Final
 from keygen.config import AuthMode, Settings
 from keygen.errors import KeygenError, KeysUnavailable, Unauthorized
 from keygen.ledgers.base import ApiKeyRecord, Ledger
+from keygen.rates import Rates
 
 __all__ = [
     "OPEN",
@@ -93,9 +94,15 @@ class Grants:
     allocate_exact: frozenset[str] = frozenset()
     #: The globs with a wildcard, as one regular expression: one match.
     allocate_pattern: re.Pattern[str] | None = None
+    #: Its rate limits; None when it has none (one test per request).
+    rates: Rates | None = None
+    #: ``<id> (<name>)``: how the audit trail names it.
+    label: str = ""
 
     @classmethod
-    def of(cls, key_id: str, name: str, scopes: Iterable[str]) -> Grants:
+    def of(
+        cls, key_id: str, name: str, scopes: Iterable[str], rates: Rates | None = None
+    ) -> Grants:
         scopes = tuple(scopes)
         admin = SCOPE_ADMIN in scopes
         globs = [s.removeprefix(ALLOCATE_PREFIX) for s in scopes if s.startswith(ALLOCATE_PREFIX)]
@@ -112,6 +119,8 @@ class Grants:
                 if wild
                 else None
             ),
+            rates=rates or None,
+            label=f"{key_id} ({name})",
         )
 
     def may_allocate(self, namespace: str) -> bool:
@@ -201,7 +210,7 @@ def _read_secret(path: Path) -> bytes:
 
 
 def new_key(
-    name: str, scopes: Sequence[str], secret: bytes, now: float
+    name: str, scopes: Sequence[str], secret: bytes, now: float, rates: Rates | None = None
 ) -> tuple[str, ApiKeyRecord]:
     """A fresh token and the record the ledger keeps of it (its keyed hash, never itself)."""
     if not name.strip() or len(name) > MAX_NAME_LENGTH:
@@ -216,6 +225,7 @@ def new_key(
         scopes=tuple(dict.fromkeys(parse_scope(s) for s in scopes)),
         secret_id=secret_id(secret),
         created_at=now,
+        rates=rates or Rates(),
     )
     return token, record
 
@@ -309,7 +319,9 @@ class KeyStore:
                         record.name,
                     )
                 continue
-            table[bytes.fromhex(record.digest)] = Grants.of(record.id, record.name, record.scopes)
+            table[bytes.fromhex(record.digest)] = Grants.of(
+                record.id, record.name, record.scopes, record.rates
+            )
         changed = (len(records), len(table)) != (self.keys, self.active) or not self.loaded
         self._by_digest = table
         self.keys, self.active = len(records), len(table)

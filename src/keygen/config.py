@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keygen.constants import MAX_ID, NAMESPACE_PATTERN
+from keygen.rates import NamespaceRule, parse_namespace_limits
 
 DEFAULT_BLOCK_SIZE = 1000
 DEFAULT_MAX_BLOCK_SIZE = 1_000_000
@@ -295,6 +296,28 @@ class Settings(BaseSettings):
         description="Seconds between two reads of the key table by each worker: a new or "
         "revoked key takes effect within this (and a read's time).",
     )
+
+    # Rate limits (keygen/quotas.py; a key's own are set by keygen keys create).
+    namespace_limits: str = Field(
+        "",
+        description="Limits per namespace: '<glob>:requests_per_second=N,ids_per_second=N,"
+        "ids_per_day=N;...' (the first matching glob counts; each namespace on its own).",
+    )
+    rate_limit_sync_interval: Annotated[float, Field(gt=0, le=10)] = Field(
+        0.1,
+        description="Seconds between two exchanges of each instance's counts through Redis "
+        "(when Sentinels are configured): how far several instances may overshoot a limit.",
+    )
+
+    @field_validator("namespace_limits")
+    @classmethod
+    def _namespace_limits_parse(cls, value: str) -> str:
+        parse_namespace_limits(value)
+        return value
+
+    @property
+    def namespace_rules(self) -> tuple[NamespaceRule, ...]:
+        return parse_namespace_limits(self.namespace_limits)
 
     # TLS and credentials (docs/security.md). PostgreSQL's are in KEYGEN_DATABASE_URL
     # (password, sslmode=verify-full, sslrootcert, sslcert, sslkey), as libpq spells them.

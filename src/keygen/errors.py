@@ -137,6 +137,33 @@ class Forbidden(RequestError):
     code = "forbidden"
 
 
+class RateLimited(RequestError):
+    """Over a rate limit or quota of the API key or the namespace (``keygen/quotas.py``):
+    nothing allocated; ``Retry-After`` says when the limit lets a request through again."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, policy: str, limit: int, remaining: int, reset: int, window: int
+    ) -> None:
+        super().__init__(message)
+        self.policy, self.limit, self.remaining = policy, limit, remaining
+        self.reset, self.window = max(1, reset), window
+
+    def headers(self) -> dict[str, str]:
+        # Both generations of the IETF RateLimit fields: the three numbers most clients read,
+        # and the structured RateLimit-Policy / RateLimit pair of the current draft.
+        return {
+            "Retry-After": str(self.reset),
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f'"{self.policy}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{self.policy}";r={self.remaining};t={self.reset}',
+        }
+
+
 class NotFound(RequestError):
     status_code = 404
     code = "not_found"

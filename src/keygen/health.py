@@ -30,6 +30,7 @@ from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.metrics import Counters, InstanceView, instance_view
 from keygen.metrics import publish as publish_state
+from keygen.quotas import Quotas
 from keygen.snapshots import (
     DEGRADED,
     HEALTHY,
@@ -103,8 +104,10 @@ class HealthReporter:
         redis: RedisDispenser | None = None,
         sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self.quotas = quotas
         self.layers = tuple(layers)
         self.ledger = ledger
         self.counters = counters
@@ -219,6 +222,7 @@ class HealthReporter:
             ),
             reserve=reserve.snapshot() if reserve is not None else None,
             redis=self._redis(answer.sentinels),
+            rate_limits=self.quotas.snapshot() if self.quotas is not None else None,
         )
 
     def _metrics(self, view: InstanceView) -> MetricsSnapshot:

@@ -30,6 +30,7 @@ from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.metrics import Counters
 from keygen.probes import Probes
+from keygen.quotas import Quotas, UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,20 @@ async def _key_store(settings: Settings, ledger: Ledger) -> KeyStore:
     return store
 
 
+def _quotas(settings: Settings) -> Quotas:
+    """The rate limits' counters: shared through the Redis master when Sentinels are
+    configured (a client of its own: the exchange never queues behind allocations)."""
+    redis = master_of(settings, sentinels_of(settings)) if settings.sentinels else None
+    quotas = Quotas(
+        settings.namespace_rules,
+        redis=redis,
+        sync_interval=settings.rate_limit_sync_interval,
+        timeout=settings.redis_socket_timeout,
+    )
+    quotas.start()
+    return quotas
+
+
 class Keygen:
     """The service: owns the ledger, the allocator and the health reporter."""
 
@@ -111,10 +126,14 @@ class Keygen:
         sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
         auth: KeyStore | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.settings = settings
         #: The API keys requests are checked against (none required when not given).
         self.auth = auth if auth is not None else KeyStore(None, b"", "off")
+        self.quotas = quotas if quotas is not None else Quotas(settings.namespace_rules)
+        #: What each key allocated, for the ledger's usage table.
+        self.usage = UsageMeter(ledger)
         self.ledger = ledger
         self.allocator = allocator
         self.redis = redis
@@ -133,6 +152,7 @@ class Keygen:
             redis=redis,
             sentinel_monitor=sentinel_monitor,
             reserve=reserve,
+            quotas=self.quotas,
         )
         self.history = History(settings.data_dir)
         self.probes = Probes(
@@ -210,7 +230,10 @@ class Keygen:
             sentinel_monitor=monitor,
             reserve=reserve,
             auth=auth,
+            quotas=_quotas(settings),
         )
+        if auth.mode != "off":
+            service.usage.start()
         service.probes.start()
         allocator.start()
         return service
@@ -227,6 +250,8 @@ class Keygen:
         if self.sentinel_monitor is not None:
             await self.sentinel_monitor.aclose()
         await self.allocator.aclose()
+        await self.quotas.aclose()
+        await self.usage.aclose()
         await self.auth.aclose()
         await self.ledger.aclose()
         self.counters.close()

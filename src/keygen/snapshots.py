@@ -136,6 +136,20 @@ class PostgresSnapshot(msgspec.Struct, frozen=True):
     last_error_at: float | None
 
 
+class RateLimitSnapshot(msgspec.Struct, frozen=True):
+    """How this worker enforces rate limits (``keygen/quotas.py``)."""
+
+    #: ``shared``: counts exchanged through Redis; ``per_process``: this process's own.
+    mode: Literal["shared", "per_process"]
+    #: Why not shared (no Redis configured, Redis unreachable), when not.
+    reason: str | None
+    namespace_rules: int
+    #: Keys with limits that requests have been checked against.
+    keys_limited: int
+    #: Requests this worker refused with a 429.
+    refused: int
+
+
 class HealthSnapshot(msgspec.Struct, frozen=True, omit_defaults=True):
     """The ``/health`` document: the original product's fields, then Keygen's own."""
 
@@ -154,6 +168,7 @@ class HealthSnapshot(msgspec.Struct, frozen=True, omit_defaults=True):
     postgresql: PostgresSnapshot | None = None
     reserve: ReserveSnapshot | None = None
     redis: RedisSnapshot | None = None
+    rate_limits: RateLimitSnapshot | None = None
 
 
 class MetricsDocument(msgspec.Struct, frozen=True):

@@ -24,6 +24,7 @@ from keygen.errors import (
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import SqliteLedger
 from keygen.ranges import IdRange
+from keygen.requester import REQUESTED_BY
 from tests.support.fakes import FakeLedger
 
 
@@ -319,3 +320,40 @@ def test_a_namespace_past_the_ledgers_bound_is_refused_as_the_request_error(
             await ledger.aclose()
 
     asyncio.run(scenario())
+
+
+class NamingLedger(GatedLedger):
+    """A gated ledger that notes whom each grant says it is for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested_by: list[str] = []
+
+    async def grant(self, namespace: str, count: int, *, kind: str, holder: str) -> IdRange:
+        self.requested_by.append(REQUESTED_BY.get())
+        return await super().grant(namespace, count, kind=kind, holder=holder)
+
+
+def test_a_coalesced_batch_names_every_key_it_was_granted_for() -> None:
+    """The grant of a batch names each key of its requests once, in arrival order; a request
+    without a key adds nothing."""
+
+    async def scenario() -> None:
+        ledger = NamingLedger()
+        dispenser = DirectDispenser(ledger, holder="test")
+
+        async def allocate(key: str) -> IdRange:
+            REQUESTED_BY.set(key)  # each task its own context, as each HTTP request
+            return await dispenser.allocate("default", 1)
+
+        first = asyncio.ensure_future(allocate("k1 (one)"))
+        await settle()  # in flight: the rest queue up as the next batch
+        rest = [
+            asyncio.ensure_future(allocate(k)) for k in ("k2 (two)", "", "k3 (three)", "k2 (two)")
+        ]
+        await settle()
+        ledger.release(2)
+        await asyncio.gather(first, *rest)
+        assert ledger.requested_by == ["k1 (one)", "k2 (two), k3 (three)"]
+
+    run(scenario)

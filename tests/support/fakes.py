@@ -10,7 +10,14 @@ from keygen.constants import GRANT_RESERVE, MAX_ID
 from keygen.dispensers.base import Dispenser
 from keygen.errors import LayerUnavailable, LedgerUnavailable, NamespaceExhausted
 from keygen.histogram import REFILL_BUCKETS, Histogram
-from keygen.ledgers.base import ApiKeyRecord, Grant, Ledger, NamespaceStatus, ReserveUsage
+from keygen.ledgers.base import (
+    ApiKeyRecord,
+    Grant,
+    KeyUsage,
+    Ledger,
+    NamespaceStatus,
+    ReserveUsage,
+)
 from keygen.ranges import IdRange
 
 
@@ -25,6 +32,7 @@ class FakeLedger:
         self.trail: list[Grant] = []  # the audit trail
         self.usages: list[ReserveUsage] = []
         self.keys: list[ApiKeyRecord] = []
+        self.usage: dict[tuple[str, str], tuple[int, int]] = {}  # (day, key id): (requests, ids)
         self.down = False
         self.delay = delay
 
@@ -91,6 +99,20 @@ class FakeLedger:
                 self.keys[index] = dataclasses.replace(key, revoked_at=time.time())
                 return True
         return False
+
+    async def add_key_usage(self, day: str, usage: dict[str, tuple[int, int]]) -> None:
+        if self.down:
+            raise LedgerUnavailable("fake ledger is down")
+        for key_id, (requests, ids) in usage.items():
+            before = self.usage.get((day, key_id), (0, 0))
+            self.usage[day, key_id] = (before[0] + requests, before[1] + ids)
+
+    async def key_usage(self, since_day: str) -> list[KeyUsage]:
+        return [
+            KeyUsage(key_id, day, requests, ids)
+            for (day, key_id), (requests, ids) in sorted(self.usage.items())
+            if day >= since_day
+        ]
 
     async def ping(self) -> None:
         if self.down:

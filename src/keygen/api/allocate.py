@@ -21,7 +21,7 @@ import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
 from keygen.api.responses import error_body
-from keygen.auth import OPEN, KeyStore, bearer_token
+from keygen.auth import OPEN, Grants, KeyStore, bearer_token
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from keygen.errors import (
     ClientDisconnected,
@@ -36,15 +36,19 @@ from keygen.errors import (
     UnsupportedMediaType,
 )
 from keygen.ranges import AllocatedRange
+from keygen.requester import REQUESTED_BY
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from keygen.api.deadlines import ReadDeadlines
     from keygen.config import Settings
+    from keygen.quotas import Quotas
     from keygen.service import Keygen
 
 log = logging.getLogger(__name__)
+#: With KEYGEN_ACCESS_LOG on: a line per allocation, naming the range and the key it went to.
+access_log = logging.getLogger("keygen.access")
 
 ALLOCATE_PATH = "/allocate"
 #: Paths served without a key, whatever KEYGEN_AUTH says: orchestrators' probes (status only).
@@ -146,6 +150,7 @@ class AllocateEndpoint:
         self.api = api
         settings: Settings = api.state.settings
         self.allowed_hosts = settings.allowed_host_list
+        self.access_log = settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.allowed_hosts is not None and scope["type"] == "http":
@@ -164,6 +169,7 @@ class AllocateEndpoint:
         service: Keygen = self.api.state.service
         counters = service.counters
         auth = service.auth
+        quotas = service.quotas
         try:
             # Before the body is read: a request without a valid key costs nothing more.
             grants = auth.authenticate(bearer_token(scope["headers"])) if auth.enforced else OPEN
@@ -173,11 +179,8 @@ class AllocateEndpoint:
                 scope, receive, service.settings.max_body_bytes, self.api.state.read_deadlines
             )
             namespace, size = parse_request(body, service.settings)
-            if not grants.may_allocate(namespace):
-                raise Forbidden(
-                    f"API key {grants.key_id} ({grants.name!r}) may not allocate in namespace "
-                    f"{namespace!r}: it needs a scope allocate:<glob> matching it"
-                )
+            if grants is not OPEN or quotas.namespaced:
+                _admit(grants, quotas, namespace, size)
             allocation = await service.allocator.allocate(namespace, size)
         except ClientDisconnected as exc:
             counters.record_rejected(exc.code)  # no response: nobody is left to read it
@@ -194,6 +197,18 @@ class AllocateEndpoint:
             return
         counters.record_response(ALLOCATE_PATH, 200)
         id_range = allocation.range
+        if grants is not OPEN:
+            service.usage.record(grants.key_id, id_range.size)
+        if self.access_log:
+            access_log.info(
+                "allocated %s %d-%d (%d) from %s to %s",
+                id_range.namespace,
+                id_range.start,
+                id_range.end,
+                id_range.size,
+                allocation.source,
+                grants.label or "a request without a key",
+            )
         await _send(
             send,
             200,
@@ -231,6 +246,24 @@ class AllocateEndpoint:
             await send(message)
 
         await self.api(scope, receive, counted)
+
+
+def _admit(grants: Grants, quotas: Quotas, namespace: str, size: int) -> None:
+    """The key's scope for ``namespace``, then its and the namespace's rate limits.
+
+    Raises:
+        Forbidden: the key may not allocate in ``namespace``.
+        RateLimited: over a limit (nothing is counted then).
+    """
+    if not grants.may_allocate(namespace):
+        raise Forbidden(
+            f"API key {grants.key_id} ({grants.name!r}) may not allocate in namespace "
+            f"{namespace!r}: it needs a scope allocate:<glob> matching it"
+        )
+    if grants.rates is not None or quotas.namespaced:
+        quotas.admit(grants.key_id, grants.rates, namespace, size)
+    if grants.label:
+        REQUESTED_BY.set(grants.label)  # this request's task: for the audit trail
 
 
 def _gate(scope: Scope, path: str, auth: KeyStore) -> Scope:

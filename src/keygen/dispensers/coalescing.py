@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from keygen.errors import KeygenError, LayerUnavailable, NamespaceExhausted
 from keygen.ranges import IdRange
+from keygen.requester import REQUESTED_BY
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class Waiter:
 
     size: int
     future: asyncio.Future[IdRange]
+    #: The API key the request came with (``keygen/requester.py``).
+    requested_by: str = ""
 
     @property
     def gave_up(self) -> bool:
@@ -73,7 +76,7 @@ class Coalescer:
         if self._closed:
             raise LayerUnavailable(f"the {self._name} dispenser is closed")
         loop = asyncio.get_running_loop()
-        waiter = Waiter(size, loop.create_future())
+        waiter = Waiter(size, loop.create_future(), REQUESTED_BY.get())
         queue = self._queues.get(namespace)
         if queue is None:
             queue = self._queues[namespace] = _Queue()

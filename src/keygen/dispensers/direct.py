@@ -23,6 +23,7 @@ from keygen.errors import (
 from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
 from keygen.ranges import IdRange
+from keygen.requester import REQUESTED_BY
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class DirectDispenser:
         """Serve ``batch`` with one grant; near exhaustion, serve those that still fit."""
         while batch:
             total = sum(r.size for r in batch)
+            # The grant's audit row names every key of the batch (this task's own context).
+            REQUESTED_BY.set(
+                ", ".join(dict.fromkeys(r.requested_by for r in batch if r.requested_by))
+            )
             try:
                 granted = await self._ledger.grant(
                     namespace, total, kind=GRANT_DIRECT, holder=self._holder

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from keygen.constants import MAX_ID
 from keygen.ranges import IdRange
+from keygen.rates import Rates
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,19 @@ class Grant:
     end: int
     kind: str
     holder: str
+    #: The API key(s) of the request(s) it was made for (``keygen/requester.py``); empty
+    #: without keys.
+    requested_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """What one API key allocated on one UTC day (``keygen ledger status --keys``)."""
+
+    key_id: str
+    day: str  # YYYY-MM-DD, UTC
+    requests: int
+    ids: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,7 @@ class ApiKeyRecord:
     secret_id: str  # a fingerprint of the server secret that made ``digest``, not the secret
     created_at: float  # epoch seconds
     revoked_at: float | None = None
+    rates: Rates = field(default_factory=Rates)  # its rate limits (none: unlimited)
 
 
 class Ledger(Protocol):
@@ -145,6 +160,18 @@ class Ledger(Protocol):
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Mark the key revoked; False when no key has that id or it was revoked already."""
+        ...
+
+    async def add_key_usage(self, day: str, usage: dict[str, tuple[int, int]]) -> None:
+        """Add ``{key id: (requests, ids)}`` to the usage of ``day`` (YYYY-MM-DD, UTC).
+
+        Raises:
+            LedgerUnavailable: the ledger cannot be reached or did not commit.
+        """
+        ...
+
+    async def key_usage(self, since_day: str) -> list[KeyUsage]:
+        """The usage of every key from ``since_day`` on, by day then key."""
         ...
 
     async def ping(self) -> None:

@@ -42,6 +42,7 @@ from keygen.errors import (
 from keygen.ledgers.base import (
     ApiKeyRecord,
     Grant,
+    KeyUsage,
     NamespaceStatus,
     ReserveUsage,
     like_prefix,
@@ -49,7 +50,9 @@ from keygen.ledgers.base import (
 from keygen.ledgers.postgres_migrations import MIGRATION_LOCK_KEY, Connection, migrate
 from keygen.ledgers.retention import AuditRetention
 from keygen.ranges import IdRange
+from keygen.rates import Rates
 from keygen.redact import redact_url
+from keygen.requester import REQUESTED_BY
 from keygen.snapshots import PostgresSnapshot
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,8 @@ WITH durable AS MATERIALIZED (
       AND (SELECT synchronous_commit FROM durable) = 'on'
     RETURNING last_id
 ), audit AS (
-    INSERT INTO keygen_grants (namespace, start_id, end_id, kind, holder)
-    SELECT $1, last_id - $2 + 1, last_id, $3, $4 FROM granted
+    INSERT INTO keygen_grants (namespace, start_id, end_id, kind, holder, requested_by)
+    SELECT $1, last_id - $2 + 1, last_id, $3, $4, $5 FROM granted
 )
 SELECT last_id FROM granted
 """
@@ -355,23 +358,25 @@ class PostgresLedger:
         if count < 1:
             raise ValueError("count must be at least 1")
         try:
-            return await self._grant(namespace, count, kind, holder)
+            return await self._grant(namespace, count, kind, holder, REQUESTED_BY.get())
         except LedgerUnavailable as exc:
             if not isinstance(exc.__cause__, _STALE_CONNECTION):
                 raise
         # The connection died (typically a stale one after a server restart; the pool has
         # been renewed). Retrying is safe: if the first attempt did commit, its span is
         # wasted, never returned.
-        return await self._grant(namespace, count, kind, holder)
+        return await self._grant(namespace, count, kind, holder, REQUESTED_BY.get())
 
-    async def _grant(self, namespace: str, count: int, kind: str, holder: str) -> IdRange:
+    async def _grant(
+        self, namespace: str, count: int, kind: str, holder: str, requested_by: str
+    ) -> IdRange:
         async with self._connection("grant") as conn:
             if count > MAX_ID:
                 raise await self._exhausted(conn, namespace, count)
-            row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
+            row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder, requested_by)
             if row is None:  # a new namespace, or an exhausted one
                 await self._create_namespace(conn, namespace)
-                row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder)
+                row = await conn.fetchrow(GRANT_SQL, namespace, count, kind, holder, requested_by)
             if row is None:
                 raise await self._exhausted(conn, namespace, count)
         last_id: int = row[0]
@@ -435,7 +440,8 @@ class PostgresLedger:
     ) -> list[Grant]:
         async with self._connection("reading the audit trail") as conn:
             rows = await conn.fetch(
-                "SELECT id, namespace, start_id, end_id, kind, holder FROM keygen_grants"
+                "SELECT id, namespace, start_id, end_id, kind, holder, requested_by"
+                " FROM keygen_grants"
                 " WHERE id > $1 AND holder LIKE $2 ESCAPE '\\' ORDER BY id LIMIT $3",
                 after,
                 like_prefix(holder_prefix),
@@ -446,7 +452,8 @@ class PostgresLedger:
     async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
         async with self._connection("reading the audit trail") as conn:
             rows = await conn.fetch(
-                "SELECT id, namespace, start_id, end_id, kind, holder FROM keygen_grants"
+                "SELECT id, namespace, start_id, end_id, kind, holder, requested_by"
+                " FROM keygen_grants"
                 " WHERE namespace = $1 AND end_id >= $2 AND start_id <= $3 ORDER BY id",
                 namespace,
                 start,
@@ -470,21 +477,26 @@ class PostgresLedger:
     async def add_api_key(self, key: ApiKeyRecord) -> None:
         async with self._connection("adding an API key") as conn:
             await conn.execute(
-                "INSERT INTO keygen_api_keys (id, name, digest, scopes, secret_id, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, to_timestamp($6))",
+                "INSERT INTO keygen_api_keys (id, name, digest, scopes, secret_id, created_at,"
+                " requests_per_second, ids_per_second, ids_per_day)"
+                " VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7, $8, $9)",
                 key.id,
                 key.name,
                 key.digest,
                 " ".join(key.scopes),
                 key.secret_id,
                 key.created_at,
+                key.rates.requests_per_second,
+                key.rates.ids_per_second,
+                key.rates.ids_per_day,
             )
 
     async def api_keys(self) -> list[ApiKeyRecord]:
         async with self._connection("reading the API keys") as conn:
             rows = await conn.fetch(
                 "SELECT id, name, digest, scopes, secret_id, extract(epoch FROM created_at),"
-                " extract(epoch FROM revoked_at) FROM keygen_api_keys ORDER BY created_at, id"
+                " extract(epoch FROM revoked_at), requests_per_second, ids_per_second,"
+                " ids_per_day FROM keygen_api_keys ORDER BY created_at, id"
             )
         return [
             ApiKeyRecord(
@@ -495,9 +507,30 @@ class PostgresLedger:
                 r[4],
                 float(r[5]),
                 None if r[6] is None else float(r[6]),
+                Rates(r[7], r[8], r[9]),
             )
             for r in rows
         ]
+
+    async def add_key_usage(self, day: str, usage: dict[str, tuple[int, int]]) -> None:
+        async with self._connection("recording usage per key") as conn:
+            await conn.executemany(
+                "INSERT INTO keygen_key_usage (key_id, day, requests, ids)"
+                " VALUES ($1, $2::text::date, $3, $4)"
+                " ON CONFLICT (key_id, day) DO UPDATE SET"
+                " requests = keygen_key_usage.requests + excluded.requests,"
+                " ids = keygen_key_usage.ids + excluded.ids",
+                [(key_id, day, requests, ids) for key_id, (requests, ids) in usage.items()],
+            )
+
+    async def key_usage(self, since_day: str) -> list[KeyUsage]:
+        async with self._connection("reading usage per key") as conn:
+            rows = await conn.fetch(
+                "SELECT key_id, day::text, requests, ids FROM keygen_key_usage"
+                " WHERE day >= $1::text::date ORDER BY day, key_id",
+                since_day,
+            )
+        return [KeyUsage(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
         async with self._connection("revoking an API key") as conn:

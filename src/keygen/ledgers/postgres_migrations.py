@@ -114,6 +114,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "rate limits of API keys, the keys each grant was made for, usage per key and day",
+        """
+        ALTER TABLE keygen_api_keys
+            ADD COLUMN requests_per_second bigint,
+            ADD COLUMN ids_per_second bigint,
+            ADD COLUMN ids_per_day bigint;
+        ALTER TABLE keygen_grants ADD COLUMN requested_by text NOT NULL DEFAULT '';
+        CREATE TABLE keygen_key_usage (
+            key_id   text NOT NULL,
+            day      date NOT NULL,  -- UTC
+            requests bigint NOT NULL,
+            ids      numeric NOT NULL,
+            PRIMARY KEY (key_id, day)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -22,12 +22,15 @@ from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespac
 from keygen.ledgers.base import (
     ApiKeyRecord,
     Grant,
+    KeyUsage,
     NamespaceStatus,
     ReserveUsage,
     like_prefix,
 )
 from keygen.ledgers.retention import AuditRetention
 from keygen.ranges import IdRange
+from keygen.rates import Rates
+from keygen.requester import REQUESTED_BY
 
 T = TypeVar("T")
 
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS grants (
     end_id     INTEGER NOT NULL,
     kind       TEXT NOT NULL,
     holder     TEXT NOT NULL,
-    granted_at REAL NOT NULL
+    granted_at REAL NOT NULL,
+    requested_by TEXT NOT NULL DEFAULT ''  -- the API key(s) it was made for (keygen/requester.py)
 );
 CREATE INDEX IF NOT EXISTS grants_by_namespace ON grants (namespace, end_id);
 CREATE TABLE IF NOT EXISTS reserve_usage (
@@ -69,9 +73,37 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes     TEXT NOT NULL,         -- space-separated
     secret_id  TEXT NOT NULL,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    requests_per_second INTEGER,  -- rate limits (keygen/quotas.py); NULL: none
+    ids_per_second      INTEGER,
+    ids_per_day         INTEGER
+);
+CREATE TABLE IF NOT EXISTS key_usage (
+    key_id   TEXT NOT NULL,
+    day      TEXT NOT NULL,  -- YYYY-MM-DD, UTC
+    requests INTEGER NOT NULL,
+    ids      INTEGER NOT NULL,
+    PRIMARY KEY (key_id, day)
 );
 """
+
+#: Columns added after a table first shipped: added to a ledger file made before them.
+ADDED_COLUMNS = {
+    "grants": {"requested_by": "TEXT NOT NULL DEFAULT ''"},
+    "api_keys": {
+        "requests_per_second": "INTEGER",
+        "ids_per_second": "INTEGER",
+        "ids_per_day": "INTEGER",
+    },
+}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, declaration in columns.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 class SqliteLedger:
@@ -117,6 +149,7 @@ class SqliteLedger:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        _add_missing_columns(db)
         self._db = db
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -137,9 +170,12 @@ class SqliteLedger:
     async def grant(self, namespace: str, count: int, *, kind: str, holder: str) -> IdRange:
         if count < 1:
             raise ValueError("count must be at least 1")
-        return await self._run(lambda: self._grant(namespace, count, kind, holder))
+        requested_by = REQUESTED_BY.get()  # here: the executor's thread has another context
+        return await self._run(lambda: self._grant(namespace, count, kind, holder, requested_by))
 
-    def _grant(self, namespace: str, count: int, kind: str, holder: str) -> IdRange:
+    def _grant(
+        self, namespace: str, count: int, kind: str, holder: str, requested_by: str
+    ) -> IdRange:
         def work(db: sqlite3.Connection) -> IdRange:
             row = db.execute(
                 "SELECT last_id FROM counters WHERE namespace = ?", (namespace,)
@@ -155,9 +191,10 @@ class SqliteLedger:
             now = time.time()
             self._store_last_id(db, namespace, last + count, now)
             db.execute(
-                "INSERT INTO grants (namespace, start_id, end_id, kind, holder, granted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (namespace, last + 1, last + count, kind, holder, now),
+                "INSERT INTO grants"
+                " (namespace, start_id, end_id, kind, holder, granted_at, requested_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (namespace, last + 1, last + count, kind, holder, now, requested_by),
             )
             return IdRange(namespace, last + 1, last + count)
 
@@ -248,7 +285,7 @@ class SqliteLedger:
         pattern = like_prefix(holder_prefix)
         rows = await self._run(
             lambda: self._conn.execute(
-                "SELECT id, namespace, start_id, end_id, kind, holder FROM grants"
+                "SELECT id, namespace, start_id, end_id, kind, holder, requested_by FROM grants"
                 " WHERE id > ? AND holder LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
                 (after, pattern, limit),
             ).fetchall()
@@ -258,7 +295,7 @@ class SqliteLedger:
     async def overlapping(self, namespace: str, start: int, end: int) -> list[Grant]:
         rows = await self._run(
             lambda: self._conn.execute(
-                "SELECT id, namespace, start_id, end_id, kind, holder FROM grants"
+                "SELECT id, namespace, start_id, end_id, kind, holder, requested_by FROM grants"
                 " WHERE namespace = ? AND end_id >= ? AND start_id <= ? ORDER BY id",
                 (namespace, start, end),
             ).fetchall()
@@ -294,9 +331,20 @@ class SqliteLedger:
     async def add_api_key(self, key: ApiKeyRecord) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO api_keys (id, name, digest, scopes, secret_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key.id, key.name, key.digest, " ".join(key.scopes), key.secret_id, key.created_at),
+                "INSERT INTO api_keys (id, name, digest, scopes, secret_id, created_at,"
+                " requests_per_second, ids_per_second, ids_per_day)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.name,
+                    key.digest,
+                    " ".join(key.scopes),
+                    key.secret_id,
+                    key.created_at,
+                    key.rates.requests_per_second,
+                    key.rates.ids_per_second,
+                    key.rates.ids_per_day,
+                ),
             )
 
         await self._run(lambda: self._write(work))
@@ -304,14 +352,45 @@ class SqliteLedger:
     async def api_keys(self) -> list[ApiKeyRecord]:
         rows = await self._run(
             lambda: self._conn.execute(
-                "SELECT id, name, digest, scopes, secret_id, created_at, revoked_at"
+                "SELECT id, name, digest, scopes, secret_id, created_at, revoked_at,"
+                " requests_per_second, ids_per_second, ids_per_day"
                 " FROM api_keys ORDER BY created_at, id"
             ).fetchall()
         )
         return [
-            ApiKeyRecord(key_id, name, digest, tuple(scopes.split()), secret_id, created, revoked)
-            for key_id, name, digest, scopes, secret_id, created, revoked in rows
+            ApiKeyRecord(
+                key_id,
+                name,
+                digest,
+                tuple(scopes.split()),
+                secret_id,
+                created,
+                revoked,
+                Rates(*limits),
+            )
+            for key_id, name, digest, scopes, secret_id, created, revoked, *limits in rows
         ]
+
+    async def add_key_usage(self, day: str, usage: dict[str, tuple[int, int]]) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO key_usage (key_id, day, requests, ids) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key_id, day) DO UPDATE SET"
+                " requests = requests + excluded.requests, ids = ids + excluded.ids",
+                [(key_id, day, requests, ids) for key_id, (requests, ids) in usage.items()],
+            )
+
+        await self._run(lambda: self._write(work))
+
+    async def key_usage(self, since_day: str) -> list[KeyUsage]:
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT key_id, day, requests, ids FROM key_usage WHERE day >= ?"
+                " ORDER BY day, key_id",
+                (since_day,),
+            ).fetchall()
+        )
+        return [KeyUsage(*row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
         def work(db: sqlite3.Connection) -> bool:
