@@ -36,3 +36,14 @@ async def test_documented_responses_are_what_the_server_writes(
     error = (await client.post("/allocate", json={"size": 0})).json()
     assert set(components["ErrorResponse"]["required"]) == set(error)
     assert set(components["ErrorDetail"]["required"]) == set(error["error"])
+
+
+async def test_the_bearer_scheme_is_documented(client: httpx.AsyncClient) -> None:
+    """API keys are a bearer scheme, optional everywhere (KEYGEN_AUTH may not require them)
+    and never asked of the orchestrators' probes; the refusals they cause are documented."""
+    schema = (await client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["security"] == [{"bearer": []}, {}]
+    assert schema["paths"]["/health/live"]["get"]["security"] == []
+    assert schema["paths"]["/health/ready"]["get"]["security"] == []
+    assert set(schema["paths"]["/allocate"]["post"]["responses"]) >= {"401", "403", "429"}

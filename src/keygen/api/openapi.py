@@ -14,14 +14,30 @@ from keygen.api.schemas import AllocateRequest
 from keygen.ranges import AllocatedRange
 
 REF_TEMPLATE = "#/components/schemas/{name}"
+#: API keys (keygen/auth.py): optional in the schema, since KEYGEN_AUTH may not require them.
+BEARER = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key made by `keygen keys create`, as `Authorization: Bearer "
+        "<token>`; required once the ledger holds a key (KEYGEN_AUTH=auto) or always "
+        "(KEYGEN_AUTH=required). /health/live and /health/ready never need one.",
+    }
+}
+#: Every operation may carry a key or, when keys are not required, none.
+KEY_OR_NONE: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+OPEN_OPERATIONS = ("/health/live", "/health/ready")
 
 _ERRORS = {
     "400": "Malformed JSON, invalid HTTP, or a Host not in KEYGEN_ALLOWED_HOSTS",
+    "401": "Keys are required and the request has none, or an unknown or revoked one",
+    "403": "The key has no allocate:<glob> scope matching the namespace",
     "405": "Method not allowed",
     "408": "The body did not arrive within KEYGEN_BODY_TIMEOUT; the connection is closed",
     "409": "The namespace has too few IDs left below 2**63-1",
     "413": "Body too large",
     "415": "Content-Type is not application/json (required even without a body)",
+    "429": "Over a rate limit of the key or the namespace; see Retry-After and RateLimit-*",
     "431": "The request line and headers are over KEYGEN_MAX_HEADER_BYTES",
     "422": "Invalid field: size out of range, bad namespace, unknown field",
     "503": "No layer could allocate in time; see the Retry-After header",
@@ -44,7 +60,13 @@ def install_openapi(api: FastAPI) -> None:
             description=api.description,
             routes=api.routes,
         )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        schema["components"] = schema.get("components", {})
+        schema["components"]["securitySchemes"] = BEARER
+        schema["security"] = KEY_OR_NONE
+        for path in OPEN_OPERATIONS:
+            for operation in schema["paths"].get(path, {}).values():
+                operation["security"] = []
+        components = schema["components"].setdefault("schemas", {})
         request = AllocateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         settings = getattr(api.state, "settings", None)
         if settings is not None:
