@@ -50,6 +50,7 @@ LAYERS = {
     "keygen": 0,
     # Stand apart: a program that allocates, or checks ranges, needs nothing of the server.
     "keygen.client": 0,
+    "keygen.pool": 0,
     "keygen.checker": 0,
 }
 
