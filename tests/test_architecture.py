@@ -17,6 +17,7 @@ LAYERS = {
     "keygen.cli": 6,
     "keygen.backup_cli": 6,
     "keygen.keys_cli": 6,
+    "keygen.tls": 6,
     "keygen.__main__": 6,
     "keygen.chaos": 6,
     "keygen.cluster": 6,

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,11 +33,12 @@ from keygen.cluster.cli import add_cluster_commands
 from keygen.config import Settings, describe
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.errors import LedgerUnavailable
-from keygen.keys_cli import add_keys_commands, auth_warning
+from keygen.keys_cli import add_keys_commands, auth_warning, key_usage
 from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
 from keygen.monitor import add_monitor_command
 from keygen.redact import redact_url
+from keygen.tls import CERT_REQS, apply_tls_flags, tls_problem
 
 if TYPE_CHECKING:
     from keygen.audit import AuditVerdict
@@ -82,7 +84,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from keygen.api.protocol import raise_descriptor_limit
 
+    apply_tls_flags(args)
     settings = _settings()  # fail here, clearly, rather than in every worker
+    if (problem := tls_problem(settings)) is not None:
+        err.print(f"[red]keygen: invalid configuration[/red]: {escape(problem)}")
+        return 2
     if (soft := raise_descriptor_limit(settings.max_connections)) is not None:
         err.print(
             f"[yellow]keygen: KEYGEN_MAX_CONNECTIONS={settings.max_connections} needs more "
@@ -97,7 +103,8 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
-            loop="uvloop",
+            # With TLS, uvloop's with a bound on the handshake (uvicorn passes none: 60 s).
+            loop="keygen.tls:event_loop" if settings.ssl_certfile else "uvloop",
             # httptools with the edge's limits: connections, header size and time, pipelining.
             http="keygen.api.protocol:KeygenHttpProtocol",
             timeout_keep_alive=max(1, round(settings.keepalive_timeout)),
@@ -106,6 +113,10 @@ def serve(args: argparse.Namespace) -> int:
             access_log=settings.access_log,
             # Long enough for a request whose body arrives at the last moment to get its answer.
             timeout_graceful_shutdown=int(settings.body_timeout + settings.allocation_timeout) + 1,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_cert_reqs=CERT_REQS[settings.ssl_client_cert],
         )
     return 0
 
@@ -155,8 +166,25 @@ def _remove_stale_run_dirs(where: Path) -> None:
 
 
 def allocate(args: argparse.Namespace) -> int:
+    if args.client_key is not None and args.client_cert is None:
+        err.print("[red]keygen: --client-key needs --client-cert[/red]")
+        return 2
+    cert: str | tuple[str, str] | None = args.client_cert
+    if args.client_cert is not None and args.client_key is not None:
+        cert = (args.client_cert, args.client_key)
     try:
-        with KeygenClient(args.url, retries=0, api_key=args.api_key or None) as client:
+        client = KeygenClient(
+            args.url,
+            retries=0,
+            api_key=args.api_key or None,
+            verify=args.ca_certs or True,
+            cert=cert,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        err.print(f"[red]keygen: cannot use the TLS files: {escape(str(exc))}[/red]")
+        return 2
+    try:
+        with client:
             allocated = client.allocate(size=args.size, namespace=args.namespace)
     except KeygenAPIError as exc:
         err.print(f"[red]keygen: {escape(str(exc))}[/red]")
@@ -198,6 +226,8 @@ async def _ledger_status(settings: Settings) -> list[NamespaceStatus]:
 
 def ledger_status(args: argparse.Namespace) -> int:
     settings = _settings()
+    if args.keys:
+        return key_usage(settings, days=args.days, as_json=args.json)
     if settings.database_url is not None:
         where = f"postgresql ({redact_url(settings.database_url)})"
     else:
@@ -321,6 +351,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    tls = p.add_argument_group("TLS (docs/tls.md); each flag overrides its KEYGEN_SSL_* setting")
+    tls.add_argument(
+        "--ssl-certfile",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the service's certificate chain (PEM): HTTPS instead of HTTP",
+    )
+    tls.add_argument(
+        "--ssl-keyfile",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="the private key of --ssl-certfile (PEM, unencrypted)",
+    )
+    tls.add_argument(
+        "--ssl-ca-certs",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="CA certificates (PEM) that client certificates are checked against",
+    )
+    tls.add_argument(
+        "--ssl-client-cert",
+        choices=tuple(CERT_REQS),
+        default=argparse.SUPPRESS,
+        help="mTLS: 'required' refuses a client without a certificate signed by "
+        "--ssl-ca-certs, 'optional' checks one when given, 'none' asks for none",
+    )
     p.set_defaults(run=serve)
 
     p = commands.add_parser("allocate", help="ask a running service for a range")
@@ -332,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KEYGEN_API_KEY"),
         metavar="TOKEN",
         help="an API key with an allocate:<glob> scope (default: $KEYGEN_API_KEY)",
+    )
+    p.add_argument(
+        "--ca-certs",
+        metavar="FILE",
+        help="CA certificates (PEM) to check an https:// service against (default: the system's)",
+    )
+    p.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="a client certificate (PEM) for a service that requires one (mTLS; docs/tls.md)",
+    )
+    p.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="the private key of --client-cert (default: in --client-cert's file)",
     )
     p.set_defaults(run=allocate)
 
@@ -349,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_commands = p.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
     p = ledger_commands.add_parser("status", help="namespaces, next IDs, headroom, grants")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--keys", action="store_true", help="the usage per API key instead: requests and IDs a day"
+    )
+    p.add_argument("--days", type=int, default=7, help="with --keys: the last DAYS UTC days (7)")
     p.set_defaults(run=ledger_status)
 
     p = commands.add_parser(

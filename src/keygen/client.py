@@ -22,13 +22,21 @@ whose response was lost is only wasted, and a retry gets a range of its own.
 
 One client is meant to be shared by a program's tasks or threads. It keeps at most
 ``max_connections`` connections to each instance; more concurrent requests wait for one.
+
+An ``https://`` instance's certificate is checked against the system's CAs (httpx's), or
+only against ``verify``'s; ``cert`` is the client certificate an instance that asks for one
+(mTLS) is shown. A failed handshake (a certificate not trusted, a plain-HTTP port) is raised
+at once, never retried: no attempt can go otherwise. A service that refuses the client's
+certificate only closes the connection, which is retried as any disconnect (docs/tls.md).
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import httpx
 import msgspec
@@ -37,7 +45,24 @@ import stamina
 from keygen.constants import DEFAULT_HOST, DEFAULT_PORT
 from keygen.ranges import AllocatedRange
 
-__all__ = ["AllocatedRange", "AsyncKeygenClient", "KeygenAPIError", "KeygenClient"]
+__all__ = [
+    "AllocatedRange",
+    "AsyncKeygenClient",
+    "Cert",
+    "KeygenAPIError",
+    "KeygenClient",
+    "Verify",
+    "tls_context",
+    "tls_refusal",
+]
+
+#: How an instance's certificate is checked: True against the system's CAs (httpx's
+#: default), False not at all, a PEM file (or a directory of them) of the CAs to trust, or
+#: an ``ssl.SSLContext`` of the caller's.
+Verify: TypeAlias = bool | str | os.PathLike[str] | ssl.SSLContext
+#: The client certificate shown to an instance that asks for one: a PEM file holding the
+#: certificate and its key, or (certificate file, key file).
+Cert: TypeAlias = str | os.PathLike[str] | tuple[str | os.PathLike[str], str | os.PathLike[str]]
 
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 #: The deadline of one ``allocate`` call, its attempts and waits included. Longer than the
@@ -104,12 +129,61 @@ def _allocated(response: httpx.Response) -> AllocatedRange:
     return _decode_allocated(response.content)
 
 
+def tls_context(verify: Verify = True, cert: Cert | None = None) -> ssl.SSLContext | bool:
+    """What httpx's ``verify`` is given for ``verify`` and ``cert``: ``verify`` itself when
+    there is no client certificate and it is a bool or a context, else a context made here.
+
+    Raises:
+        OSError: A file cannot be read.
+        ssl.SSLError: A file is not PEM, or the key is not the certificate's.
+        ValueError: ``cert`` with a context of the caller's (load it into that context).
+    """
+    if isinstance(verify, ssl.SSLContext):
+        if cert is not None:
+            raise ValueError("load the client certificate into the SSLContext given as verify")
+        return verify
+    if cert is None and isinstance(verify, bool):
+        return verify
+    if verify is True:
+        context = httpx.create_ssl_context()  # the system's CAs, as httpx finds them
+    elif verify is False:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif os.path.isdir(verify):
+        context = ssl.create_default_context(capath=os.fspath(verify))
+    else:
+        context = ssl.create_default_context(cafile=os.fspath(verify))
+    if isinstance(cert, tuple):
+        context.load_cert_chain(cert[0], cert[1])
+    elif cert is not None:
+        context.load_cert_chain(cert)
+    return context
+
+
+def tls_refusal(error: BaseException) -> ssl.SSLError | None:
+    """The TLS error beneath a transport error that says the two sides' certificates or
+    protocols disagree (an untrusted certificate, a plain-HTTP port), if it is one; not an
+    end of file or a reset, which a restart causes too."""
+    cause: BaseException | None = error
+    for _ in range(8):  # httpx's error, httpcore's, then the ssl module's
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLError) and not isinstance(
+            cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
+        ):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _retryable(error: Exception) -> bool:
     """A transport error (refused, reset, timed out), a 408 (the body was too slow to arrive:
     nothing was allocated) or a 5xx (no layer could allocate, an instance restarting, a proxy
-    in front of it). If the failed request was served after all, its range is never used."""
+    in front of it). If the failed request was served after all, its range is never used.
+    Not a TLS refusal: the same certificates get the same answer."""
     if isinstance(error, httpx.TransportError):
-        return True
+        return tls_refusal(error) is None
     return isinstance(error, KeygenAPIError) and (
         error.status_code >= 500 or error.status_code == 408
     )
@@ -261,6 +335,14 @@ class KeygenClient:
         api_key: An API key's token (``keygen keys create``), sent as
             ``Authorization: Bearer <token>`` with every request; a 401 or 403 is raised as
             ``KeygenAPIError`` at once, never retried.
+        verify: How an ``https://`` instance's certificate is checked: True against the
+            system's CAs, a PEM file of the CAs to trust, an ``ssl.SSLContext``, or False
+            (not at all: for tests only).
+        cert: The client certificate for an instance that requires one (mTLS): a PEM file
+            with the certificate and its key, or (certificate file, key file).
+
+    Raises:
+        OSError, ssl.SSLError: A file of ``verify`` or ``cert`` cannot be read or used.
     """
 
     def __init__(
@@ -272,9 +354,12 @@ class KeygenClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
         api_key: str | None = None,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         _check(timeout, retries)
         headers = _headers(api_key)
+        context = tls_context(verify, cert)
         self.timeout = timeout
         self.retries = retries
         self._urls = _urls(base_url)
@@ -285,6 +370,7 @@ class KeygenClient:
                 limits=_limits(max_connections),
                 transport=transport,
                 headers=headers,
+                verify=context,
             )
             for url in self._urls
         ]
@@ -338,9 +424,12 @@ class AsyncKeygenClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
+        verify: Verify = True,
+        cert: Cert | None = None,
     ) -> None:
         _check(timeout, retries)
         headers = _headers(api_key)
+        context = tls_context(verify, cert)
         self.timeout = timeout
         self.retries = retries
         self._urls = _urls(base_url)
@@ -351,6 +440,7 @@ class AsyncKeygenClient:
                 limits=_limits(max_connections),
                 transport=transport,
                 headers=headers,
+                verify=context,
             )
             for url in self._urls
         ]
@@ -394,3 +484,13 @@ class AsyncKeygenClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def __getattr__(name: str) -> Any:
+    """``keygen.client.IdPool`` and ``AsyncIdPool``, from ``keygen/pool.py`` (built on the
+    clients above, so imported when first asked for: no import cycle)."""
+    if name in ("IdPool", "AsyncIdPool", "PoolExhausted", "PoolRange"):
+        from keygen import pool
+
+        return getattr(pool, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ import asyncio
 import ipaddress
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -19,9 +19,10 @@ from keygen.auth import load_secret, new_key, parse_scope
 from keygen.config import Settings, describe
 from keygen.errors import KeygenError
 from keygen.ledgers import open_ledger
-from keygen.ledgers.base import ApiKeyRecord
+from keygen.ledgers.base import ApiKeyRecord, KeyUsage
+from keygen.rates import MAX_RATE, Rates
 
-__all__ = ["add_keys_commands", "auth_warning", "is_loopback"]
+__all__ = ["add_keys_commands", "auth_warning", "is_loopback", "key_usage"]
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -50,6 +51,7 @@ def _as_json(record: ApiKeyRecord) -> dict[str, object]:
         "scopes": list(record.scopes),
         "created_at": _when(record.created_at),
         "revoked_at": _when(record.revoked_at) or None,
+        "limits": dict(record.rates.items()),
     }
 
 
@@ -80,7 +82,8 @@ async def _revoke(settings: Settings, key_id: str) -> bool:
 def create(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        token, record = new_key(args.name, args.scope, load_secret(settings), time.time())
+        rates = Rates(args.requests_per_second, args.ids_per_second, args.ids_per_day)
+        token, record = new_key(args.name, args.scope, load_secret(settings), time.time(), rates)
         asyncio.run(_add(settings, record))
     except (KeygenError, OSError, ValueError) as exc:
         err.print(f"[red]keygen keys create: {escape(str(exc))}[/red]")
@@ -90,8 +93,9 @@ def create(args: argparse.Namespace) -> int:
     else:
         print(token)
         err.print(
-            f"key {record.id} ({escape(record.name)}), scopes {' '.join(record.scopes)}: the "
-            "token above is shown only this once; the ledger keeps only its keyed hash."
+            f"key {record.id} ({escape(record.name)}), scopes {' '.join(record.scopes)}, limits "
+            f"{record.rates.describe()}: the token above is shown only this once; the ledger "
+            "keeps only its keyed hash."
         )
     if settings.auth == "off":
         err.print("[yellow]keygen: KEYGEN_AUTH=off: no instance checks keys[/yellow]")
@@ -108,11 +112,16 @@ def list_keys(args: argparse.Namespace) -> int:
         print(json.dumps([_as_json(r) for r in records]))
         return 0
     table = Table(title="API keys")
-    for column in ("id", "name", "scopes", "created", "revoked"):
+    for column in ("id", "name", "scopes", "limits", "created", "revoked"):
         table.add_column(column)
     for r in records:
         table.add_row(
-            r.id, escape(r.name), " ".join(r.scopes), _when(r.created_at), _when(r.revoked_at)
+            r.id,
+            escape(r.name),
+            " ".join(r.scopes),
+            r.rates.describe(),
+            _when(r.created_at),
+            _when(r.revoked_at),
         )
     Console().print(table)
     return 0
@@ -135,11 +144,66 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _usage(settings: Settings, since_day: str) -> tuple[list[ApiKeyRecord], list[KeyUsage]]:
+    ledger = await open_ledger(settings, inspect=True)
+    try:
+        return await ledger.api_keys(), await ledger.key_usage(since_day)
+    finally:
+        await ledger.aclose()
+
+
+def key_usage(settings: Settings, *, days: int, as_json: bool) -> int:
+    """``keygen ledger status --keys``: what each key allocated on each of the last days."""
+    since = (datetime.now(UTC) - timedelta(days=max(1, days) - 1)).strftime("%Y-%m-%d")
+    try:
+        records, usage = asyncio.run(_usage(settings, since))
+    except KeygenError as exc:
+        err.print(f"[red]keygen ledger status: {escape(str(exc))}[/red]")
+        return 1
+    names = {r.id: r.name for r in records}
+    rows = [
+        {
+            "day": u.day,
+            "key_id": u.key_id,
+            "name": names.get(u.key_id, ""),
+            "requests": u.requests,
+            "ids": u.ids,
+        }
+        for u in usage
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    table = Table(title=f"usage per API key since {since} (UTC days)")
+    for column in ("day", "key", "name", "requests", "IDs"):
+        table.add_column(column, justify="right" if column in ("requests", "IDs") else "left")
+    for row in rows:
+        table.add_row(
+            str(row["day"]),
+            str(row["key_id"]),
+            escape(str(row["name"])),
+            f"{row['requests']:,}",
+            f"{row['ids']:,}",
+        )
+    Console().print(table)
+    return 0
+
+
 def _scope(text: str) -> str:
     try:
         return parse_scope(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_RATE}, got {value}")
+    return value
 
 
 def add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -162,7 +226,20 @@ def add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=_scope,
         help="a scope; repeat for several",
     )
-    p.add_argument("--json", action="store_true", help="print JSON: id, name, token, scopes")
+    for flag, what in (
+        ("--requests-per-second", "requests a second"),
+        ("--ids-per-second", "IDs a second"),
+        ("--ids-per-day", "IDs a UTC day"),
+    ):
+        p.add_argument(
+            flag,
+            type=_rate,
+            metavar="N",
+            help=f"at most N {what} with this key, all instances together (429 past it)",
+        )
+    p.add_argument(
+        "--json", action="store_true", help="print JSON: id, name, token, scopes, limits"
+    )
     p.set_defaults(run=create)
 
     p = keys.add_parser("list", help="every key, revoked ones included (never a token)")
@@ -213,9 +290,15 @@ def auth_warning(settings: Settings, host: str) -> str | None:
             if count == 0
             else "KEYGEN_AUTH=auto and the ledger's keys could not be read"
         )
+    plain = (
+        ""
+        if settings.ssl_certfile is not None
+        else " It also speaks plain HTTP: keys and ranges would cross the network readable; "
+        "serve HTTPS (--ssl-certfile, --ssl-keyfile) or end TLS in front of it; docs/tls.md."
+    )
     return (
         f"keygen serve listens on {host}, which is not loopback, and requires no API key "
         f"({why}): anyone who can reach the port may allocate in every namespace and read "
         "every internal detail. Create a key (keygen keys create --name NAME --scope "
-        "allocate:*) or set KEYGEN_AUTH=required; docs/security.md."
+        f"allocate:*) or set KEYGEN_AUTH=required; docs/security.md.{plain}"
     )

@@ -11,6 +11,8 @@ import asyncio
 import math
 import os
 import re
+import ssl
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -69,7 +71,7 @@ async def _frames(
         await asyncio.gather(*reading.values(), return_exceptions=True)
 
 
-async def _run(options: Options, console: Console) -> int:
+async def _run(options: Options, console: Console, verify: ssl.SSLContext | bool) -> int:
     import httpx
     from rich.live import Live
 
@@ -77,7 +79,7 @@ async def _run(options: Options, console: Console) -> int:
     headers = {"accept": "application/json"}
     if options.api_key:
         headers["authorization"] = f"Bearer {options.api_key}"
-    async with httpx.AsyncClient(timeout=options.timeout, headers=headers) as client:
+    async with httpx.AsyncClient(timeout=options.timeout, headers=headers, verify=verify) as client:
         if options.once:
             await asyncio.gather(*(refresh(client, i, options) for i in instances))
             console.print(render(instances, console.width))
@@ -106,6 +108,8 @@ def monitor(args: argparse.Namespace) -> int:
     (or ``--frames`` refreshes)."""
     from rich.console import Console
 
+    from keygen.client import tls_context
+
     options = Options(
         urls=tuple(dict.fromkeys(args.url or [DEFAULT_URL])),
         interval=args.interval,
@@ -114,9 +118,23 @@ def monitor(args: argparse.Namespace) -> int:
         once=args.once,
         frames=args.frames,
         api_key=args.api_key or None,
+        ca_certs=args.ca_certs,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
     )
+    if options.client_key is not None and options.client_cert is None:
+        print("keygen monitor: --client-key needs --client-cert", file=sys.stderr)
+        return 2
+    cert: str | tuple[str, str] | None = options.client_cert
+    if options.client_cert is not None and options.client_key is not None:
+        cert = (options.client_cert, options.client_key)
     try:
-        return asyncio.run(_run(options, Console(highlight=False)))
+        verify = tls_context(options.ca_certs or True, cert)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"keygen monitor: cannot use the TLS files: {exc}", file=sys.stderr)
+        return 2  # as for any other bad option
+    try:
+        return asyncio.run(_run(options, Console(highlight=False), verify))
     except KeyboardInterrupt:
         # Leaving the live screen is its normal end; a script's snapshot cut short is not.
         return 130 if options.once or options.frames else EXIT_HEALTHY
@@ -224,6 +242,21 @@ def add_monitor_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help="an API key with the 'read' scope, for instances that require keys (default: "
         "$KEYGEN_API_KEY)",
+    )
+    parser.add_argument(
+        "--ca-certs",
+        metavar="FILE",
+        help="CA certificates (PEM) to check https:// instances against (default: the system's)",
+    )
+    parser.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="a client certificate (PEM) for instances that require one (mTLS; docs/tls.md)",
+    )
+    parser.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="the private key of --client-cert (default: in --client-cert's file)",
     )
     parser.set_defaults(run=monitor)
 

@@ -77,6 +77,11 @@ class Options:
     frames: int | None = None  # stop after this many refreshes (None: until Ctrl-C)
     #: An API key with the ``read`` scope, for instances that require keys.
     api_key: str | None = None
+    #: The CAs (PEM) an ``https://`` instance's certificate is checked against (None: the
+    #: system's), and the client certificate and key shown to one that asks (mTLS).
+    ca_certs: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
 
 def verdict(instances: Sequence[Instance]) -> int:
@@ -91,10 +96,25 @@ async def _get(client: httpx.AsyncClient, url: str, timeout: float) -> httpx.Res
 
 
 def _why(outcome: BaseException, timeout: float) -> str:
+    import ssl
+
     import httpx
+
+    from keygen.client import tls_refusal
 
     if isinstance(outcome, TimeoutError | httpx.TimeoutException):
         return f"no answer in {timeout:g} s"
+    if (refusal := tls_refusal(outcome)) is not None:
+        if isinstance(refusal, ssl.SSLCertVerificationError):
+            return f"TLS: its certificate is not trusted (--ca-certs): {refusal.verify_message}"
+        return f"TLS: {str(refusal.reason or refusal).lower().replace('_', ' ')}"
+    if isinstance(outcome, httpx.RemoteProtocolError) and _over_https(outcome):
+        # What a client sees when a service that requires mTLS refuses its certificate.
+        return (
+            f"{type(outcome).__name__}: {outcome} (an instance that requires a client "
+            "certificate closes the connection of a client without one it trusts: "
+            "--client-cert)"
+        )
     if isinstance(outcome, httpx.ConnectError):
         # httpx says "All connection attempts failed"; the OSError beneath says why.
         cause: BaseException | None = outcome
@@ -107,6 +127,13 @@ def _why(outcome: BaseException, timeout: float) -> str:
     if isinstance(outcome, httpx.HTTPError):
         return f"{type(outcome).__name__}: {outcome}"
     raise outcome  # not a network failure: a bug, to be seen
+
+
+def _over_https(error: httpx.HTTPError) -> bool:
+    try:
+        return error.request.url.scheme == "https"
+    except RuntimeError:  # an error raised without its request
+        return False
 
 
 def _document(
