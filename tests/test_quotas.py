@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from keygen import quotas as quotas_module
 from keygen.errors import RateLimited
 from keygen.quotas import Counter, Quotas, UsageMeter
 from keygen.rates import NamespaceRule, Rates, parse_namespace_limits
@@ -169,3 +170,27 @@ async def test_usage_per_key_is_added_to_the_ledger_and_kept_while_it_is_down() 
     await usage.flush()  # nothing new: nothing added twice
     totals = {(u.key_id): (u.requests, u.ids) for u in await ledger.key_usage("0000-00-00")}
     assert totals == {"k1": (3, 16), "k2": (1, 1)}
+
+
+def test_namespaces_named_without_end_are_forgotten_least_recent_first(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client naming ever new namespaces grows the table of counters only up to a bound:
+    past it the namespaces counted least recently (and those without limits) are dropped,
+    the busy ones kept with their counts."""
+    monkeypatch.setattr(quotas_module, "MAX_TRACKED_NAMESPACES", 100)
+    quotas = Quotas(parse_namespace_limits("busy:requests_per_second=5;n*:requests_per_second=9"))
+    for index in range(1000):
+        quotas.admit("", None, f"x{index}", 1)  # no rule
+    assert len(quotas._namespaces) <= 100
+    for index in range(60):
+        quotas.admit("", None, f"n{index}", 1)
+    clock.now += 10.0
+    quotas.admit("", None, "busy", 1)
+    for index in range(300):
+        quotas.admit("", None, f"m{index}", 1)
+    assert len(quotas._namespaces) <= 100 and "busy" in quotas._namespaces
+    for _ in range(4):
+        quotas.admit("", None, "busy", 1)
+    with pytest.raises(RateLimited):
+        quotas.admit("", None, "busy", 1)  # its count survived

@@ -52,6 +52,8 @@ LIMITS: Final = {
     "ids_per_day": (DAY, False, True),
 }
 REDIS_PREFIX: Final = "keygen:rate"
+#: Namespaces whose counters (or lack of them) are remembered; past it, idle ones are dropped.
+MAX_TRACKED_NAMESPACES: Final = 20_000
 #: How often the usage per key is added to the ledger.
 USAGE_FLUSH_INTERVAL: Final = 5.0
 
@@ -171,6 +173,8 @@ class Quotas:
         if self.namespaced:
             found = self._namespaces.get(namespace)
             if found is None:
+                if len(self._namespaces) >= MAX_TRACKED_NAMESPACES:
+                    self._forget_idle_namespaces()
                 found = self._namespaces[namespace] = self._namespace_counters(namespace)
             counters += found
         if not counters:
@@ -190,6 +194,18 @@ class Quotas:
                 raise self._refusal(counter, cost, used, now)
         for counter in counters:
             counter.own += size if counter.counts_ids else 1
+
+    def _forget_idle_namespaces(self) -> None:
+        """Bound what namespaces cost in memory (a client may name new ones without end, to
+        be refused later): keep the half counted most recently; the rest start afresh if
+        they come back (so a namespace idle while thousands of others are named may get
+        one window's limit again)."""
+
+        def last_counted(entry: tuple[str, tuple[Counter, ...]]) -> float:
+            return max((c.window * c.period for c in entry[1]), default=-1.0)
+
+        kept = sorted(self._namespaces.items(), key=last_counted)[-MAX_TRACKED_NAMESPACES // 2 :]
+        self._namespaces = dict(kept)
 
     def _namespace_counters(self, namespace: str) -> tuple[Counter, ...]:
         for rule in self.rules:
