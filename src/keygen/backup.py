@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from keygen import __version__
 from keygen.config import Settings
@@ -35,6 +37,7 @@ from keygen.errors import BackupError, KeygenError
 from keygen.ledgers import open_ledger
 from keygen.ledgers.sqlite import LEDGER_FILENAME
 from keygen.progress import Progress
+from keygen.redact import redact_text
 
 MANIFEST = "manifest.json"
 REDIS_LEASES = "redis-leases.json"
@@ -109,10 +112,38 @@ def _pg_tool(name: str) -> str:
     return str(bin_dir / name)
 
 
-def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+def _without_password(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its password (in the userinfo or a ``password=`` parameter), and the
+    environment that gives it to libpq instead: a command line is visible to every local
+    user, a process's environment is not."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    passwords = [value for key, value in query if key == "password"]
+    if not colon and not passwords:
+        return url, {}
+    stripped = parts._replace(
+        netloc=f"{user}{at}{host}",
+        query=urlencode([(k, v) for k, v in query if k != "password"], safe="/"),
+    )
+    return urlunsplit(stripped), {"PGPASSWORD": unquote(password) if colon else passwords[-1]}
+
+
+def _run(argv: list[str], what: str, url: str) -> None:
+    """Run the PostgreSQL tool ``argv`` on the database ``url``, its password passed in the
+    environment; BackupError with the tool's message, credentials masked, if it fails."""
+    dsn, env = _without_password(url)
+    result = subprocess.run(
+        [argv[0], f"--dbname={dsn}", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
     if result.returncode != 0:
-        raise BackupError(f"{what} failed: {result.stderr.strip()[-2000:]}")
+        message = redact_text(result.stderr.strip()[-2000:], url, dsn)
+        raise BackupError(f"{what} failed: {message}")
 
 
 def _pg_dump(url: str, path: Path) -> None:
@@ -122,9 +153,9 @@ def _pg_dump(url: str, path: Path) -> None:
             "--format=custom",
             f"--table={PG_TABLES}",
             f"--file={path}",
-            f"--dbname={url}",
         ],
         "pg_dump",
+        url,
     )
 
 
@@ -257,10 +288,10 @@ async def restore(
                 "--clean",
                 "--if-exists",
                 "--single-transaction",
-                f"--dbname={settings.database_url}",
                 str(source / PG_DUMP_FILE),
             ],
             "pg_restore",
+            settings.database_url,
         )
     ledger = await open_ledger(settings)
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from keygen.cluster import ClusterError, PostgresNode, processes
+from keygen.cluster.postgres import with_address
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -69,3 +70,11 @@ def test_databases_are_created_and_dropped(node: PostgresNode) -> None:
     assert node.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "1"
     node.drop_database(url)
     assert node.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'") == "0"
+
+
+def test_with_address_changes_only_host_and_port() -> None:
+    """A database URL moved to another address (keygen chaos's PostgreSQL proxy) keeps its
+    user, password, database and TLS settings."""
+    url = "postgresql://keygen:pw@127.0.0.1:5432/keygen?sslmode=verify-full&sslrootcert=/ca"
+    assert with_address(url, "127.0.0.1:6000") == url.replace("5432", "6000")
+    assert with_address("postgresql://postgres@h:1/db", "h:2") == "postgresql://postgres@h:2/db"

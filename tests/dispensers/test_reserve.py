@@ -26,7 +26,7 @@ from keygen.dispensers import reserve as reserve_module
 from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailable
-from keygen.ledgers.base import ApiKeyRecord, Grant, ReserveUsage
+from keygen.ledgers.base import ApiKeyRecord, Grant, KeyUsage, ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
 from keygen.metrics import Counters
@@ -89,6 +89,14 @@ class SwitchedLedger:
     async def revoke_api_key(self, key_id: str) -> bool:
         self._check()
         return await self.ledger.revoke_api_key(key_id)
+
+    async def add_key_usage(self, day: str, usage: dict[str, tuple[int, int]]) -> None:
+        self._check()
+        await self.ledger.add_key_usage(day, usage)
+
+    async def key_usage(self, since_day: str) -> list[KeyUsage]:
+        self._check()
+        return await self.ledger.key_usage(since_day)
 
     async def ping(self) -> None:
         self._check()

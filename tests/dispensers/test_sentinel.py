@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from keygen.config import Settings, parse_address_map
-from keygen.dispensers.sentinel import MappedSentinel
+from keygen.dispensers.sentinel import MappedSentinel, redis_link, sentinel_link
 
 pytestmark = pytest.mark.anyio
 
@@ -48,3 +48,30 @@ async def test_discovered_master_goes_through_the_map(monkeypatch: pytest.Monkey
     assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 7000)
     assert await sentinel.discover_master("mymaster") == ("127.0.0.1", 6380)
     await sentinel.aclose()
+
+
+def test_links_carry_the_credentials_and_verify_tls() -> None:
+    """Every Redis and Sentinel connection is built from one place: the ACL user and
+    password of its kind and, with TLS, the certificate and host name always checked."""
+    settings = Settings(
+        redis_sentinel_hosts="127.0.0.1:26379",
+        redis_username="keygen",
+        redis_password="data-secret",
+        redis_tls=True,
+        redis_ssl_ca_certs=Path("/etc/keygen/ca.crt"),
+        redis_sentinel_username="watcher",
+        redis_sentinel_password="sentinel-secret",
+    )
+    assert redis_link(settings) == {
+        "username": "keygen",
+        "password": "data-secret",
+        "ssl": True,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": "/etc/keygen/ca.crt",
+        "ssl_certfile": None,
+        "ssl_keyfile": None,
+    }
+    assert sentinel_link(settings) == {"username": "watcher", "password": "sentinel-secret"}
+    assert redis_link(Settings()) == {} and sentinel_link(Settings()) == {}
+    assert "data-secret" not in repr(settings) and "sentinel-secret" not in repr(settings)

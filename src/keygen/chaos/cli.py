@@ -36,6 +36,7 @@ class ChaosOptions:
     clients: int = 64
     namespaces: Sequence[str] = ("default", "orders", "users")
     extra_env: dict[str, str] = field(default_factory=dict)
+    secure: bool = False  # the topology of `keygen cluster up --secure`: TLS, ACLs, passwords
 
     def command(self) -> str:
         argv = [
@@ -53,6 +54,7 @@ class ChaosOptions:
         argv += (
             ["--schedule", self.schedule] if self.schedule else ["--duration", f"{self.duration:g}"]
         )
+        argv += ["--secure"] if self.secure else []
         argv += [f"--env={name}={value}" for name, value in self.extra_env.items()]
         return shlex.join(argv)
 
@@ -108,6 +110,7 @@ def chaos(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         out=args.out,
         extra_env=dict(args.env),
+        secure=args.secure,
     )
     # SIGTERM (a CI job's timeout, `kill`) stops the run as Ctrl-C does: every process it
     # started is stopped and the report of the run so far is written.
@@ -180,6 +183,12 @@ def add_chaos_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         choices=["short"],
         default=defaults.schedule,
         help="short: every kind once, one after another (~2 min; CI)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="run on the secure topology (`keygen cluster up --secure`): every link TLS, "
+        "ACL users and passwords; the proxies forward the encrypted bytes",
     )
     p.add_argument(
         "--env",

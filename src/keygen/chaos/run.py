@@ -12,6 +12,9 @@ Everything runs on 127.0.0.1 under ``--out`` (default ``.keygen/chaos/<UTC time>
 The instances reach PostgreSQL and each Redis data node through proxies (proxy.py), which
 the nemesis uses for partitions: ``KEYGEN_DATABASE_URL`` names the PostgreSQL proxy, and
 ``KEYGEN_REDIS_ADDRESS_MAP`` maps each address Sentinel hands out to that node's proxy.
+With ``--secure`` the topology is the secure one (TLS, ACL users, passwords): the proxies
+listen on 127.0.0.1 too, so the certificates still match, and forward the TLS bytes as they
+are, which is all a partition or a delay needs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from keygen.chaos.report import build_report, markdown, read_acks, read_attempts
 from keygen.chaos.view import show
 from keygen.cluster import LocalCluster
 from keygen.cluster import processes as _proc
-from keygen.cluster.postgres import with_database
+from keygen.cluster.postgres import with_address
 from keygen.errors import ChaosError, ClusterError
 
 if TYPE_CHECKING:
@@ -101,6 +104,7 @@ class _Setup:
             self.out / "cluster",
             down_after_ms=DOWN_AFTER_MS,
             progress=lambda m: self.say(escape(m)),
+            secure=self.options.secure,
         )
         self.cluster.up()
         assert self.cluster.postgres is not None
@@ -113,10 +117,7 @@ class _Setup:
         env = {
             **self.cluster.env(),
             **SERVICE_ENV,
-            "KEYGEN_DATABASE_URL": with_database(
-                f"postgresql://postgres@{pg.address}/postgres",
-                self.cluster.postgres.database or "keygen",
-            ),
+            "KEYGEN_DATABASE_URL": with_address(self.cluster.postgres.database_url, pg.address),
             "KEYGEN_REDIS_ADDRESS_MAP": ",".join(address_map),
             "KEYGEN_RESERVE_NAMESPACES": ",".join(self.options.namespaces),
             **self.options.extra_env,
@@ -257,6 +258,7 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> ChaosRun
             "instances": options.instances,
             "rate": options.rate,
             "schedule": options.schedule,
+            "secure": options.secure,
             "out": str(out),
             "interrupted": interrupted,
             "sent": load.stats.sent if load else 0,

@@ -1,7 +1,9 @@
-"""``keygen cluster up|status|down|failover|roll``: the local topology from the command line.
+"""``keygen cluster up|env|status|down|failover|roll``: the local topology from the command
+line.
 
 ``up`` prints its progress on stderr and the environment on stdout, so that
-``eval "$(keygen cluster up)"`` points the current shell at the new topology.
+``eval "$(keygen cluster up)"`` points the current shell at the new topology; ``env`` prints
+that environment again (with ``--secure``, it holds the ``keygen`` user's passwords).
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ def _new_cluster(args: argparse.Namespace) -> LocalCluster:
     elif base == 0:
         base = None
     return LocalCluster(
-        args.dir, base, args.down_after_ms, with_postgres=not args.no_postgres, progress=_progress
+        args.dir,
+        base,
+        args.down_after_ms,
+        with_postgres=not args.no_postgres,
+        progress=_progress,
+        secure=args.secure,
     )
 
 
@@ -74,6 +81,7 @@ def _reopened_cluster(args: argparse.Namespace, cluster: LocalCluster) -> LocalC
             and args.down_after_ms != cluster.down_after_ms
         )
         or args.no_postgres != (cluster.postgres is None)
+        or (args.secure and not cluster.secure)
     ):
         _progress(
             "this directory already holds a cluster: its recorded settings are used "
@@ -103,8 +111,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted; what was started has been stopped")
-    for key, value in cluster.env().items():
-        print(f"export {key}={shlex.quote(value)}")
+    _print_env(cluster)
     where = _escape(shlex.quote(str(args.dir)))
     _err().print(
         f"[green]cluster up[/green] in {_escape(str(cluster.directory))}. Next:\n"
@@ -113,6 +120,23 @@ def cluster_up(args: argparse.Namespace) -> int:
         f"  keygen cluster status --dir {where}\n"
         f"  keygen cluster down --dir {where}"
     )
+    return 0
+
+
+def _print_env(cluster: LocalCluster) -> None:
+    for key, value in cluster.env().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def cluster_env(args: argparse.Namespace) -> int:
+    from keygen.cluster.topology import LocalCluster
+
+    if not LocalCluster.exists(args.dir):
+        return _fail(f"no cluster recorded in {args.dir}")
+    try:
+        _print_env(LocalCluster.load(args.dir))
+    except ClusterError as exc:
+        return _fail(str(exc))
     return 0
 
 
@@ -205,7 +229,7 @@ def cluster_roll(args: argparse.Namespace) -> int:
 
 
 def add_cluster_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cluster up|status|down|failover|roll`` to the ``keygen`` command."""
+    """Add ``cluster up|env|status|down|failover|roll`` to the ``keygen`` command."""
     parser = subparsers.add_parser(
         "cluster",
         help="run the local topology: Redis master + 2 replicas, 3 Sentinels, PostgreSQL",
@@ -244,12 +268,26 @@ def add_cluster_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
     )
     p.add_argument("--no-postgres", action="store_true", help="do not run PostgreSQL")
     p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS only on every node, ACL users with generated passwords, PostgreSQL over "
+        "TLS with SCRAM (certificates in DIR/tls, passwords in DIR/credentials.json)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=90.0,
         help="seconds to wait for readiness (default %(default)s)",
     )
     p.set_defaults(run=cluster_up)
+
+    p = with_dir(
+        commands.add_parser(
+            "env",
+            help="print the environment that points Keygen at the cluster (`eval` it)",
+        )
+    )
+    p.set_defaults(run=cluster_env)
 
     p = with_dir(
         commands.add_parser(

@@ -6,6 +6,13 @@ user. The server runs with ``fsync=on`` and ``synchronous_commit=on``: the ledge
 safety rests on them. Clients connect over TCP with ``trust`` authentication, which is why
 the server listens on 127.0.0.1 only.
 
+A node given a :class:`~keygen.cluster.security.Security` is the secure one instead: TLS
+only (``pg_hba.conf`` has a single ``hostssl`` line: SCRAM passwords and a client
+certificate signed by the topology's CA, nothing for unencrypted connections), a superuser
+password, and a ``keygen`` role that owns :attr:`~PostgresNode.database` and is what
+:attr:`~PostgresNode.database_url` names. The server's certificate and key are copied into
+the data dir, owned by the server's user (PostgreSQL refuses a key others can read).
+
 Layout of the node's directory::
 
     data/        the cluster (initdb), with our settings appended to postgresql.conf
@@ -22,11 +29,12 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from keygen.cluster import processes as _proc
 from keygen.cluster.binaries import ensure_postgres_bin_dir
 from keygen.cluster.layout import HOST
+from keygen.cluster.security import KEYGEN_USER, Security
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
 
@@ -51,12 +59,33 @@ SERVER_SETTINGS: Mapping[str, str] = {
     "log_checkpoints": "off",
 }
 
+#: What a secure node adds (the files are copied into the data dir by ``init``).
+SECURE_SETTINGS: Mapping[str, str] = {
+    "ssl": "on",
+    "ssl_cert_file": "'server.crt'",
+    "ssl_key_file": "'server.key'",
+    "ssl_ca_file": "'root.crt'",
+    "password_encryption": "'scram-sha-256'",
+}
+#: A secure node's whole pg_hba.conf: TLS, a password and a certificate, from loopback only.
+SECURE_HBA = (
+    "# Keygen local topology (secure): TLS only, SCRAM passwords, client certificates\n"
+    "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n"
+)
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def with_database(url: str, database: str) -> str:
     """``url`` with its database name replaced."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def with_address(url: str, address: str) -> str:
+    """``url`` with its ``host:port`` replaced (its user, password and query kept)."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{address}"))
 
 
 class PostgresNode:
@@ -82,6 +111,7 @@ class PostgresNode:
         database: str | None = DEFAULT_DATABASE,
         name: str = "postgres",
         progress: Progress = quiet,
+        security: Security | None = None,
     ) -> None:
         if database is not None and not _IDENTIFIER.match(database):
             raise ValueError(f"database name {database!r} is not a plain identifier")
@@ -94,6 +124,7 @@ class PostgresNode:
         self.name = name
         self._bin_dir = bin_dir
         self._progress = progress
+        self.security = security
         self._databases = 0
         #: Processes we killed: a restart waits until the kernel has reaped them all.
         self._killed: list[int] = []
@@ -102,15 +133,29 @@ class PostgresNode:
 
     # -- addresses ------------------------------------------------------------------------
 
+    def _url(self, user: str, password: str | None, database: str) -> str:
+        where = f"{self.host}:{self.port}/{database}"
+        if password is None or self.security is None:
+            return f"postgresql://{user}@{where}"
+        query = urlencode(self.security.libpq_params(), safe="/")
+        return f"postgresql://{user}:{password}@{where}?{query}"
+
     @property
     def url(self) -> str:
-        """The superuser's URL for the ``postgres`` maintenance database."""
-        return f"postgresql://{SERVER_USER}@{self.host}:{self.port}/postgres"
+        """The superuser's URL for the ``postgres`` maintenance database (on a secure node
+        with its password, ``sslmode=verify-full`` and the certificates)."""
+        password = self.security.credentials.postgres_admin if self.security else None
+        return self._url(SERVER_USER, password, "postgres")
 
     @property
     def database_url(self) -> str:
-        """The URL of :attr:`database` (``KEYGEN_DATABASE_URL``)."""
-        return self.url if self.database is None else with_database(self.url, self.database)
+        """The URL of :attr:`database` (``KEYGEN_DATABASE_URL``): the superuser's, or on a
+        secure node the ``keygen`` role's."""
+        if self.database is None:
+            return self.url
+        if self.security is None:
+            return with_database(self.url, self.database)
+        return self._url(KEYGEN_USER, self.security.credentials.postgres_keygen, self.database)
 
     @property
     def bin_dir(self) -> Path:
@@ -133,24 +178,52 @@ class PostgresNode:
         if user:
             shutil.chown(self.directory, user, user)
             self._check_reachable(user)
-        self._run(
-            [
-                str(self.bin_dir / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                SERVER_USER,
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-            what="initdb",
-        )
-        settings = "".join(f"{key} = {value}\n" for key, value in SERVER_SETTINGS.items())
+        auth = ["--auth=trust"]
+        pwfile = self.directory / "initdb.pw"
+        if self.security is not None:
+            self._private_file(pwfile, self.security.credentials.postgres_admin.encode())
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            self._run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SERVER_USER,
+                    *auth,
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                what="initdb",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        settings = dict(SERVER_SETTINGS)
+        if self.security is not None:
+            settings.update(SECURE_SETTINGS)
+            certs = self.security.certs
+            for source, target in (
+                (certs.server_cert, "server.crt"),
+                (certs.server_key, "server.key"),
+                (certs.ca, "root.crt"),
+            ):
+                self._private_file(self.data_dir / target, source.read_bytes())
+            self._private_file(self.data_dir / "pg_hba.conf", SECURE_HBA.encode())
+        lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as fh:
-            fh.write(f"\n# Keygen local topology\nport = {self.port}\n{settings}")
+            fh.write(f"\n# Keygen local topology\nport = {self.port}\n{lines}")
+
+    def _private_file(self, path: Path, content: bytes) -> None:
+        """Write ``path`` 0600, owned by the server's user."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.chmod(path, 0o600)
+        if user := self._server_user():
+            shutil.chown(path, user, user)
 
     def start(self, timeout: float = 60.0) -> None:
         """``initdb`` if needed, start the server, wait until it accepts connections and
@@ -184,6 +257,8 @@ class PostgresNode:
         )
         if self.database is not None:
             self.create_database(self.database)
+            if self.security is not None:
+                self._keygen_role(self.database, self.security.credentials.postgres_keygen)
         if self.on_start is not None:
             self.on_start()
 
@@ -306,8 +381,37 @@ class PostgresNode:
 
     # -- databases ------------------------------------------------------------------------
 
-    def psql(self, sql: str, database: str = "postgres") -> str:
-        """Run one SQL command through ``psql`` as the superuser; return its unaligned output."""
+    def _keygen_role(self, database: str, password: str) -> None:
+        """The ``keygen`` role, with ``password``, owning ``database`` (so that its schema
+        migrations may create tables in it)."""
+        self.psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{KEYGEN_USER}') "
+            f"THEN CREATE ROLE {KEYGEN_USER} LOGIN; END IF; END $$;"
+        )
+        self.psql(f"ALTER ROLE {KEYGEN_USER} LOGIN PASSWORD '{password}'", secret=True)
+        self.psql(f'ALTER DATABASE "{database}" OWNER TO {KEYGEN_USER}')
+
+    def client_env(self) -> dict[str, str]:
+        """The environment for ``psql``, ``pg_dump``... as the superuser: on a secure node
+        its password and the TLS settings (libpq's ``PG*`` variables)."""
+        env = dict(os.environ)
+        if self.security is not None:
+            env["PGPASSWORD"] = self.security.credentials.postgres_admin
+            params = self.security.libpq_params()
+            env.update(
+                PGSSLMODE=params["sslmode"],
+                PGSSLROOTCERT=params["sslrootcert"],
+                PGSSLCERT=params["sslcert"],
+                PGSSLKEY=params["sslkey"],
+            )
+        return env
+
+    def psql(self, sql: str, database: str = "postgres", *, secret: bool = False) -> str:
+        """Run one SQL command through ``psql`` as the superuser; return its unaligned output.
+
+        ``secret``: ``sql`` holds a password, so it goes to psql's stdin rather than onto its
+        command line, which every local user can read.
+        """
         result = subprocess.run(
             [
                 str(self.bin_dir / "psql"),
@@ -324,13 +428,14 @@ class PostgresNode:
                 SERVER_USER,
                 "-d",
                 database,
-                "-c",
-                sql,
+                *(["-f", "-"] if secret else ["-c", sql]),
             ],
+            input=sql if secret else None,
             capture_output=True,
             text=True,
             check=False,
             timeout=60,
+            env=self.client_env(),
         )
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: psql failed: {result.stderr.strip()}")

@@ -188,9 +188,12 @@ def as_user(argv: Sequence[str], user: str | None) -> list[str]:
     return ["runuser", "-u", user, "--", *argv] if user else list(argv)
 
 
-def spawn(argv: Sequence[str], *, cwd: Path, console_log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], *, cwd: Path, console_log: Path, umask: int = -1
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session, so that it outlives the command that started it
-    and a Ctrl-C in that terminal does not reach it. Output goes to ``console_log``."""
+    and a Ctrl-C in that terminal does not reach it. Output goes to ``console_log``;
+    ``umask`` (unless -1, ours) is the one it creates files with."""
     with console_log.open("ab") as out:
         out.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         out.flush()
@@ -202,6 +205,7 @@ def spawn(argv: Sequence[str], *, cwd: Path, console_log: Path) -> subprocess.Po
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            umask=umask,
         )
 
 

@@ -13,6 +13,11 @@ directory holds its config, pid file, log and (data nodes) the AOF::
 The config files are written only when a node is created: afterwards they belong to the
 servers, because Sentinel rewrites them (``CONFIG REWRITE`` on a data node it reconfigures,
 its own state in ``sentinel.conf``). A restart therefore resumes the role the node last had.
+
+A node given a :class:`~keygen.cluster.security.Security` listens with TLS only, has the ACL
+users that module describes (``default`` off), and the launcher's own connections
+(:meth:`client`) authenticate as ``admin`` with the client certificate. Its directory and
+config file are then readable by us alone: the file holds the passwords of its links.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from keygen.cluster.layout import (
     HOST,
 )
 from keygen.cluster.layout import DEFAULT_DOWN_AFTER_MS as DEFAULT_DOWN_AFTER_MS
+from keygen.cluster.security import Security
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
 
@@ -70,6 +76,7 @@ class _ServerProcess:
         name: str,
         binary: Path | None = None,
         progress: Progress = quiet,
+        security: Security | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
         self.port = port
@@ -81,6 +88,7 @@ class _ServerProcess:
         self.console_path = self.directory / "console.log"
         self._binary = binary
         self._progress = progress
+        self.security = security
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._start_time: int | None = None
@@ -91,8 +99,13 @@ class _ServerProcess:
 
     def config_lines(self) -> list[str]:
         """The config file's lines, as written when the node is created."""
+        listen = (
+            [f"port {self.port}"]
+            if self.security is None
+            else ["port 0", f"tls-port {self.port}", *self.security.tls_lines()]
+        )
         return [
-            f"port {self.port}",
+            *listen,
             f"bind {self.host}",
             "protected-mode no",
             "daemonize no",
@@ -108,6 +121,9 @@ class _ServerProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         if overwrite or not self.conf_path.exists():
             self.conf_path.write_text("\n".join(self.config_lines()) + "\n")
+        if self.security is not None:
+            self.directory.chmod(0o700)
+            self.conf_path.chmod(0o600)
 
     @property
     def binary(self) -> Path:
@@ -126,7 +142,13 @@ class _ServerProcess:
         if self.is_running():
             raise ClusterError(f"{self.name} is already running (pid {self._pid})")
         self.write_config()
-        self._proc = _proc.spawn(self.argv(), cwd=self.directory, console_log=self.console_path)
+        self._proc = _proc.spawn(
+            self.argv(),
+            cwd=self.directory,
+            console_log=self.console_path,
+            # The config files it rewrites hold passwords: readable by us alone.
+            umask=-1 if self.security is None else 0o077,
+        )
         self._pid = self._proc.pid
         self._start_time = _proc.start_time(self._pid)
         self.wait_ready(timeout)
@@ -240,8 +262,9 @@ class _ServerProcess:
     # -- talking to it --------------------------------------------------------------------
 
     def client(self, **options: Any) -> redis.Redis:
-        """A redis-py client for this node (strings decoded, short timeouts, no retries);
-        ``options`` override the defaults. Close it (or use it as a context manager)."""
+        """A redis-py client for this node (strings decoded, short timeouts, no retries; on a
+        secure topology as ``admin``, over TLS); ``options`` override the defaults. Close it
+        (or use it as a context manager)."""
         defaults: dict[str, Any] = {
             "host": self.host,
             "port": self.port,
@@ -250,6 +273,8 @@ class _ServerProcess:
             "socket_connect_timeout": CONTROL_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
+        if self.security is not None:
+            defaults.update(self.security.client_options(sentinel=self.kind == "sentinel"))
         return redis.Redis(**{**defaults, **options})
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -280,11 +305,17 @@ class RedisNode(_ServerProcess):
         appendfsync: str = DEFAULT_APPENDFSYNC,
         binary: Path | None = None,
         progress: Progress = quiet,
+        security: Security | None = None,
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         super().__init__(
-            directory, port, name=name or f"redis-{port}", binary=binary, progress=progress
+            directory,
+            port,
+            name=name or f"redis-{port}",
+            binary=binary,
+            progress=progress,
+            security=security,
         )
         self.replicaof = replicaof
         self.appendfsync = appendfsync
@@ -300,6 +331,8 @@ class RedisNode(_ServerProcess):
             # reconfigured replica should catch up at once.
             "repl-diskless-sync-delay 0",
         ]
+        if self.security is not None:
+            lines += self.security.data_node_lines()
         if self.replicaof is not None:
             lines.append(f"replicaof {self.host} {self.replicaof}")
         return lines
@@ -368,9 +401,15 @@ class SentinelNode(_ServerProcess):
         parallel_syncs: int = 1,
         binary: Path | None = None,
         progress: Progress = quiet,
+        security: Security | None = None,
     ) -> None:
         super().__init__(
-            directory, port, name=name or f"sentinel-{port}", binary=binary, progress=progress
+            directory,
+            port,
+            name=name or f"sentinel-{port}",
+            binary=binary,
+            progress=progress,
+            security=security,
         )
         self.master_port = master_port
         self.master_name = master_name
@@ -387,11 +426,13 @@ class SentinelNode(_ServerProcess):
             f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
             f"sentinel parallel-syncs {name} {self.parallel_syncs}",
+            *(self.security.monitor_lines(name) if self.security is not None else []),
         ]
 
     def config_lines(self) -> list[str]:
         return [
             *super().config_lines(),
+            *(self.security.sentinel_lines() if self.security is not None else []),
             "sentinel resolve-hostnames no",
             f"sentinel announce-ip {self.host}",
             *self.monitor_lines(),

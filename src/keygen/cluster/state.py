@@ -38,6 +38,7 @@ class ClusterSettings:
     appendfsync: str
     base_port: int | None
     ports: Ports
+    secure: bool = False  # TLS and ACLs everywhere (keygen.cluster.security)
 
 
 class StateFile:
@@ -102,6 +103,7 @@ class StateFile:
                 sentinels=tuple(recorded["sentinels"]),
                 postgres=recorded["postgres"],
             ),
+            bool(state.get("secure", False)),  # absent from files written before it existed
         )
         return settings, {
             p["name"]: (p.get("pid"), p.get("start_time")) for p in state["processes"]

@@ -4,10 +4,14 @@
 :mod:`keygen.cluster.layout`), waits until the replicas are in sync, every Sentinel knows the
 master, both replicas and both other Sentinels and ``SENTINEL CKQUORUM`` passes, and
 PostgreSQL accepts connections; then it records every pid and port in ``cluster.json``
-(:mod:`keygen.cluster.state`). ``LocalCluster.load(directory)`` reattaches to it from another
-process; ``down()`` stops exactly the recorded processes, each checked through ``/proc``
-(start time and command line) before it is signalled. The waits for readiness after a fault
-come from :class:`~keygen.cluster.readiness.Readiness`.
+(:mod:`keygen.cluster.state`). ``LocalCluster.load(directory)`` reattaches to it from
+another process; ``down()`` stops exactly the recorded processes, each checked through
+``/proc`` (start time and command line) before it is signalled. The waits for readiness
+after a fault come from :class:`~keygen.cluster.readiness.Readiness`.
+
+``secure=True`` makes every link TLS, with ACL users and generated passwords
+(:mod:`keygen.cluster.security`); :meth:`LocalCluster.env` then names the ``keygen`` user's
+credentials, the certificates and a ``verify-full`` database URL.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from keygen.cluster.node import Node
 from keygen.cluster.postgres import PostgresNode
 from keygen.cluster.readiness import Readiness
 from keygen.cluster.redis import RedisNode, SentinelNode
+from keygen.cluster.security import Security
 from keygen.cluster.state import STATE_FILE, ClusterSettings, StateFile
 from keygen.cluster.status import ClusterStatus, status_of
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
+from keygen.redact import MASK, redact_url
 
 __all__ = ["DEFAULT_BASE_PORT", "STATE_FILE", "LocalCluster", "Ports"]
 
@@ -56,6 +62,8 @@ class LocalCluster(Readiness):
         failover_timeout_ms: Sentinel's ``failover-timeout``.
         appendfsync: the data nodes' AOF fsync policy.
         progress: called with a line of text at each step.
+        secure: TLS only, ACL users and generated passwords on every node (certificates in
+            ``directory/tls``, passwords in ``directory/credentials.json``).
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class LocalCluster(Readiness):
         appendfsync: str = DEFAULT_APPENDFSYNC,
         progress: Progress | None = None,
         ports: Ports | None = None,
+        secure: bool = False,
     ) -> None:
         if down_after_ms < 1 or failover_timeout_ms < 1:
             raise ValueError("down_after_ms and failover_timeout_ms must be positive")
@@ -92,6 +101,8 @@ class LocalCluster(Readiness):
                 else Ports.from_base(base_port, with_postgres=with_postgres)
             )
         self.ports = ports
+        self.security = Security(self.directory) if secure else None
+        security = self.security
         say = self.progress
         first = ports.redis[0]
         self.redis_nodes = [
@@ -102,6 +113,7 @@ class LocalCluster(Readiness):
                 replicaof=None if i == 0 else first,
                 appendfsync=appendfsync,
                 progress=say,
+                security=security,
             )
             for i, port in enumerate(ports.redis)
         ]
@@ -116,11 +128,14 @@ class LocalCluster(Readiness):
                 down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
                 progress=say,
+                security=security,
             )
             for i, port in enumerate(ports.sentinels)
         ]
         self.postgres: PostgresNode | None = (
-            PostgresNode(self.directory / "postgres", ports.postgres, progress=say)
+            PostgresNode(
+                self.directory / "postgres", ports.postgres, progress=say, security=security
+            )
             if ports.postgres is not None
             else None
         )
@@ -147,6 +162,7 @@ class LocalCluster(Readiness):
             self.appendfsync,
             self.base_port,
             self.ports,
+            self.secure,
         )
         self._state.write(settings, self.nodes())
 
@@ -165,6 +181,7 @@ class LocalCluster(Readiness):
             failover_timeout_ms=settings.failover_timeout_ms,
             appendfsync=settings.appendfsync,
             ports=settings.ports,
+            secure=settings.secure,
         )
         for node in cluster.nodes():
             node.attach(*recorded.get(node.name, (None, None)))
@@ -174,6 +191,11 @@ class LocalCluster(Readiness):
     def exists(directory: Path | str) -> bool:
         """Whether ``directory`` holds a recorded cluster."""
         return StateFile(Path(directory)).exists()
+
+    @property
+    def secure(self) -> bool:
+        """Whether every link is TLS with ACL users and passwords."""
+        return self.security is not None
 
     # -- up -------------------------------------------------------------------------------
 
@@ -200,6 +222,11 @@ class LocalCluster(Readiness):
         ensure_redis_server(self.progress)
         if self.postgres is not None:
             ensure_postgres_bin_dir(self.progress)
+        if self.security is not None:
+            self.progress(
+                f"secure: certificates in {self.security.certs.directory}, passwords in "
+                f"{self.security.credentials_path} (TLS only, ACL users)"
+            )
         for server in [*self.redis_nodes, *self.sentinels]:
             server.write_config(overwrite=fresh)
         self.save_state()
@@ -223,7 +250,7 @@ class LocalCluster(Readiness):
     def _start_postgres(self, node: PostgresNode, deadline: float) -> None:
         self.progress(f"starting {node.name} (ledger) on {HOST}:{node.port}")
         node.start(timeout=max(1.0, deadline - time.monotonic()))
-        self.progress(f"{node.name} accepts connections: {node.database_url}")
+        self.progress(f"{node.name} accepts connections: {redact_url(node.database_url)}")
 
     def _start_redis(self, deadline: float, *, fresh: bool) -> None:
         for node in self.redis_nodes:
@@ -302,12 +329,15 @@ class LocalCluster(Readiness):
     # -- inspection -----------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        """The environment that points Keygen at this topology."""
+        """The environment that points Keygen at this topology (on a secure one, with the
+        ``keygen`` user's passwords, TLS, and a ``verify-full`` database URL)."""
         env = {
             "REDIS_SENTINEL_HOSTS": ",".join(f"{HOST}:{s.port}" for s in self.sentinels),
             "REDIS_SENTINEL_MASTER_NAME": self.master_name,
             "REDIS_SENTINEL_QUORUM": str(self.quorum),
         }
+        if self.security is not None:
+            env.update(self.security.keygen_env())
         if self.postgres is not None:
             env["KEYGEN_DATABASE_URL"] = self.postgres.database_url
         return env
@@ -316,7 +346,11 @@ class LocalCluster(Readiness):
         """Each process, its pid, whether it runs, its role, and the Sentinels' master."""
         rows = [status_of(node) for node in self.nodes()]
         address, votes, answering = self.sentinel_master()
-        return ClusterStatus(str(self.directory), rows, address, votes, answering, self.env())
+        env = {
+            key: MASK if key.endswith("_PASSWORD") else redact_url(value)
+            for key, value in self.env().items()
+        }  # a status is shown and logged: `keygen cluster env` prints the secrets
+        return ClusterStatus(str(self.directory), rows, address, votes, answering, env)
 
 
 def _stop_recorded(node: Node, timeout: float) -> str:

@@ -56,13 +56,21 @@ class SentinelMonitor:
 
     async def _listen(self, node: Redis) -> None:
         # A connection of its own without a read timeout: a subscriber is silent for hours.
+        # The Sentinels' credentials and TLS settings are those the Sentinel client was built
+        # with (keygen.dispensers.sentinel.sentinel_link), timeouts and retries aside.
         address = node.connection_pool.connection_kwargs
+        link = {
+            key: value
+            for key, value in self.sentinel.sentinel_kwargs.items()
+            if not key.startswith("socket_") and key != "retry"
+        }
         listener = Redis(
             host=address["host"],
             port=address["port"],
             socket_connect_timeout=self._timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),  # the next Sentinel, at once
+            **link,
         )
         pubsub = listener.pubsub()
         try:
