@@ -130,6 +130,19 @@ class Settings(BaseSettings):
         DEFAULT_REDIS_MAX_LEASE_SIZE,
         description="The adaptive lease length never grows past.",
     )
+    redis_segment_seconds: Annotated[float, Field(ge=0, le=60)] = Field(
+        1.0,
+        description="Seconds of this process's demand a segment carved from the Redis lease "
+        "holds (served from memory, the next one fetched ahead); 0: a Redis call per batch.",
+    )
+    redis_segment_min_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
+        10_000, description="A segment's length never drops below."
+    )
+    redis_segment_max_size: Annotated[int, Field(ge=1, le=MAX_REDIS_LEASE)] = Field(
+        10_000_000,
+        description="A segment's length never grows past: a crash wastes at most twice this "
+        "per namespace and process.",
+    )
     redis_address_map: str | None = Field(
         None,
         description="host:port=host:port,... : reach the Redis node Sentinel names at the "
@@ -395,6 +408,14 @@ class Settings(BaseSettings):
         if value is not None:
             _parse_hosts(value)
         return value
+
+    @model_validator(mode="after")
+    def _segment_bounds(self) -> Settings:
+        if not self.redis_segment_min_size <= self.redis_segment_max_size:
+            raise ValueError(
+                "KEYGEN_REDIS_SEGMENT_MIN_SIZE must not exceed KEYGEN_REDIS_SEGMENT_MAX_SIZE"
+            )
+        return self
 
     @model_validator(mode="after")
     def _redis_lease_bounds(self) -> Settings:

@@ -20,6 +20,7 @@ from keygen.dispensers.direct import DirectDispenser
 from keygen.dispensers.lease import LeaseDispenser
 from keygen.dispensers.redis import RedisDispenser
 from keygen.dispensers.reserve import ReserveDispenser
+from keygen.dispensers.segments import SegmentDispenser
 from keygen.dispensers.sentinel import master_of, sentinels_of
 from keygen.dispensers.sentinel_monitor import SentinelMonitor
 from keygen.errors import KeygenError
@@ -191,7 +192,16 @@ class Keygen:
                 reserve = await _reserve_layer(settings, ledger)
             if settings.sentinels:
                 redis, monitor = await _redis_layer(settings, ledger)
-                layers.append(Layer(redis, cls._breaker(settings), settings.redis_timeout))
+                served: Dispenser = redis
+                if settings.redis_segment_seconds > 0:
+                    served = SegmentDispenser(
+                        redis,
+                        target_seconds=settings.redis_segment_seconds,
+                        min_length=settings.redis_segment_min_size,
+                        max_length=settings.redis_segment_max_size,
+                        max_namespaces=settings.max_namespaces,
+                    )
+                layers.append(Layer(served, cls._breaker(settings), settings.redis_timeout))
         except BaseException:
             if reserve is not None:
                 await reserve.aclose()
