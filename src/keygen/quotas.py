@@ -244,8 +244,9 @@ class Quotas:
         counters.extend(c for cs in self._namespaces.values() for c in cs)
         return [c for c in counters if c.stale or int(now // c.period) - c.window <= 1]
 
-    async def sync(self) -> None:
-        """Send this worker's counts to Redis and take back the totals, in one round trip.
+    async def sync(self) -> bool:
+        """Send this worker's counts to Redis and take back the totals, in one round trip;
+        False when there was nothing to exchange (no counter in use).
 
         Raises:
             Exception: Redis could not be reached or answered an error (the counts sent stay
@@ -262,7 +263,7 @@ class Quotas:
             counter.inflight, counter.own = counter.inflight + counter.own, 0
             sent.append((counter, counter.window, counter.inflight))
         if not sent:
-            return
+            return False
         pipe = self.redis.pipeline(transaction=False)
         for counter, window, count in sent:
             pipe.incrby(counter.redis_key(window), count)
@@ -283,6 +284,7 @@ class Quotas:
                 counter.shared, counter.inflight = int(total), 0
             elif window == counter.window - 1 and counter.sliding:
                 counter.previous = max(counter.previous, float(total))
+        return True
 
     def start(self) -> None:
         if self.redis is not None and self._task is None:
@@ -293,7 +295,7 @@ class Quotas:
         while True:
             await asyncio.sleep(self.sync_interval)
             try:
-                await self.sync()
+                exchanged = await self.sync()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -307,6 +309,8 @@ class Quotas:
                 failing, self.shared = True, False
                 self.reason = f"Redis unreachable: {cause}"[:200]
                 continue
+            if not exchanged:
+                continue  # nothing counted yet: the mode stays what it was
             if not self.shared:
                 log.info("rate limits: counts are shared through Redis")
             failing, self.shared, self.reason, self.last_sync = False, True, None, time.time()

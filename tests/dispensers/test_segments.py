@@ -192,3 +192,22 @@ def test_namespaces_held_are_bounded() -> None:
         assert check(records(got)).ok
 
     run(scenario)
+
+
+def test_a_request_finding_the_fetch_done_before_its_callback_ran_takes_it_in() -> None:
+    """The prefetch finishes and, before its done callback runs, a request finds the segment
+    on hand too short: it must take the fetched segment in itself. (Awaiting a done task does
+    not yield: a request waiting for the callback would spin and starve the loop.)"""
+
+    async def scenario() -> None:
+        inner = FakeDispenser("redis_sentinel")
+        segments = SegmentDispenser(inner, min_length=100, max_length=100, target_seconds=0)
+        await segments.allocate("default", 50)
+        await settle()  # the second segment on hand; 50 left of the first
+        await segments.allocate("default", 60)  # the first's 50 wasted; prefetch started
+        # Queued behind the prefetch: it runs after the fetch finished, before its callback.
+        late = asyncio.ensure_future(segments.allocate("default", 50))
+        got = await asyncio.wait_for(late, 5)
+        assert got == IdRange("default", 201, 250)
+
+    run(scenario)

@@ -129,10 +129,12 @@ async def test_redis_after_a_failover_serves_every_request_within_one_probe(
 ) -> None:
     """After the master is killed and Sentinel promotes a replica, within one probe interval
     of the promotion every burst is served by Redis again, none by PostgreSQL after that, and
-    no ID was handed out twice."""
+    no ID was handed out twice. Segments off: a segment on hand would serve through the
+    failover (tests/e2e/test_segments.py), and this is about the layer's own recovery."""
     server = ServeProcess(
         {
             **cluster.env(),
+            "KEYGEN_REDIS_SEGMENT_SECONDS": "0",
             "KEYGEN_DATABASE_URL": postgres_url,
             "KEYGEN_DATA_DIR": str(tmp_path / "data"),
             "ALLOCATION_TIMEOUT": "5",

@@ -115,8 +115,10 @@ def allocate(server: ServeProcess, size: int = 10) -> dict[str, Any]:
     return body
 
 
-def allocated_by(server: ServeProcess, source: str, seen: list[dict[str, Any]]) -> bool:
-    seen.append(allocate(server))
+def allocated_by(
+    server: ServeProcess, source: str, seen: list[dict[str, Any]], size: int = 10
+) -> bool:
+    seen.append(allocate(server, size))
     return bool(seen[-1]["source"] == source)
 
 
@@ -363,11 +365,15 @@ def test_with_redis_stopped_the_service_allocates_from_postgresql_over_tls(
     cluster: LocalCluster, service: ServeProcess
 ) -> None:
     """Every data node stopped: the service serves from PostgreSQL, reached with
-    sslmode=verify-full as the keygen role, and /health says the ledger is healthy."""
+    sslmode=verify-full as the keygen role, and /health says the ledger is healthy. (Requests
+    of a million IDs: more than the Redis segments on hand, which would serve smaller ones.)"""
     for node in cluster.redis_nodes:
         node.stop()
     seen: list[dict[str, Any]] = []
-    wait_for(lambda: allocated_by(service, "postgresql", seen), "a PostgreSQL allocation")
+    wait_for(
+        lambda: allocated_by(service, "postgresql", seen, size=1_000_000),
+        "a PostgreSQL allocation",
+    )
     health = httpx.get(f"{service.url}/health", timeout=10).json()
     assert health["postgresql_health"] == "healthy"
     assert health["redis_health"] == "unhealthy"

@@ -161,13 +161,16 @@ class SegmentDispenser:
         """Drop the segments of a namespace idle since the sweep last passed it (second
         chance, as the lease dispenser does); they are wasted."""
         held = self._namespaces
-        while True:
+        for _ in range(2 * len(held)):  # two passes: the first clears every flag it spares
             namespace, state = next(iter(held.items()))
             del held[namespace]
             if not state.used and state.fetch is None:
                 break
             state.used = False
             held[namespace] = state
+        else:  # every namespace has a fetch in flight: the oldest goes (its fetch wasted)
+            namespace, state = next(iter(held.items()))
+            del held[namespace]
         self._wasted += max(0, state.end - state.next + 1) + (state.spare or _EMPTY).size
 
     def _length(self, state: _Namespace, size: int) -> int:
@@ -187,8 +190,11 @@ class SegmentDispenser:
         return task
 
     def _landed(self, namespace: str, state: _Namespace, task: asyncio.Task[IdRange]) -> None:
-        if state.fetch is task:
-            state.fetch = None
+        """Take a finished fetch in (once: from its done callback, or sooner, from a request
+        that found it done before the callback ran)."""
+        if state.fetch is not task:
+            return
+        state.fetch = None
         if task.cancelled():
             return
         error = task.exception()
@@ -212,7 +218,12 @@ class SegmentDispenser:
     async def _fetched(self, namespace: str, state: _Namespace, size: int) -> None:
         """Wait for a segment (the one in flight, or a fetch of its own), raising its error."""
         task = state.fetch or self._start_fetch(namespace, state, size)
-        await asyncio.shield(task)  # a request that gives up leaves the fetch to land
+        if not task.done():
+            await asyncio.shield(task)  # a request that gives up leaves the fetch to land
+        # Taken in now: awaiting a done task does not yield, so a caller looping until the
+        # done callback ran would spin and starve the loop that is to run it.
+        self._landed(namespace, state, task)
+        task.result()  # the fetch's error, if it failed before this request came
 
     def remaining(self, namespace: str) -> int:
         """IDs on hand for ``namespace``: the current segment's rest and the next one."""
