@@ -249,10 +249,12 @@ async def test_a_used_up_reserve_gives_clean_503s_until_postgresql_returns(
             await acks_from(result, SOURCE_POSTGRESQL, 50)
         # Both used-up reserves' usage recorded in the ledger, and fresh ones held.
         # PostgreSQL's restart, its breaker closed by a probe, both usages recorded and fresh
-        # reserves granted: seconds here, more on a loaded machine.
+        # reserves granted: seconds here, more on a loaded machine. (On a loaded machine the
+        # fresh reserves may be used up too before the probe closes the breaker: their usages
+        # are recorded as well, so at least two.)
         up = await health_until(
             server.url,
-            lambda h: reserves_held(h) and h["reserve"]["usages_recorded"] == 2,
+            lambda h: reserves_held(h) and h["reserve"]["usages_recorded"] >= 2,
             timeout=60,
         )
     refusals = [o for o in result.outcomes if o.status != 200]
@@ -272,7 +274,7 @@ async def test_a_used_up_reserve_gives_clean_503s_until_postgresql_returns(
         if r.source == SOURCE_RESERVE and o.finished_at < restarted_at
     )
     assert served == 2 * 20_000
-    assert up["status"] == "degraded" and up["reserve"]["usages_recorded"] == 2
+    assert up["status"] == "degraded" and up["reserve"]["usages_recorded"] >= 2
     assert_disjoint(*result.acknowledged)
 
 
