@@ -11,7 +11,8 @@ redis-benchmark, embedded, service-redis, ...):
   ``redis_sentinel``), loaded by ``wrk`` with N connections POSTing ``{"size": 1000}``;
 * redis-benchmark: N clients calling ``FCALL keygen_allocate_v2 1 keygen:lease:bench 1000``
   (``fn.ALLOCATE``, whatever the library's version) on the current master, the very function
-  the service calls once per allocation, on a lease the service installed;
+  the service calls once per segment (once per allocation before segments), on a lease
+  the service installed;
 * embedded: ``keygen serve --workers 1`` with no Redis or PostgreSQL setting and a fresh
   ``KEYGEN_DATA_DIR`` (source ``sqlite``), under the same wrk load.
 

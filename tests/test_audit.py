@@ -15,8 +15,7 @@ import pytest
 from keygen.audit import Auditor, audit_ledger
 from keygen.constants import GRANT_LEASE
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
-from tests.support.processes import ServeProcess
-from tests.test_cli import keygen
+from tests.support.processes import ServeProcess, keygen
 
 
 def plant(ledger_file: Path, sql: str, *args: object) -> None:

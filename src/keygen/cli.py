@@ -352,27 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--workers", type=_positive, default=1, help="worker processes")
     tls = p.add_argument_group("TLS (docs/tls.md); each flag overrides its KEYGEN_SSL_* setting")
-    tls.add_argument(
-        "--ssl-certfile",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="the service's certificate chain (PEM): HTTPS instead of HTTP",
-    )
-    tls.add_argument(
-        "--ssl-keyfile",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="the private key of --ssl-certfile (PEM, unencrypted)",
-    )
-    tls.add_argument(
-        "--ssl-ca-certs",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="FILE",
-        help="CA certificates (PEM) that client certificates are checked against",
-    )
+    for flag, what in (
+        ("--ssl-certfile", "the service's certificate chain (PEM): HTTPS instead of HTTP"),
+        ("--ssl-keyfile", "the private key of --ssl-certfile (PEM, unencrypted)"),
+        ("--ssl-ca-certs", "CA certificates (PEM) that client certificates are checked against"),
+    ):
+        tls.add_argument(flag, type=Path, default=argparse.SUPPRESS, metavar="FILE", help=what)
     tls.add_argument(
         "--ssl-client-cert",
         choices=tuple(CERT_REQS),

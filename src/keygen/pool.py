@@ -74,16 +74,24 @@ class _Block:
         self.refill_at = start + int((end - start + 1) * prefetch)
 
 
-def _validate(block: int, prefetch: float, timeout: float) -> None:
-    if block < 1:
-        raise ValueError(f"block must be at least 1, got {block}")
-    if not 0.0 <= prefetch < 1.0:
-        raise ValueError(f"prefetch must be within [0, 1), got {prefetch}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
+class _Pool:
+    """What both pools hold: their settings, the block being served and the spare one."""
+
+    def __init__(self, namespace: str, block: int, prefetch: float, timeout: float) -> None:
+        if block < 1:
+            raise ValueError(f"block must be at least 1, got {block}")
+        if not 0.0 <= prefetch < 1.0:
+            raise ValueError(f"prefetch must be within [0, 1), got {prefetch}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.namespace, self.block = namespace, block
+        self.prefetch, self.timeout = prefetch, timeout
+        self._current = _Block(1, 0, prefetch)  # empty: the first call fetches
+        self._spare: PoolRange | None = None
+        self._closed = False
 
 
-class IdPool:
+class IdPool(_Pool):
     """IDs of ``namespace`` from blocks of ``block`` IDs; thread-safe.
 
     Args:
@@ -105,21 +113,12 @@ class IdPool:
         client: KeygenClient | None = None,
         **client_options: Any,
     ) -> None:
-        _validate(block, prefetch, timeout)
-        self.namespace, self.block, self.prefetch, self.timeout = (
-            namespace,
-            block,
-            prefetch,
-            timeout,
-        )
+        super().__init__(namespace, block, prefetch, timeout)
         self._own_client = client is None
         self._client = client if client is not None else KeygenClient(urls, **client_options)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a spare block came, or the pool closed
-        self._current = _Block(1, 0, prefetch)  # empty: the first call fetches
-        self._spare: PoolRange | None = None
         self._wanted = threading.Event()  # the fetcher's signal
-        self._closed = False
         #: The last error of the background fetch, until a fetch works again.
         self.last_error: Exception | None = None
         self._fetcher = threading.Thread(target=self._fetch_loop, name="keygen-pool", daemon=True)
@@ -229,7 +228,7 @@ class IdPool:
         self.close()
 
 
-class AsyncIdPool:
+class AsyncIdPool(_Pool):
     """``IdPool`` for asyncio: ``await pool.next_id()``, ``await pool.take(n)``; one event
     loop. Arguments as ``IdPool``'s, with an ``AsyncKeygenClient``."""
 
@@ -244,21 +243,12 @@ class AsyncIdPool:
         client: AsyncKeygenClient | None = None,
         **client_options: Any,
     ) -> None:
-        _validate(block, prefetch, timeout)
-        self.namespace, self.block, self.prefetch, self.timeout = (
-            namespace,
-            block,
-            prefetch,
-            timeout,
-        )
+        super().__init__(namespace, block, prefetch, timeout)
         self._own_client = client is None
         self._client = client if client is not None else AsyncKeygenClient(urls, **client_options)
-        self._current = _Block(1, 0, prefetch)
-        self._spare: PoolRange | None = None
         self._fetch: asyncio.Task[PoolRange] | None = None
         #: Held while the spare block is taken: two coroutines must never both take it.
         self._swapping = asyncio.Lock()
-        self._closed = False
 
     async def next_id(self) -> int:
         block = self._current

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.test_cli import keygen
+from tests.support.processes import keygen
 
 
 def test_a_plan_without_a_fault_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from keygen.client import KeygenAPIError, KeygenClient
-from tests.support.processes import ServeProcess, free_port
+from tests.support.processes import ServeProcess, free_port, keygen
 
 pytestmark = pytest.mark.e2e
 
@@ -23,19 +23,9 @@ pytestmark = pytest.mark.e2e
 TAKES_EFFECT_WITHIN = 5.0
 
 
-def keygen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keygen", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def create_key(env: dict[str, str], *scopes: str) -> dict[str, object]:
     args = [a for scope in scopes for a in ("--scope", scope)]
-    done = keygen(env, "keys", "create", "--name", "e2e", *args, "--json")
+    done = keygen("keys", "create", "--name", "e2e", *args, "--json", env=env)
     assert done.returncode == 0, done.stderr
     created: dict[str, object] = json.loads(done.stdout)
     return created
@@ -106,15 +96,15 @@ def test_a_revoked_key_is_refused_by_the_running_instance_within_5_seconds(
     created = create_key(env, "allocate:*")
     token = str(created["token"])
     wait_for(lambda: allocate_status(server.url, token) == 200, TAKES_EFFECT_WITHIN)
-    listed = json.loads(keygen(env, "keys", "list", "--json").stdout)
+    listed = json.loads(keygen("keys", "list", "--json", env=env).stdout)
     assert [k["id"] for k in listed] == [created["id"]] and listed[0]["revoked_at"] is None
     assert "token" not in listed[0]
-    revoked = keygen(env, "keys", "revoke", str(created["id"]))
+    revoked = keygen("keys", "revoke", str(created["id"]), env=env)
     assert revoked.returncode == 0, revoked.stderr
     took = wait_for(lambda: allocate_status(server.url, token) == 401, TAKES_EFFECT_WITHIN)
     assert took < TAKES_EFFECT_WITHIN
-    assert keygen(env, "keys", "revoke", str(created["id"])).returncode == 1
-    assert json.loads(keygen(env, "keys", "list", "--json").stdout)[0]["revoked_at"]
+    assert keygen("keys", "revoke", str(created["id"]), env=env).returncode == 1
+    assert json.loads(keygen("keys", "list", "--json", env=env).stdout)[0]["revoked_at"]
 
 
 def test_the_command_line_sends_the_api_key(
@@ -126,15 +116,15 @@ def test_the_command_line_sends_the_api_key(
     token = str(create_key(env, "allocate:orders", "read")["token"])
     wait_for(lambda: allocate_status(server.url) == 401, TAKES_EFFECT_WITHIN)
     base = ["allocate", "--url", server.url, "--namespace", "orders"]
-    refused = keygen(env, *base)
+    refused = keygen(*base, env=env)
     assert refused.returncode == 1 and "401" in refused.stderr
-    by_option = keygen(env, *base, "--api-key", token)
+    by_option = keygen(*base, "--api-key", token, env=env)
     assert by_option.returncode == 0, by_option.stderr
     assert json.loads(by_option.stdout)["namespace"] == "orders"
-    assert keygen({**env, "KEYGEN_API_KEY": token}, *base).returncode == 0
+    assert keygen(*base, env={**env, "KEYGEN_API_KEY": token}).returncode == 0
     watch = ["monitor", "--once", "--url", server.url]
-    assert keygen(env, *watch, "--api-key", token).returncode == 0
-    blind = keygen(env, *watch)
+    assert keygen(*watch, "--api-key", token, env=env).returncode == 0
+    blind = keygen(*watch, env=env)
     assert blind.returncode == 2 and "api-key" in blind.stdout
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from keygen.cluster.topology import LocalCluster
-from tests.test_cli import keygen
+from tests.support.processes import keygen
 
 pytestmark = pytest.mark.e2e
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 
 from keygen.checker import Record, check
 from keygen.cluster.topology import LocalCluster
-from tests.support.processes import ServeProcess
+from tests.support.processes import ServeProcess, keygen
 
 pytestmark = pytest.mark.e2e
 
@@ -34,19 +31,9 @@ RATE_LIMIT_HEADERS = (
 )
 
 
-def keygen(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keygen", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def create_key(env: dict[str, str], name: str, *options: str) -> tuple[str, str]:
     """(id, token) of a new key with ``options`` (scopes and limits)."""
-    done = keygen(env, "keys", "create", "--name", name, *options, "--json")
+    done = keygen("keys", "create", "--name", name, *options, "--json", env=env)
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     return str(created["id"]), str(created["token"])
@@ -175,7 +162,7 @@ def test_a_key_over_its_limits_gets_429_and_allocates_nothing(
     ledger = sqlite3.connect(Path(data_env["KEYGEN_DATA_DIR"]) / "ledger.sqlite3")
     (requested_by,) = ledger.execute("SELECT requested_by FROM grants ORDER BY id").fetchone()
     assert requested_by == f"{fast_id} (fast)"  # the request that caused the lease
-    usage = json.loads(keygen(data_env, "ledger", "status", "--keys", "--json").stdout)
+    usage = json.loads(keygen("ledger", "status", "--keys", "--json", env=data_env).stdout)
     by_key = {row["key_id"]: (row["name"], row["requests"], row["ids"]) for row in usage}
     fast_served = statuses.count(200)
     assert by_key == {fast_id: ("fast", fast_served, 10 * fast_served), daily_id: ("daily", 4, 100)}

@@ -31,8 +31,7 @@ from keygen.checker import Record, check
 from keygen.cluster.certs import make_certificates
 from keygen.cluster.security import Credentials
 from keygen.cluster.topology import LocalCluster
-from tests.support.processes import ServeProcess
-from tests.test_cli import keygen
+from tests.support.processes import ServeProcess, keygen
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -4,12 +4,9 @@ monitor as clients, and the start-up errors for unusable files."""
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +22,7 @@ from keygen.keys_cli import auth_warning
 from keygen.ledgers.sqlite import LEDGER_FILENAME
 from keygen.monitor import EXIT_DOWN, EXIT_HEALTHY
 from keygen.monitor import main as monitor_main
-from tests.support.processes import ServeProcess
+from tests.support.processes import ServeProcess, keygen
 
 pytestmark = pytest.mark.e2e
 
@@ -93,16 +90,6 @@ def grants(server: ServeProcess, namespace: str) -> int:
             "SELECT count(*) FROM grants WHERE namespace = ?", (namespace,)
         ).fetchone()
     return int(count)
-
-
-def keygen(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keygen", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def closed_within(sock: socket.socket, timeout: float) -> tuple[float, bytes]:

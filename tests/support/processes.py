@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from keygen.cluster.processes import free_port
 from keygen.errors import ClusterError
 from keygen.snapshots import HealthSnapshot
 
-__all__ = ["ServeProcess", "free_port"]
+__all__ = ["ServeProcess", "free_port", "keygen"]
 
 
 class ServeProcess(ServiceInstance):
@@ -111,3 +112,16 @@ class ServeProcess(ServiceInstance):
             return msgspec.json.decode(response.content, type=HealthSnapshot)
         except (httpx.HTTPError, msgspec.DecodeError):
             return None
+
+
+def keygen(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``keygen ARGS`` as a user runs it, with ``env`` over this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "keygen", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
