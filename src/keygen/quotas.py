@@ -174,7 +174,7 @@ class Quotas:
             found = self._namespaces.get(namespace)
             if found is None:
                 if len(self._namespaces) >= MAX_TRACKED_NAMESPACES:
-                    self._forget_idle_namespaces()
+                    self._forget_least_recent_namespaces()
                 found = self._namespaces[namespace] = self._namespace_counters(namespace)
             counters += found
         if not counters:
@@ -195,7 +195,7 @@ class Quotas:
         for counter in counters:
             counter.own += size if counter.counts_ids else 1
 
-    def _forget_idle_namespaces(self) -> None:
+    def _forget_least_recent_namespaces(self) -> None:
         """Bound what namespaces cost in memory (a client may name new ones without end, to
         be refused later): keep the half counted most recently; the rest start afresh if
         they come back (so a namespace idle while thousands of others are named may get

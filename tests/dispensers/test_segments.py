@@ -63,7 +63,6 @@ def test_no_request_waits_once_the_next_segment_is_on_hand() -> None:
         inner = Slow("redis_sentinel")
         segments = SegmentDispenser(inner, min_length=100, max_length=100, target_seconds=0)
         await segments.allocate("default", 1)
-        await asyncio.sleep(0.1)  # the prefetch lands
         waited = []
         for _ in range(99 + 150):  # the rest of the first segment and more than one after
             started = asyncio.get_running_loop().time()

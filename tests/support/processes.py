@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-
-import httpx
-import msgspec
 
 from keygen.chaos.instances import ServiceInstance
 from keygen.client import tls_context
 from keygen.cluster.certs import Certificates
 from keygen.cluster.processes import free_port
-from keygen.errors import ClusterError
-from keygen.snapshots import HealthSnapshot
 
 __all__ = ["ServeProcess", "free_port", "keygen"]
 
@@ -60,7 +53,6 @@ class ServeProcess(ServiceInstance):
         # old at most). What the probes do is tested on their own (tests/e2e/test_recovery.py).
         self.env.setdefault("KEYGEN_HEALTH_MAX_AGE", "0")
         self.tls = tls
-        self.verify: ssl.SSLContext | bool = True
         if tls is not None:
             self.url = f"https://127.0.0.1:{port}"
             self.env.update(
@@ -72,46 +64,8 @@ class ServeProcess(ServiceInstance):
             self.verify = tls_context(tls.ca, (tls.client_cert, tls.client_key))
 
     def start(self, timeout: float = 30.0) -> ServeProcess:  # type: ignore[override]
-        if self.tls is None:
-            super().start(timeout)
-            return self
-        # As ServiceInstance.start, its readiness asked over HTTPS.
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "keygen", "serve", "--host", "127.0.0.1"),
-                    *("--port", str(self.port), "--workers", str(self.workers)),
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ClusterError(f"{self.name} exited while starting:\n{self.log_tail()}")
-            if self._get("/health") in (200, 503):
-                return self
-            time.sleep(0.1)
-        raise ClusterError(f"{self.name} not ready in {timeout:g}s:\n{self.log_tail()}")
-
-    def _get(self, path: str) -> int | None:
-        try:
-            return httpx.get(f"{self.url}{path}", timeout=1, verify=self.verify).status_code
-        except httpx.HTTPError:
-            return None
-
-    def health(self) -> HealthSnapshot | None:
-        if self.tls is None:
-            return super().health()
-        try:
-            response = httpx.get(f"{self.url}/health", timeout=5, verify=self.verify)
-            return msgspec.json.decode(response.content, type=HealthSnapshot)
-        except (httpx.HTTPError, msgspec.DecodeError):
-            return None
+        super().start(timeout)
+        return self
 
 
 def keygen(

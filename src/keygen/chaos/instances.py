@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ class ServiceInstance:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        #: How its certificate is checked when ``url`` is https (httpx's ``verify``).
+        self.verify: ssl.SSLContext | bool = True
         self.directory = directory
         self.workers = workers
         self.log_path = log_path or directory / "serve.log"
@@ -80,7 +83,8 @@ class ServiceInstance:
             if self.proc.poll() is not None:
                 raise ClusterError(f"{self.name} exited while starting:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503):
+                response = httpx.get(f"{self.url}/health", timeout=1, verify=self.verify)
+                if response.status_code in (200, 503):
                     return
             except httpx.HTTPError:
                 pass
@@ -114,7 +118,7 @@ class ServiceInstance:
     def health(self) -> HealthSnapshot | None:
         """``/health``; None if it does not answer."""
         try:
-            response = httpx.get(f"{self.url}/health", timeout=5)
+            response = httpx.get(f"{self.url}/health", timeout=5, verify=self.verify)
             return msgspec.json.decode(response.content, type=HealthSnapshot)
         except (httpx.HTTPError, msgspec.DecodeError):
             return None
