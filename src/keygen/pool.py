@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -117,7 +118,8 @@ class IdPool(_Pool):
         self._own_client = client is None
         self._client = client if client is not None else KeygenClient(urls, **client_options)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a spare block came, or the pool closed
+        #: Notified when a spare block comes, a block is swapped in, or the pool closes.
+        self._changed = threading.Condition(self._lock)
         self._wanted = threading.Event()  # the fetcher's signal
         #: The last error of the background fetch, until a fetch works again.
         self.last_error: Exception | None = None
@@ -140,6 +142,7 @@ class IdPool(_Pool):
         return self._next_slow()
 
     def _next_slow(self) -> int:
+        deadline = time.monotonic() + self.timeout
         with self._lock:
             while True:
                 block = self._current
@@ -148,9 +151,16 @@ class IdPool(_Pool):
                     if value == block.refill_at:
                         self._wanted.set()
                     return value
-                spare = self._wait_for_spare()
-                self._spare = None
+                if self._spare is None:
+                    # Woken by a spare block or by another thread swapping one in: this
+                    # thread then draws from that block, it does not wait for a spare.
+                    self._wait(
+                        lambda: self._spare is not None or self._current is not block, deadline
+                    )
+                    continue
+                spare, self._spare = self._spare, None
                 self._current = _Block(spare.start, spare.end, self.prefetch)
+                self._changed.notify_all()  # threads waiting in here draw from it
 
     def take(self, n: int) -> PoolRange:
         """``n`` consecutive IDs: carved from the spare block when it holds enough, else a
@@ -164,28 +174,38 @@ class IdPool(_Pool):
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         if n <= self.block:
+            deadline = time.monotonic() + self.timeout
             with self._lock:
-                spare = self._wait_for_spare()
-                carved = PoolRange(spare.start, spare.start + n - 1)
-                rest = PoolRange(carved.end + 1, spare.end)
-                self._spare = rest if rest.size > 0 else None
-                if self._spare is None:
-                    self._wanted.set()
-                return carved
+                self._wait(lambda: self._spare is not None, deadline)
+                spare = self._spare
+                assert spare is not None
+                if n <= spare.size:  # else the spare stays for next_id, and n is asked for
+                    carved = PoolRange(spare.start, spare.start + n - 1)
+                    self._spare = PoolRange(carved.end + 1, spare.end) if n < spare.size else None
+                    if self._spare is None:
+                        self._wanted.set()
+                    return carved
         got = self._client.allocate(size=n, namespace=self.namespace)
         return PoolRange(got.start, got.end)
 
-    def _wait_for_spare(self) -> PoolRange:
-        """The spare block, waiting for the fetcher (the lock held) up to ``timeout``."""
-        self._wanted.set()
-        if self._spare is None and not self._closed:
-            self._changed.wait_for(lambda: self._spare is not None or self._closed, self.timeout)
+    def _wait(self, ready: Callable[[], bool], deadline: float) -> None:
+        """Wait (the lock held) until ``ready()``, asking the fetcher for a block each time
+        it is not (a spare another thread took must be replaced), until ``deadline``.
+
+        Raises:
+            PoolExhausted: the pool closed, or ``deadline`` passed.
+        """
+        while not self._closed and not ready():
+            self._wanted.set()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f": {self.last_error}" if self.last_error is not None else ""
+                raise PoolExhausted(
+                    f"no block of {self.namespace!r} within {self.timeout:g} s{why}"
+                )
+            self._changed.wait(left)
         if self._closed:
             raise PoolExhausted("the pool is closed")
-        if self._spare is None:
-            why = f": {self.last_error}" if self.last_error is not None else ""
-            raise PoolExhausted(f"no block of {self.namespace!r} within {self.timeout:g} s{why}")
-        return self._spare
 
     def _fetch_loop(self) -> None:
         while True:
@@ -276,12 +296,16 @@ class AsyncIdPool(_Pool):
             return PoolRange(got.start, got.end)
         async with self._swapping:
             spare = await self._take_spare()
-            carved = PoolRange(spare.start, spare.start + n - 1)
-            if carved.end < spare.end:
-                self._spare = PoolRange(carved.end + 1, spare.end)
-            else:
-                self._start_fetch()
-            return carved
+            if n <= spare.size:
+                carved = PoolRange(spare.start, spare.start + n - 1)
+                if carved.end < spare.end:
+                    self._spare = PoolRange(carved.end + 1, spare.end)
+                else:
+                    self._start_fetch()
+                return carved
+            self._spare = spare  # too small for n: kept for next_id, and n is asked for
+        got = await self._client.allocate(size=n, namespace=self.namespace)
+        return PoolRange(got.start, got.end)
 
     def _start_fetch(self) -> None:
         if self._spare is None and self._fetch is None and not self._closed:
