@@ -155,7 +155,8 @@ class IdPool(_Pool):
                     # Woken by a spare block or by another thread swapping one in: this
                     # thread then draws from that block, it does not wait for a spare.
                     self._wait(
-                        lambda: self._spare is not None or self._current is not block, deadline
+                        lambda seen=block: self._spare is not None or self._current is not seen,
+                        deadline,
                     )
                     continue
                 spare, self._spare = self._spare, None
