@@ -154,10 +154,7 @@ class IdPool(_Pool):
                 if self._spare is None:
                     # Woken by a spare block or by another thread swapping one in: this
                     # thread then draws from that block, it does not wait for a spare.
-                    self._wait(
-                        lambda seen=block: self._spare is not None or self._current is not seen,
-                        deadline,
-                    )
+                    self._wait(deadline, swapped_from=block)
                     continue
                 spare, self._spare = self._spare, None
                 self._current = _Block(spare.start, spare.end, self.prefetch)
@@ -177,7 +174,7 @@ class IdPool(_Pool):
         if n <= self.block:
             deadline = time.monotonic() + self.timeout
             with self._lock:
-                self._wait(lambda: self._spare is not None, deadline)
+                self._wait(deadline)
                 spare = self._spare
                 assert spare is not None
                 if n <= spare.size:  # else the spare stays for next_id, and n is asked for
@@ -189,14 +186,19 @@ class IdPool(_Pool):
         got = self._client.allocate(size=n, namespace=self.namespace)
         return PoolRange(got.start, got.end)
 
-    def _wait(self, ready: Callable[[], bool], deadline: float) -> None:
-        """Wait (the lock held) until ``ready()``, asking the fetcher for a block each time
-        it is not (a spare another thread took must be replaced), until ``deadline``.
+    def _wait(self, deadline: float, swapped_from: _Block | None = None) -> None:
+        """Wait (the lock held) for a spare block, or for another thread to swap in a block
+        other than ``swapped_from``, asking the fetcher for a block each time it wakes
+        without one (a spare another thread took must be replaced), until ``deadline``.
 
         Raises:
             PoolExhausted: the pool closed, or ``deadline`` passed.
         """
-        while not self._closed and not ready():
+        while (
+            not self._closed
+            and self._spare is None
+            and (swapped_from is None or self._current is swapped_from)
+        ):
             self._wanted.set()
             left = deadline - time.monotonic()
             if left <= 0:
