@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from keygen.allocator import Allocator, Layer
 from keygen.breaker import BreakerState, CircuitBreaker
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS
+from keygen.dispensers.segments import SegmentDispenser
 from keygen.errors import NamespaceExhausted, ServiceUnavailable
 from keygen.metrics import Counters
 from keygen.metrics.counters import read_instance
@@ -129,3 +131,48 @@ async def test_metrics_count_by_source() -> None:
     counted = read_instance(None, allocator.metrics)
     assert counted.by_source == {SOURCE_REDIS: 1, SOURCE_POSTGRESQL: 1, "other": 1}
     assert counted.ids_allocated == 12 and counted.failed == 0
+
+
+async def test_segments_on_hand_serve_without_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a segment on hand, a request is served with no timeout armed (nothing it does
+    can wait), never suspends, counts as the layer's success, and names its source."""
+    armed: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        armed.append(delay)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(asyncio, "timeout", counted)
+    inner = FakeDispenser(SOURCE_REDIS)
+    segments = SegmentDispenser(inner, min_length=1000, max_length=1000, target_seconds=0)
+    layer = Layer(segments, CircuitBreaker(failure_threshold=1, reset_timeout=60), 1.0)
+    metrics = Counters()
+    allocator = Allocator([layer], timeout=1.0, metrics=metrics)
+    await allocator.allocate("default", 10)  # the first fetches its segment, timed
+    assert len(armed) == 1
+    request = allocator.allocate("default", 10)
+    with pytest.raises(StopIteration) as done:
+        request.send(None)  # runs to its end at once: it never suspended
+    allocation = done.value.value
+    assert (allocation.range.start, allocation.source) == (11, SOURCE_REDIS)
+    assert len(armed) == 1 and inner.calls == 1
+    assert read_instance(None, metrics).by_source == {SOURCE_REDIS: 2}
+    await segments.aclose()
+
+
+async def test_segments_on_hand_are_not_served_while_their_layer_is_open() -> None:
+    """An open breaker skips the layer, even the segments it has on hand."""
+    inner = FakeDispenser(SOURCE_REDIS)
+    segments = SegmentDispenser(inner, min_length=1000, max_length=1000, target_seconds=0)
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60)
+    fallback = FakeDispenser(SOURCE_POSTGRESQL, start=10**9)
+    allocator = Allocator(
+        [Layer(segments, breaker, 1.0), Layer(fallback, CircuitBreaker(), 1.0)],
+        timeout=1.0,
+        metrics=Counters(),
+    )
+    await allocator.allocate("default", 10)
+    breaker.record_failure()
+    assert (await allocator.allocate("default", 10)).source == SOURCE_POSTGRESQL
+    await segments.aclose()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from keygen.breaker import CircuitBreaker
 from keygen.dispensers.base import Dispenser
+from keygen.dispensers.segments import SegmentDispenser
 from keygen.errors import LayerUnavailable, RequestError, ReserveUnavailable, ServiceUnavailable
 from keygen.metrics import Counters
 from keygen.ranges import IdRange
@@ -46,6 +47,12 @@ class Layer:
     guaranteed: float = 0.0
     #: Attempts in flight, for the stall watchdog.
     pending: set[_Attempt] = field(default_factory=set)
+    #: The dispenser's way of serving from memory at once, if it has one (segments).
+    carve_now: Callable[[str, int], IdRange | None] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        dispenser = self.dispenser
+        self.carve_now = dispenser.carve_now if isinstance(dispenser, SegmentDispenser) else None
 
     @property
     def source(self) -> str:
@@ -104,6 +111,12 @@ class Allocator:
             remaining = deadline - time.perf_counter() - kept
             if remaining <= 0 or not layer.breaker.allow():
                 continue
+            if layer.carve_now is not None:
+                # Served from memory, or not at all: no await, so no timeout to arm (an
+                # asyncio.timeout costs about a tenth of a request).
+                id_range = layer.carve_now(namespace, size)
+                if id_range is not None:
+                    return self._served(layer, id_range, size, started)
             # Inline, not in a coroutine of its own: an extra await per request is measurable.
             attempt = _Attempt(time.perf_counter())
             layer.pending.add(attempt)
@@ -120,12 +133,12 @@ class Allocator:
                 continue
             finally:
                 layer.pending.discard(attempt)
-            if not attempt.stalled:  # a stalled layer's late answers do not clear its record
-                layer.breaker.record_success()
-            self.metrics.record_success(layer.source, size, time.perf_counter() - started)
-            if self.on_allocated is not None:
-                self.on_allocated(namespace, size)
-            return Allocation(id_range, layer.source)
+            if attempt.stalled:  # a stalled layer's late answers do not clear its record
+                self.metrics.record_success(layer.source, size, time.perf_counter() - started)
+                if self.on_allocated is not None:
+                    self.on_allocated(namespace, size)
+                return Allocation(id_range, layer.source)
+            return self._served(layer, id_range, size, started)
         self.metrics.record_failure(time.perf_counter() - started)
         if refused is not None:
             # The last resort said no: only another layer's recovery can help.
@@ -138,6 +151,13 @@ class Allocator:
         raise ServiceUnavailable(
             "no layer could allocate within the time budget", retry_after=self.retry_after()
         )
+
+    def _served(self, layer: Layer, id_range: IdRange, size: int, started: float) -> Allocation:
+        layer.breaker.record_success()
+        self.metrics.record_success(layer.source, size, time.perf_counter() - started)
+        if self.on_allocated is not None:
+            self.on_allocated(id_range.namespace, size)
+        return Allocation(id_range, layer.source)
 
     def retry_after(self, skip: Layer | None = None) -> int:
         """Whole seconds until some layer (other than ``skip``) will be tried again (at

@@ -171,12 +171,20 @@ class Settings(BaseSettings):
     postgresql_mode: PostgresqlMode = Field(
         "direct",
         description="With PostgreSQL: 'direct' grants each batch of concurrent requests from "
-        "the ledger; 'lease' serves from per-instance leases of KEYGEN_LEASE_SIZE IDs.",
+        "the ledger; 'lease' serves from in-process segments the ledger grants (see "
+        "KEYGEN_LEASE_SIZE).",
     )
     data_dir: Path = Field(Path(".keygen"), description="Where local state lives.")
     max_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = DEFAULT_MAX_BLOCK_SIZE
     lease_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
-        DEFAULT_LEASE_SIZE, description="IDs an in-process lease takes from the ledger at once."
+        DEFAULT_LEASE_SIZE,
+        description="The least IDs an in-process segment takes from the ledger at once (it "
+        "grows with demand up to 1024 times this).",
+    )
+    lease_seconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0,
+        description="Seconds of this process's demand an in-process segment granted by the "
+        "ledger holds (served from memory, the next one fetched ahead).",
     )
     instance_id: str = Field(default_factory=_default_instance_id)
     reserve: ReserveMode = Field(

@@ -15,9 +15,11 @@ from keygen.audit import Auditor
 from keygen.auth import ENFORCED_MARKER, KeyStore, load_secret
 from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
+from keygen.constants import MAX_ID
+from keygen.dispensers import lease
 from keygen.dispensers.base import Dispenser
 from keygen.dispensers.direct import DirectDispenser
-from keygen.dispensers.lease import LeaseDispenser
+from keygen.dispensers.lease import LedgerLeases
 from keygen.dispensers.redis import RedisDispenser
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.dispensers.segments import SegmentDispenser
@@ -212,10 +214,11 @@ class Keygen:
         if isinstance(ledger, PostgresLedger) and settings.postgresql_mode == "direct":
             dispenser = DirectDispenser(ledger, holder=settings.instance_id)
         else:
-            dispenser = LeaseDispenser(
-                ledger,
-                lease_size=settings.lease_size,
-                holder=settings.instance_id,
+            dispenser = SegmentDispenser(
+                LedgerLeases(ledger, holder=settings.instance_id),
+                target_seconds=settings.lease_seconds,
+                min_length=settings.lease_size,
+                max_length=min(MAX_ID, settings.lease_size * lease.LEASE_GROWTH),
                 max_namespaces=settings.max_namespaces,
             )
         layers.append(Layer(dispenser, cls._breaker(settings), settings.allocation_timeout))

@@ -80,12 +80,29 @@ def test_a_tail_too_short_for_a_request_is_given_up_and_counted() -> None:
         inner = FakeDispenser("redis_sentinel")
         segments = SegmentDispenser(inner, min_length=100, max_length=100, target_seconds=0)
         first = await segments.allocate("default", 70)
+        inner.next += 50  # another instance carves 101..150 meanwhile
         await settle()  # the next segment, fetched once a tenth was used
         second = await segments.allocate("default", 40)  # 30 left: wasted
         assert first == IdRange("default", 1, 70)
-        assert second.start == 101
+        assert second.start == 151
         assert segments.ids_wasted == 30
         assert check(records([first, second])).ok
+
+    run(scenario)
+
+
+def test_a_tail_followed_by_the_next_segment_is_kept() -> None:
+    """The next segment starts where the current one ends: one span, no ID wasted."""
+
+    async def scenario() -> None:
+        inner = FakeDispenser("redis_sentinel")
+        segments = SegmentDispenser(inner, min_length=100, max_length=100, target_seconds=0)
+        first = await segments.allocate("default", 70)
+        await settle()
+        second = await segments.allocate("default", 40)
+        assert (first.end, second.start, second.end) == (70, 71, 110)
+        assert segments.ids_wasted == 0
+        await segments.aclose()
 
     run(scenario)
 
@@ -202,11 +219,13 @@ def test_a_request_finding_the_fetch_done_before_its_callback_ran_takes_it_in() 
         inner = FakeDispenser("redis_sentinel")
         segments = SegmentDispenser(inner, min_length=100, max_length=100, target_seconds=0)
         await segments.allocate("default", 50)
+        inner.next += 50  # another instance carves 101..150: the next segment is 151..250
         await settle()  # the second segment on hand; 50 left of the first
         await segments.allocate("default", 60)  # the first's 50 wasted; prefetch started
         # Queued behind the prefetch: it runs after the fetch finished, before its callback.
         late = asyncio.ensure_future(segments.allocate("default", 50))
         got = await asyncio.wait_for(late, 5)
-        assert got == IdRange("default", 201, 250)
+        # 40 were left of 151..250: the fetched 251..350 follows it, one span.
+        assert got == IdRange("default", 211, 260)
 
     run(scenario)

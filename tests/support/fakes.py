@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 from keygen.constants import GRANT_RESERVE, MAX_ID
-from keygen.dispensers.base import Dispenser
+from keygen.dispensers.segments import SegmentSource
 from keygen.errors import LayerUnavailable, LedgerUnavailable, NamespaceExhausted
 from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import (
@@ -144,6 +144,9 @@ class FakeDispenser:
         start, self.next = self.next, self.next + size
         return IdRange(namespace, start, start + size - 1)
 
+    async def segment(self, namespace: str, length: int) -> IdRange:
+        return await self.allocate(namespace, length)
+
     async def ping(self) -> None:
         if self.mode != "serve":
             raise LayerUnavailable(f"{self.source} is down")
@@ -154,4 +157,4 @@ class FakeDispenser:
 
 # The fakes stand for these protocols: mypy checks here that they still match them.
 _LEDGER: type[Ledger] = FakeLedger
-_DISPENSER: type[Dispenser] = FakeDispenser
+_DISPENSER: type[SegmentSource] = FakeDispenser

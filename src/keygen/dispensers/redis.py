@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -42,6 +43,7 @@ from keygen.constants import (
 )
 from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.coalescing import Coalescer, Waiter, fit, split
+from keygen.dispensers.segment import what_is_left
 from keygen.errors import LayerUnavailable, NamespaceExhausted
 from keygen.histogram import REFILL_BUCKETS, Histogram
 from keygen.ledgers.base import Ledger
@@ -104,6 +106,10 @@ class RedisDispenser:
 
     async def allocate(self, namespace: str, size: int) -> IdRange:
         return await self._batches.submit(namespace, size)
+
+    async def segment(self, namespace: str, length: int) -> IdRange:
+        """A segment for this process: one carve of the shared lease, like any request."""
+        return await self._batches.submit(namespace, length)
 
     async def _serve(self, namespace: str, batch: list[Waiter]) -> None:
         """One FCALL for the whole batch; refill and call again while the lease falls short."""
@@ -187,19 +193,13 @@ class RedisDispenser:
         if state.grant and not state.fenced and state.left >= size:
             return  # another instance refilled it while we took the lock
         length = max(size, self._next_length(state))
-        try:
-            grant = await self._ledger.grant(
-                namespace, length, kind=GRANT_LEASE, holder=self._holder
-            )
-        except NamespaceExhausted as exhausted:
-            # Near the end of the namespace: a lease of its last IDs, if the request fits.
-            if exhausted.remaining < size:
-                # What is left: in the ledger, and in the lease if it can still serve.
-                usable = state.left if state.grant and not state.fenced else 0
-                raise NamespaceExhausted(namespace, size, exhausted.remaining + usable) from None
-            grant = await self._ledger.grant(
-                namespace, exhausted.remaining, kind=GRANT_LEASE, holder=self._holder
-            )
+        grant = await what_is_left(
+            partial(self._ledger.grant, namespace, kind=GRANT_LEASE, holder=self._holder),
+            namespace,
+            length,
+            size=size,
+            elsewhere=state.left if state.grant and not state.fenced else 0,
+        )
         grant_id = f"{namespace}:{grant.start}"
         reply = await self._call(
             fn.INSTALL,

@@ -39,6 +39,7 @@ from typing import Any, Final
 from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
 from keygen.dispensers.journal import Journal, Record
 from keygen.dispensers.reserve_state import RATE_WINDOW, HeldReserve, Rate, namespace_snapshot
+from keygen.dispensers.segment import what_is_left
 from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
 from keygen.histogram import REFILL_BUCKETS, Histogram
@@ -168,10 +169,8 @@ class ReserveDispenser:
     async def allocate(self, namespace: str, size: int) -> IdRange:
         while True:
             reserve = self._serving_reserve(namespace, size)
-            start = reserve.cursor
-            if start + size - 1 <= reserve.durable:
-                # No await between the check and the move: nothing can interleave.
-                reserve.cursor = start + size
+            start = reserve.carve(size, below=reserve.durable)
+            if start is not None:
                 self._served(reserve, size)
                 return IdRange(namespace, start, start + size - 1)
             # Every request that needs the mark raised waits for the same journal write.
@@ -210,14 +209,14 @@ class ReserveDispenser:
         if (
             not reserve.prefetching
             and reserve.durable < reserve.end
-            and reserve.durable - reserve.cursor + 1 < reserve.chunk // 2
+            and reserve.durable - reserve.next + 1 < reserve.chunk // 2
         ):
             reserve.prefetching = True  # set now: carving never yields, the task starts later
             self._spawn(self._prefetch_mark(reserve))  # the next chunk, before it is needed
 
     async def _raise_mark(self, reserve: HeldReserve, size: int) -> None:
         """Journal (and fsync) a mark covering the next ``size`` IDs, and a chunk more."""
-        target = min(reserve.end, max(reserve.cursor + size - 1, reserve.durable + reserve.chunk))
+        target = min(reserve.end, max(reserve.next + size - 1, reserve.durable + reserve.chunk))
         if target <= reserve.durable:
             return
         await self._append([{"type": "mark", **reserve.key(), "mark": target}])
@@ -416,17 +415,15 @@ class ReserveDispenser:
         started = time.perf_counter()
         async with asyncio.timeout(LEDGER_CALL_TIMEOUT):
             try:
-                granted = await self._ledger.grant(
-                    namespace, self.size, kind=GRANT_RESERVE, holder=self.holder
+                granted = await what_is_left(
+                    partial(self._ledger.grant, namespace, kind=GRANT_RESERVE, holder=self.holder),
+                    namespace,
+                    self.size,
                 )
-            except NamespaceExhausted as exhausted:
-                if exhausted.remaining < 1:
-                    log.warning("namespace %r is exhausted: no emergency reserve for it", namespace)
-                    del self._wanted[namespace]
-                    return
-                granted = await self._ledger.grant(
-                    namespace, exhausted.remaining, kind=GRANT_RESERVE, holder=self.holder
-                )
+            except NamespaceExhausted:
+                log.warning("namespace %r is exhausted: no emergency reserve for it", namespace)
+                del self._wanted[namespace]
+                return
         fresh = HeldReserve(namespace, granted.start, granted.end, granted.start - 1)
         old = self._current.get(namespace)
         records: list[Record] = [

@@ -9,6 +9,7 @@ import time
 from collections import deque
 from typing import Any, Final
 
+from keygen.dispensers.segment import Segment
 from keygen.snapshots import ReserveNamespaceSnapshot
 
 __all__ = ["MARK_CHUNKS", "RATE_WINDOW", "HeldReserve", "Rate", "namespace_snapshot"]
@@ -19,41 +20,23 @@ MARK_CHUNKS: Final = 64
 RATE_WINDOW: Final = 60
 
 
-class HeldReserve:
-    """A reserve in memory: IDs ``cursor..end`` are left; ``start..durable`` are journaled."""
+class HeldReserve(Segment):
+    """A reserve in memory: IDs ``next..end`` are left; ``start..durable`` are journaled."""
 
-    __slots__ = (
-        "cursor",
-        "durable",
-        "end",
-        "held_since",
-        "namespace",
-        "prefetching",
-        "retired",
-        "start",
-    )
+    __slots__ = ("durable", "held_since", "namespace", "prefetching", "retired")
 
     def __init__(self, namespace: str, start: int, end: int, mark: int) -> None:
+        # After a restart the cursor resumes above everything possibly handed out.
+        super().__init__(start, end, next_id=mark + 1)
         self.namespace = namespace
-        self.start = start
-        self.end = end
-        self.cursor = mark + 1  # after a restart: above everything possibly handed out
         self.durable = mark  # highest ID the journal's mark covers
         self.prefetching = False  # a task raising the mark ahead of need is scheduled
         self.retired: str | None = None
         self.held_since = time.monotonic()
 
     @property
-    def remaining(self) -> int:
-        return self.end - self.cursor + 1
-
-    @property
     def used_end(self) -> int:
-        return self.cursor - 1
-
-    @property
-    def used(self) -> bool:
-        return self.cursor > self.start
+        return self.next - 1
 
     @property
     def chunk(self) -> int:

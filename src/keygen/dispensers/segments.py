@@ -1,27 +1,30 @@
 """Segments: ranges a layer handed this process, served from memory, the next one fetched
 ahead (Meituan Leaf's double buffer).
 
-In Redis mode every request (or coalesced batch) would pay a Redis round trip. Instead this
-dispenser asks the layer below it (the Redis dispenser: one fenced function call) for a
-**segment** of about ``target_seconds`` of this process's demand, serves requests from it by
-moving a cursor in memory, and once ``prefetch_at`` of it is used (a tenth) fetches the next
-one in the background, so that in steady state no request waits for Redis. A segment is
-this process's alone as soon as the call that carved it succeeded, like any range the
-service acknowledged (docs/correctness.md); a segment a crash abandons is wasted, never
-reused. Rules kept (DESIGN.md, "Segments"):
+Every request (or coalesced batch) would otherwise wait for its layer: a Redis round trip,
+or a ledger transaction. Instead this dispenser asks the layer below it for a **segment**
+(``SegmentSource.segment``: one fenced Redis function call carving it from the shared lease,
+or one grant of the ledger) of about ``target_seconds`` of this process's demand, serves
+requests from it by moving a cursor in memory, and once ``prefetch_at`` of it is used (a
+tenth) fetches the next one in the background, so that in steady state no request waits for
+Redis, PostgreSQL or SQLite. A segment is this process's alone as soon as the call that
+produced it succeeded, like any range the service acknowledged (docs/correctness.md); a
+segment a crash abandons is wasted, never reused. Rules kept (DESIGN.md, "Segments"):
 
 - a segment is served only once the call that produced it succeeded;
-- the next segment never shares an ID with the current one (each is its own carve); when the
-  current one is too short for a request and the next is on hand, the current one's tail is
-  wasted;
+- the next segment never shares an ID with the current one (each is its own carve or
+  grant); when the current one is too short for a request and the next is on hand, the
+  current one's tail is wasted, unless the next one follows it (one span: kept);
 - a fetch that fails is simply tried again (a failed prefetch at most once per
   ``RETRY_PAUSE``; a request with nothing on hand tries at once, and its error is the
   layer's, so the allocator falls back);
+- near the end of a namespace a fetch asks for what is left (``segment.what_is_left``);
 - the length adapts to demand, within ``min_length`` and ``max_length``: at most two
   segments per namespace are held (the current and the next), so a ``kill -9`` wastes at most
   ``2 * max_length`` IDs per namespace and process.
 
-``source`` is the layer's: a segment from Redis is served as ``redis_sentinel``.
+``source`` is the layer's: a segment from Redis is served as ``redis_sentinel``, one from
+the embedded ledger as ``sqlite``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final
+from functools import partial
+from typing import Final, Protocol
 
 from keygen.dispensers.base import Dispenser
+from keygen.dispensers.segment import Segment, what_is_left
 from keygen.histogram import Histogram
 from keygen.ranges import IdRange
 
@@ -41,18 +46,31 @@ log = logging.getLogger(__name__)
 RETRY_PAUSE: Final = 0.25
 #: A segment serves at least this many requests of the size that made it be fetched.
 MIN_REQUESTS: Final = 4
+#: A segment is at most this many times as long as the one fetched before it.
+GROWTH: Final = 4
+
+
+class SegmentSource(Dispenser, Protocol):
+    """A layer segments come from; its ``allocate`` serves requests too large for one."""
+
+    async def segment(self, namespace: str, length: int) -> IdRange:
+        """``length`` consecutive IDs of ``namespace``, this process's alone, to serve from.
+
+        Raises:
+            as ``Dispenser.allocate``.
+        """
+        ...
 
 
 class _Namespace:
-    """One namespace's segments: the one served (``next``..``end``) and the one fetched ahead."""
+    """One namespace's segments: the one served and the one fetched ahead."""
 
     __slots__ = (
+        "current",
         "demand",
-        "end",
         "fetch",
         "last_fetch",
         "length",
-        "next",
         "refill_at",
         "retry_at",
         "spare",
@@ -60,8 +78,9 @@ class _Namespace:
     )
 
     def __init__(self, length: int) -> None:
-        self.next, self.end, self.refill_at = 1, 0, 0  # nothing on hand
-        self.spare: IdRange | None = None
+        self.current = Segment.empty()
+        self.refill_at = 0
+        self.spare: Segment | None = None
         self.fetch: asyncio.Task[IdRange] | None = None
         self.length = length
         self.demand = 0  # IDs served since the last fetch started
@@ -69,12 +88,21 @@ class _Namespace:
         self.retry_at = 0.0
         self.used = True
 
-    def take(self, segment: IdRange, prefetch_at: float) -> int:
-        """Serve from ``segment`` now; return the IDs of the current one given up."""
-        wasted = max(0, self.end - self.next + 1)
-        self.next, self.end = segment.start, segment.end
-        self.refill_at = segment.start + int(segment.size * prefetch_at)
-        return wasted
+    def swap(self, prefetch_at: float) -> int:
+        """Serve from the spare segment now; return the IDs of the current one given up."""
+        current, spare = self.current, self.spare
+        assert spare is not None
+        self.spare = None
+        self.refill_at = spare.start + int(spare.size * prefetch_at)
+        if current.remaining and spare.follows(current):  # one span: the tail is kept
+            current.end = spare.end
+            return 0
+        self.current = spare
+        return current.remaining
+
+    @property
+    def on_hand(self) -> int:
+        return self.current.remaining + (0 if self.spare is None else self.spare.size)
 
 
 class SegmentDispenser:
@@ -92,7 +120,7 @@ class SegmentDispenser:
 
     def __init__(
         self,
-        inner: Dispenser,
+        inner: SegmentSource,
         *,
         target_seconds: float = 1.0,
         min_length: int = 10_000,
@@ -114,6 +142,7 @@ class SegmentDispenser:
         self.max_namespaces = max_namespaces
         self.segments_fetched = 0
         self.requests_served = 0
+        self.evictions = 0  # namespaces whose segments were dropped to bound the memory held
         self._wasted = 0
         self._namespaces: dict[str, _Namespace] = {}
 
@@ -136,20 +165,35 @@ class SegmentDispenser:
         if state is None:
             state = self._hold(namespace)
         while True:
-            start = state.next
-            if start + size - 1 <= state.end:  # the fast path: no await, nothing shared
-                state.next = start + size
+            served = self._serve(namespace, state, size)
+            if served is not None:
+                return served
+            await self._fetched(namespace, state, size)
+
+    def carve_now(self, namespace: str, size: int) -> IdRange | None:
+        """``size`` IDs from the segments on hand, or None when a request would have to wait
+        for its layer: the allocator's path without a timeout (nothing here can hang)."""
+        state = self._namespaces.get(namespace)
+        if state is None or size > self.max_length:
+            return None
+        return self._serve(namespace, state, size)
+
+    def _serve(self, namespace: str, state: _Namespace, size: int) -> IdRange | None:
+        """Carve from the current segment, swapping the next one in when it falls short
+        (no await: nothing can interleave); None when nothing on hand fits."""
+        while True:
+            current = state.current
+            start = current.carve(size)
+            if start is not None:
                 state.demand += size
                 state.used = True
-                if state.next > state.refill_at and state.spare is None and state.fetch is None:
+                if current.next > state.refill_at and state.spare is None and state.fetch is None:
                     self._prefetch(namespace, state, size)
                 self.requests_served += 1
                 return IdRange(namespace, start, start + size - 1)
-            if state.spare is not None:
-                self._wasted += state.take(state.spare, self.prefetch_at)
-                state.spare = None
-                continue
-            await self._fetched(namespace, state, size)
+            if state.spare is None:
+                return None
+            self._wasted += state.swap(self.prefetch_at)
 
     def _hold(self, namespace: str) -> _Namespace:
         if len(self._namespaces) >= self.max_namespaces:
@@ -171,20 +215,30 @@ class SegmentDispenser:
         else:  # every namespace has a fetch in flight: the oldest goes (its fetch wasted)
             namespace, state = next(iter(held.items()))
             del held[namespace]
-        self._wasted += max(0, state.end - state.next + 1) + (state.spare or _EMPTY).size
+        self._wasted += state.on_hand
+        self.evictions += 1
 
     def _length(self, state: _Namespace, size: int) -> int:
-        """About ``target_seconds`` of the demand since the last fetch, within the bounds."""
+        """About ``target_seconds`` of the demand since the last fetch, within the bounds,
+        and at most ``GROWTH`` times the last length: a burst right after a fetch (a few
+        requests in a millisecond) does not pass for a steady rate."""
         now = time.monotonic()
         elapsed = max(now - state.last_fetch, 1e-3)
         rate = state.demand / elapsed
         state.demand, state.last_fetch = 0, now
-        wanted = int(rate * self.target_seconds)
+        wanted = min(int(rate * self.target_seconds), GROWTH * state.length)
         return min(self.max_length, max(self.min_length, wanted, MIN_REQUESTS * size))
 
     def _start_fetch(self, namespace: str, state: _Namespace, size: int) -> asyncio.Task[IdRange]:
         length = state.length = self._length(state, size)
-        task = asyncio.get_running_loop().create_task(self.inner.allocate(namespace, length))
+        fetching = what_is_left(
+            partial(self.inner.segment, namespace),
+            namespace,
+            length,
+            size=size,
+            elsewhere=state.current.remaining,
+        )
+        task = asyncio.get_running_loop().create_task(fetching)
         state.fetch = task
         task.add_done_callback(lambda done: self._landed(namespace, state, done))
         return task
@@ -209,7 +263,7 @@ class SegmentDispenser:
         if self._namespaces.get(namespace) is not state:  # evicted meanwhile
             self._wasted += segment.size
             return
-        state.spare = segment
+        state.spare = Segment(segment.start, segment.end)
 
     def _prefetch(self, namespace: str, state: _Namespace, size: int) -> None:
         if time.monotonic() >= state.retry_at:
@@ -230,7 +284,7 @@ class SegmentDispenser:
         state = self._namespaces.get(namespace)
         if state is None:
             return 0
-        return max(0, state.end - state.next + 1) + (state.spare or _EMPTY).size
+        return state.on_hand
 
     async def ping(self) -> None:
         await self.inner.ping()
@@ -245,6 +299,3 @@ class SegmentDispenser:
             self._wasted += self.remaining(namespace)
         self._namespaces.clear()
         await self.inner.aclose()
-
-
-_EMPTY: Final = IdRange("", 1, 0)
