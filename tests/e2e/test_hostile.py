@@ -252,6 +252,28 @@ def test_a_huge_header_is_refused_with_bounded_memory(server: ServeProcess) -> N
     assert growth < 20_000, f"RSS grew {growth} KiB"
 
 
+def test_a_head_over_the_limit_in_one_read_is_refused_and_allocates_nothing(
+    server: ServeProcess,
+) -> None:
+    """A request whose 32 KiB head (over the 8 KiB default) and body come in one write gets
+    the 431 one sent a byte at a time gets, and allocates nothing; two pipelined requests
+    with small heads, over the limit together in one write, are both served (bodies and
+    the next request are not the head)."""
+    body = b'{"size": 1, "namespace": "big-head"}'
+    head = (
+        b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nX-Big: %s\r\nConnection: %s\r\n\r\n"
+    )
+    refused = _exchange(server, head % (len(body), b"a" * 32768, b"close") + body)
+    assert _json_error(refused) == (431, "headers_too_large")
+    assert _grants(server, "big-head") == 0
+    padded = b'{"size": 1, "namespace": "big-head"' + b" " * 4000 + b"}"
+    requests = head % (len(padded), b"a", b"keep-alive") + padded
+    requests += head % (len(padded), b"a", b"close") + padded
+    served = _exchange(server, requests)
+    assert served.count(b"HTTP/1.1 200 ") == 2, served[:600]
+
+
 def test_pipelined_requests_never_read_are_bounded(server: ServeProcess) -> None:
     """Pipelined requests whose answers are never read end in a closed connection, and
     RSS stays within a few MB."""

@@ -87,6 +87,10 @@ def raise_descriptor_limit(max_connections: int) -> int | None:
     return None if new >= wanted else new
 
 
+class _HeadTooLarge(Exception):
+    """Raised in the parser's callback: the request's head, read whole, was over the limit."""
+
+
 class _PipelineFull(Exception):
     """Raised from a parser callback to stop parsing the rest of the bytes received."""
 
@@ -219,6 +223,9 @@ class KeygenHttpProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_head()
+                return
             if isinstance(exc.__context__, _PipelineFull):
                 # Not answered: the client reads nothing, and a response is being written.
                 self.refuse(429, "too_many_pipelined", "", answer=False)
@@ -229,12 +236,15 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             self.refuse(400, "bad_request", f"invalid HTTP request: {detail}")
             return
         if self.in_head and self.head_bytes > self.edge.limits.max_header_bytes:
-            self.refuse(
-                431,
-                "headers_too_large",
-                f"the request line and headers must be at most "
-                f"{self.edge.limits.max_header_bytes} bytes",
-            )
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self.refuse(
+            431,
+            "headers_too_large",
+            f"the request line and headers must be at most "
+            f"{self.edge.limits.max_header_bytes} bytes",
+        )
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, "bad_request", msg)
@@ -246,11 +256,23 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             self.head_started = self.edge.now
 
     def on_headers_complete(self) -> None:
+        # The bytes read count the body too when it came in the same read as the head: only
+        # then is the head itself measured (a request whose whole head came in one read,
+        # over the limit, must be refused as one sent a byte at a time is).
+        limit = self.edge.limits.max_header_bytes
+        if self.head_bytes > limit and self._head_size() > limit:
+            raise _HeadTooLarge
         self.in_head = False
         self.head_bytes = 0
         super().on_headers_complete()
         if len(self.pipeline) > self.edge.limits.max_pipeline:
             raise _PipelineFull
+
+    def _head_size(self) -> int:
+        """The request line and headers as received (the method and version are a few bytes,
+        counted as the longest)."""
+        fields = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        return len(self.url) + fields + 20
 
     def close_idle(self) -> None:
         """Close this idle connection to make room for a new one."""
