@@ -20,6 +20,7 @@ LAYERS = {
     "keygen.tls": 6,
     "keygen.__main__": 6,
     "keygen.chaos": 6,
+    "keygen.bench": 6,
     "keygen.cluster": 6,
     "keygen.backup": 6,
     "keygen.monitor": 6,

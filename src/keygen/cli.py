@@ -26,6 +26,7 @@ from rich.table import Table
 
 from keygen import __version__
 from keygen.backup_cli import add_backup_commands
+from keygen.bench.cli import add_bench_command
 from keygen.chaos.cli import add_chaos_command
 from keygen.checker import check, read_records
 from keygen.client import DEFAULT_URL, KeygenAPIError, KeygenClient
@@ -443,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(commands)
     add_monitor_command(commands)
     add_keys_commands(commands)
+    add_bench_command(commands)
     return parser
 
 
