@@ -72,7 +72,7 @@ async def test_with_a_database_url_requests_are_served_from_postgresql(
 async def test_lease_mode_serves_postgresql_leases_from_memory(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    """KEYGEN_POSTGRESQL_MODE=lease serves from in-process leases of the PostgreSQL ledger:
+    """KEYGEN_POSTGRESQL_MODE=lease serves from in-process segments of the PostgreSQL ledger:
     many requests, one lease grant."""
     settings = pg_settings(tmp_path, postgres_url, postgresql_mode="lease", lease_size=10_000)
     async with running(create_app(settings)) as http:

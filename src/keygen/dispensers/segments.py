@@ -202,8 +202,8 @@ class SegmentDispenser:
         return state
 
     def _evict(self) -> None:
-        """Drop the segments of a namespace idle since the sweep last passed it (second
-        chance, as the lease dispenser does); they are wasted."""
+        """Drop the segments of a namespace idle since the sweep last passed it (a second
+        chance: a namespace served since is spared once); they are wasted."""
         held = self._namespaces
         for _ in range(2 * len(held)):  # two passes: the first clears every flag it spares
             namespace, state = next(iter(held.items()))
