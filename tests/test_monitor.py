@@ -41,6 +41,7 @@ from keygen.monitor import (
 )
 from keygen.snapshots import AlertsDocument, HealthSnapshot, HistoryDocument
 from tests.support.processes import ServeProcess, free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "monitor-id-service.py"
@@ -68,14 +69,6 @@ def allocate(url: str, times: int, size: int = 7) -> None:
     with httpx.Client(base_url=url, timeout=10) as client:
         for _ in range(times):
             client.post("/allocate", json={"size": size}).raise_for_status()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def figure(name: str, value: int, text: str) -> bool:
@@ -132,7 +125,7 @@ def test_once_shows_the_services_trends_and_alerts(server: ServeProcess) -> None
         rates = response.json()["series"]["requests_per_second"]
         return sum(r or 0 for r in rates) > 0
 
-    wait_until(history_shows_them, 10, "the allocations in the history")
+    wait_for(history_shows_them, 10, "the allocations in the history")
     result = keygen_monitor("--once", "--url", server.url)
     assert result.returncode == EXIT_HEALTHY, result.stdout + result.stderr
     out = result.stdout

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,17 +21,11 @@ from keygen.bench.failover import SCENARIOS, run_scenario
 from keygen.bench.generator import Step, Timeline, run_step
 from keygen.bench.targets import open_topology, start_bare
 from tests.support.processes import ServeProcess, keygen
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
 RATE, DURATION = 200.0, 2.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_short_run_keeps_the_offered_rate_and_reports_every_figure(tmp_path: Path) -> None:

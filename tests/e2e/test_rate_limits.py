@@ -18,6 +18,7 @@ import pytest
 from keygen.checker import Record, check
 from keygen.cluster.topology import LocalCluster
 from tests.support.processes import ServeProcess, keygen
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,13 +38,6 @@ def create_key(env: dict[str, str], name: str, *options: str) -> tuple[str, str]
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
     return str(created["id"]), str(created["token"])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
-        time.sleep(0.05)
 
 
 class Tally:
