@@ -8,6 +8,7 @@ import pytest
 from keygen.api import create_app
 from keygen.api.allocate import AllocateEndpoint
 from keygen.config import Settings
+from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from tests.support.app import running
 
 pytestmark = pytest.mark.anyio
@@ -24,6 +25,12 @@ async def test_namespace_with_a_trailing_newline_is_refused(client: httpx.AsyncC
     response = await client.post("/allocate", json={"namespace": "abc\n", "size": 1})
     assert response.status_code == 422
     assert await _next_start(client, "abc") == 1
+
+
+def test_the_default_namespace_is_one_the_pattern_admits() -> None:
+    """A request without a namespace is not matched against the pattern: the default must
+    be one it admits."""
+    assert NAMESPACE_PATTERN.fullmatch(DEFAULT_NAMESPACE)
 
 
 @pytest.mark.parametrize("namespace", ["", "-a", "A", "a b", "a\x00", "\u0430", "a" * 65])

@@ -84,7 +84,9 @@ def parse_request(body: bytes, settings: Settings) -> tuple[str, int]:
         size = int(size)
     if not 1 <= size <= settings.max_block_size:
         raise InvalidRequest(f"size must be between 1 and {settings.max_block_size}, got {size}")
-    namespace = DEFAULT_NAMESPACE if request.namespace is None else request.namespace
+    namespace = request.namespace
+    if namespace is None:
+        return DEFAULT_NAMESPACE, size
     if NAMESPACE_PATTERN.fullmatch(namespace) is None:  # not .match: "$" admits a "\n"
         raise InvalidRequest(
             f"namespace must match {NAMESPACE_PATTERN.pattern} (lowercase letters, digits, "
@@ -103,17 +105,18 @@ def _is_json(content_type: bytes) -> bool:
 async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadDeadlines) -> bytes:
     """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON,
     or when it has not all arrived by its deadline."""
-    content_type: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+    # A dict, not a loop over the pairs: a repeated header counts by its last value (a
+    # repeated Content-Length never gets here: the parser refuses it).
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+    content_type = headers.get(b"content-type")
     # Required even without a body: a cross-site form or fetch() without a JSON type is a
     # "simple" request that browsers send without asking (CORS preflight) first.
     if content_type is None:
         raise UnsupportedMediaType("POST /allocate needs Content-Type: application/json")
-    if not _is_json(content_type):
+    if content_type != b"application/json" and not _is_json(content_type):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {content_type.decode('latin-1')[:80]!r}"
         )
@@ -151,6 +154,14 @@ class AllocateEndpoint:
         settings: Settings = api.state.settings
         self.allowed_hosts = settings.allowed_host_list
         self.access_log = settings.access_log
+        #: Handed over by the app's lifespan (``app.py``) once the service runs: attributes
+        #: of this object, because a lookup in Starlette's ``app.state`` costs about 1 µs.
+        self.service: Keygen | None = None
+        self.read_deadlines: ReadDeadlines | None = None
+
+    def serve(self, service: Keygen | None, read_deadlines: ReadDeadlines | None) -> None:
+        """Serve requests with ``service`` (None: stopped)."""
+        self.service, self.read_deadlines = service, read_deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.allowed_hosts is not None and scope["type"] == "http":
@@ -163,24 +174,25 @@ class AllocateEndpoint:
                     {"Connection": "close"},
                 )
                 return
-        if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
+        service, read_deadlines = self.service, self.read_deadlines
+        if (
+            scope["type"] != "http"
+            or scope["path"] != ALLOCATE_PATH
+            or service is None
+            or read_deadlines is None
+        ):
             await self._pass_on(scope, receive, send)
             return
-        service: Keygen = self.api.state.service
-        counters = service.counters
-        auth = service.auth
-        quotas = service.quotas
+        counters, auth, settings = service.counters, service.auth, service.settings
         try:
             # Before the body is read: a request without a valid key costs nothing more.
             grants = auth.authenticate(bearer_token(scope["headers"])) if auth.enforced else OPEN
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
-            body = await read_body(
-                scope, receive, service.settings.max_body_bytes, self.api.state.read_deadlines
-            )
-            namespace, size = parse_request(body, service.settings)
-            if grants is not OPEN or quotas.namespaced:
-                _admit(grants, quotas, namespace, size)
+            body = await read_body(scope, receive, settings.max_body_bytes, read_deadlines)
+            namespace, size = parse_request(body, settings)
+            if grants is not OPEN or service.quotas.namespaced:
+                _admit(grants, service.quotas, namespace, size)
             allocation = await service.allocator.allocate(namespace, size)
         except ClientDisconnected as exc:
             counters.record_rejected(exc.code)  # no response: nobody is left to read it
@@ -198,7 +210,7 @@ class AllocateEndpoint:
         counters.record_response(ALLOCATE_PATH, 200)
         id_range = allocation.range
         if grants is not OPEN:
-            service.usage.record(grants.key_id, id_range.size)
+            service.usage.record(grants.key_id, size)
         if self.access_log:
             access_log.info(
                 "allocated %s %d-%d (%d) from %s to %s",
@@ -214,19 +226,14 @@ class AllocateEndpoint:
             200,
             _encode_allocation(
                 AllocatedRange(
-                    id_range.start,
-                    id_range.end,
-                    id_range.size,
-                    id_range.namespace,
-                    allocation.source,
-                    time.time(),
+                    id_range.start, id_range.end, size, namespace, allocation.source, time.time()
                 )
             ),
         )
 
     async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
         """To the FastAPI app, counting the response's status."""
-        service: Keygen | None = getattr(self.api.state, "service", None)
+        service = self.service
         if scope["type"] != "http" or service is None:  # lifespan, or before start-up
             await self.api(scope, receive, send)
             return

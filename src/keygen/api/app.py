@@ -33,6 +33,8 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     read_deadlines.start()
     api.state.read_deadlines = read_deadlines
     api.state.service = service
+    endpoint: AllocateEndpoint = api.state.endpoint
+    endpoint.serve(service, read_deadlines)
     log.info(
         "keygen %s serving from %s",
         __version__,
@@ -41,6 +43,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        endpoint.serve(None, None)
         await read_deadlines.stop()
         await service.aclose()
 
@@ -100,4 +103,6 @@ def create_app(settings: Settings | None = None) -> AllocateEndpoint:
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(Exception, _unexpected_error)
     install_openapi(api)
-    return AllocateEndpoint(api)
+    # The lifespan hands it the running service.
+    endpoint = api.state.endpoint = AllocateEndpoint(api)
+    return endpoint

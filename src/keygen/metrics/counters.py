@@ -39,8 +39,17 @@ _FILE_PREFIX = "counters-"
 _SOURCE_INDEX = {source: i for i, source in enumerate(COUNTED_SOURCES)}
 _OTHER_SOURCE = len(COUNTED_SOURCES) - 1
 _ENDPOINT_INDEX = {endpoint: i for i, endpoint in enumerate(ENDPOINTS)}
-_STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
+#: By the status as a number: a response is counted without formatting its status.
+_STATUS_INDEX = {int(status): i for i, status in enumerate(STATUSES) if status.isdigit()}
 _CODE_INDEX = {code: i for i, code in enumerate(CODES)}
+# The slots counted on every request, looked up once rather than on the LAYOUT each time.
+_ALLOCATED = LAYOUT.allocated
+_IDS_ALLOCATED = LAYOUT.ids_allocated
+_LATENCY_SUM = LAYOUT.latency_sum
+_LATENCY_BUCKETS = LAYOUT.latency_buckets
+_RECENT = LAYOUT.recent
+_RECENT_COUNT = LAYOUT.recent_count
+_bucket = bisect.bisect_left
 _OTHER_ENDPOINT = len(ENDPOINTS) - 1
 _OTHER_STATUS = len(STATUSES) - 1
 _OTHER_CODE = len(CODES) - 1
@@ -71,8 +80,8 @@ class Counters:
 
     def record_success(self, source: str, size: int, seconds: float) -> None:
         ints = self.ints
-        ints[LAYOUT.allocated + _SOURCE_INDEX.get(source, _OTHER_SOURCE)] += 1
-        ints[LAYOUT.ids_allocated] += size
+        ints[_ALLOCATED + _SOURCE_INDEX.get(source, _OTHER_SOURCE)] += 1
+        ints[_IDS_ALLOCATED] += size
         self._latency(seconds)
 
     def record_failure(self, seconds: float) -> None:
@@ -81,15 +90,15 @@ class Counters:
 
     def _latency(self, seconds: float) -> None:
         ints, floats = self.ints, self.floats
-        floats[LAYOUT.latency_sum] += seconds
-        ints[LAYOUT.latency_buckets + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        count = ints[LAYOUT.recent_count]
-        floats[LAYOUT.recent + count % RECENT_SAMPLES] = seconds
-        ints[LAYOUT.recent_count] = count + 1
+        floats[_LATENCY_SUM] += seconds
+        ints[_LATENCY_BUCKETS + _bucket(LATENCY_BUCKETS, seconds)] += 1
+        count = ints[_RECENT_COUNT]
+        floats[_RECENT + count % RECENT_SAMPLES] = seconds
+        ints[_RECENT_COUNT] = count + 1
 
     def record_response(self, path: str, status: int) -> None:
         endpoint = _ENDPOINT_INDEX.get(path, _OTHER_ENDPOINT)
-        code = _STATUS_INDEX.get(str(status), _OTHER_STATUS)
+        code = _STATUS_INDEX.get(status, _OTHER_STATUS)
         self.ints[LAYOUT.response(endpoint, code)] += 1
 
     def record_rejected(self, code: str) -> None:
