@@ -21,12 +21,17 @@ command line as a message and an exit status, and have no HTTP status.
     │   │   │                            KEYGEN_MAX_NAMESPACES already
     │   │   ├── PayloadTooLarge      413 payload_too_large
     │   │   ├── UnsupportedMediaType 415 unsupported_media_type
-    │   │   └── InvalidRequest       422 invalid_request
+    │   │   ├── InvalidRequest       422 invalid_request
+    │   │   ├── TooManyPipelined     429 too_many_pipelined: more requests waiting on one
+    │   │   │                            connection than KEYGEN_MAX_PIPELINE (not answered)
+    │   │   └── HeadersTooLarge      431 headers_too_large: over KEYGEN_MAX_HEADER_BYTES
     │   ├── LayerUnavailable         503 layer_unavailable: one layer failed; the allocator
     │   │   │                            falls back to the next one
     │   │   ├── LedgerUnavailable    503 ledger_unavailable
     │   │   └── ReserveUnavailable   503 reserve_unavailable: no emergency reserve to serve from
     │   │       └── ReserveExhausted 503 reserve_exhausted: the emergency reserve is used up
+    │   ├── TooManyConnections       503 too_many_connections: KEYGEN_MAX_CONNECTIONS reached,
+    │   │                                none idle to close
     │   ├── ServiceUnavailable       503 service_unavailable: no layer could serve in time (with
     │   │   │                            the reserve's code when the reserve refused last)
     │   │   └── KeysUnavailable      503 keys_unavailable: keys are required, and the table of
@@ -53,6 +58,7 @@ __all__ = [
     "ClientDisconnected",
     "ClusterError",
     "Forbidden",
+    "HeadersTooLarge",
     "InvalidRequest",
     "JournalLocked",
     "KeygenError",
@@ -72,7 +78,9 @@ __all__ = [
     "SchemaTooNew",
     "ServiceError",
     "ServiceUnavailable",
+    "TooManyConnections",
     "TooManyNamespaces",
+    "TooManyPipelined",
     "ToolError",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -230,6 +238,28 @@ class PayloadTooLarge(RequestError):
 class UnsupportedMediaType(RequestError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class TooManyPipelined(RequestError):
+    """More requests are waiting on one connection than ``KEYGEN_MAX_PIPELINE``: it is closed
+    unanswered (the edge, ``api/protocol.py``)."""
+
+    status_code = 429
+    code = "too_many_pipelined"
+
+
+class HeadersTooLarge(RequestError):
+    """The request line and headers are over ``KEYGEN_MAX_HEADER_BYTES`` (the edge)."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
+class TooManyConnections(ServiceError):
+    """``KEYGEN_MAX_CONNECTIONS`` are open and none is idle to close (the edge)."""
+
+    status_code = 503
+    code = "too_many_connections"
 
 
 class InvalidRequest(RequestError):

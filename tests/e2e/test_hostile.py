@@ -31,6 +31,7 @@ from tests.support.processes import ServeProcess
 pytestmark = pytest.mark.e2e
 
 HEADER_TIMEOUT = 1.5
+BODY_TIMEOUT = 1.5
 MAX_CONNECTIONS = 200
 JSON = b"Content-Type: application/json\r\n"
 #: Examples the schema fuzzer tries per operation: enough to find the known gaps, bounded.
@@ -43,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     env = {
         "KEYGEN_DATA_DIR": str(tmp / "data"),
         "KEYGEN_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+        "KEYGEN_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "KEYGEN_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "KEYGEN_LEASE_SIZE": "1000",
     }
@@ -166,6 +168,27 @@ def test_a_body_that_never_fully_arrived_allocates_nothing(server: ServeProcess)
     assert {ns: _grants(server, ns) for ns in (*cut, *bad)} == dict.fromkeys((*cut, *bad), 0)
     after = _allocate(server, "default")
     assert after["start"] == before["end"] + 1  # nothing was taken from 'default' meanwhile
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_allocates_nothing(
+    server: ServeProcess,
+) -> None:
+    """A POST's head and part of its body, then silence, and a POST's head alone: each gets
+    a JSON 408 once KEYGEN_BODY_TIMEOUT has passed (to within the edge's sweep interval),
+    counted as request_timeout, and nothing is allocated."""
+    head = b"POST /allocate HTTP/1.1\r\nHost: x\r\n" + JSON + b"Content-Length: 40\r\n\r\n"
+    already = _rejected(server, "request_timeout")
+    started = time.monotonic()
+    with _connect(server) as partial, _connect(server) as silent:
+        partial.sendall(head + b'{"namespace": "slow-body"')
+        silent.sendall(head)
+        responses = [_read_to_close(sock, BODY_TIMEOUT + 10) for sock in (partial, silent)]
+    elapsed = time.monotonic() - started
+    assert [_json_error(r) for r in responses] == [(408, "request_timeout")] * 2, responses
+    assert b"connection: close" in responses[0].lower()
+    assert BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 5, elapsed
+    assert _grants(server, "slow-body") == 0
+    assert _rejected(server, "request_timeout") == already + 2
 
 
 def test_what_the_parser_refuses_is_a_json_error(server: ServeProcess) -> None:

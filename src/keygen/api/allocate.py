@@ -12,7 +12,6 @@ the same limits it enforces.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -31,7 +30,6 @@ from keygen.errors import (
     MalformedJSON,
     MethodNotAllowed,
     PayloadTooLarge,
-    RequestTimeout,
     ServiceError,
     UnsupportedMediaType,
 )
@@ -41,7 +39,6 @@ from keygen.requester import REQUESTED_BY
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from keygen.api.deadlines import ReadDeadlines
     from keygen.config import Settings
     from keygen.quotas import Quotas
     from keygen.service import Keygen
@@ -102,9 +99,9 @@ def _is_json(content_type: bytes) -> bool:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadDeadlines) -> bytes:
-    """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON,
-    or when it has not all arrived by its deadline."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON.
+    (A body that does not arrive is the edge's to time out: ``protocol.py``.)"""
     # A dict, not a loop over the pairs: a repeated header counts by its last value (a
     # repeated Content-Length never gets here: the parser refuses it).
     headers = dict(scope["headers"])
@@ -121,28 +118,18 @@ async def read_body(scope: Scope, receive: Receive, limit: int, deadlines: ReadD
             f"Content-Type must be application/json, got {content_type.decode('latin-1')[:80]!r}"
         )
     body = b""
-    reader = deadlines.watch()
-    try:
-        while True:
-            message = await receive()
-            if message.get("type", "http.request") != "http.request":
-                # http.disconnect: the client hung up, or the parser refused the rest (a bad
-                # chunk): what arrived is not the body, so it must allocate nothing.
-                raise ClientDisconnected("the client disconnected before its body arrived")
-            chunk: bytes = message.get("body", b"")
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"the body must be at most {limit} bytes")
-            if not message.get("more_body", False):
-                break
-    except asyncio.CancelledError:
-        if deadlines.expired(reader):
-            raise RequestTimeout(
-                f"the body did not arrive within {deadlines.timeout:g} s"
-            ) from None
-        raise
-    finally:
-        deadlines.done(reader)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            # http.disconnect: the client hung up, or the edge refused the rest (a bad chunk,
+            # a body too slow): what arrived is not the body, so it must allocate nothing.
+            raise ClientDisconnected("the client disconnected before its body arrived")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body must be at most {limit} bytes")
+        if not message.get("more_body", False):
+            break
     return body
 
 
@@ -154,14 +141,9 @@ class AllocateEndpoint:
         settings: Settings = api.state.settings
         self.allowed_hosts = settings.allowed_host_list
         self.access_log = settings.access_log
-        #: Handed over by the app's lifespan (``app.py``) once the service runs: attributes
+        #: Handed over by the app's lifespan (``app.py``) once the service runs: an attribute
         #: of this object, because a lookup in Starlette's ``app.state`` costs about 1 µs.
         self.service: Keygen | None = None
-        self.read_deadlines: ReadDeadlines | None = None
-
-    def serve(self, service: Keygen | None, read_deadlines: ReadDeadlines | None) -> None:
-        """Serve requests with ``service`` (None: stopped)."""
-        self.service, self.read_deadlines = service, read_deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.allowed_hosts is not None and scope["type"] == "http":
@@ -174,13 +156,8 @@ class AllocateEndpoint:
                     {"Connection": "close"},
                 )
                 return
-        service, read_deadlines = self.service, self.read_deadlines
-        if (
-            scope["type"] != "http"
-            or scope["path"] != ALLOCATE_PATH
-            or service is None
-            or read_deadlines is None
-        ):
+        service = self.service
+        if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH or service is None:
             await self._pass_on(scope, receive, send)
             return
         counters, auth, settings = service.counters, service.auth, service.settings
@@ -189,7 +166,7 @@ class AllocateEndpoint:
             grants = auth.authenticate(bearer_token(scope["headers"])) if auth.enforced else OPEN
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
-            body = await read_body(scope, receive, settings.max_body_bytes, read_deadlines)
+            body = await read_body(scope, receive, settings.max_body_bytes)
             namespace, size = parse_request(body, settings)
             if grants is not OPEN or service.quotas.namespaced:
                 _admit(grants, service.quotas, namespace, size)

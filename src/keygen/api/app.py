@@ -14,7 +14,6 @@ from starlette.responses import Response
 from keygen import __version__
 from keygen.api import dashboard
 from keygen.api.allocate import AllocateEndpoint
-from keygen.api.deadlines import ReadDeadlines
 from keygen.api.openapi import install_openapi
 from keygen.api.responses import error_response, json_error
 from keygen.api.routes import router
@@ -29,12 +28,9 @@ log = logging.getLogger(__name__)
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     """Start the service before the first request; close it after the last."""
     service = await Keygen.start(api.state.settings)
-    read_deadlines = ReadDeadlines(api.state.settings.body_timeout)
-    read_deadlines.start()
-    api.state.read_deadlines = read_deadlines
     api.state.service = service
     endpoint: AllocateEndpoint = api.state.endpoint
-    endpoint.serve(service, read_deadlines)
+    endpoint.service = service
     log.info(
         "keygen %s serving from %s",
         __version__,
@@ -43,8 +39,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        endpoint.serve(None, None)
-        await read_deadlines.stop()
+        endpoint.service = None
         await service.aclose()
 
 

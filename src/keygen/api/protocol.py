@@ -16,11 +16,15 @@ has the evidence):
 
 So: the bytes of a request's head are counted as they arrive (431 past
 ``KEYGEN_MAX_HEADER_BYTES``); one sweeper per server closes connections whose head has
-taken longer than ``KEYGEN_HEADER_TIMEOUT`` (408), which costs the hot path two attribute
-writes per request rather than a timer; past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
+taken longer than ``KEYGEN_HEADER_TIMEOUT``, or whose body longer than
+``KEYGEN_BODY_TIMEOUT`` after its head (408: a body that never arrives would hold its request
+for ever, and a graceful shutdown with it), which costs the hot path a few attribute writes
+per request rather than a timer (or a deadline registered by the app: that cost about 1.6 %
+of a request's instructions); past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
 connection is closed to make room, or the newcomer gets a 503 when none is idle; more than
 ``KEYGEN_MAX_PIPELINE`` waiting requests close the connection (none of them had started, so
-none allocated anything). Every refusal is the service's JSON error shape.
+none allocated anything). Every refusal is the service's JSON error shape, and counted in
+``keygen_rejected_requests_total`` once the service runs.
 """
 
 from __future__ import annotations
@@ -36,8 +40,17 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from keygen.api.allocate import AllocateEndpoint
 from keygen.api.responses import error_body
 from keygen.config import Settings
+from keygen.errors import (
+    HeadersTooLarge,
+    RequestError,
+    RequestTimeout,
+    ServiceError,
+    TooManyConnections,
+    TooManyPipelined,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,7 @@ REFUSAL_LOG_INTERVAL = 60.0
 class EdgeLimits:
     max_connections: int
     header_timeout: float
+    body_timeout: float
     keepalive_timeout: float
     max_header_bytes: int
     max_pipeline: int
@@ -59,6 +73,7 @@ class EdgeLimits:
         return cls(
             settings.max_connections,
             settings.header_timeout,
+            settings.body_timeout,
             settings.keepalive_timeout,
             settings.max_header_bytes,
             settings.max_pipeline,
@@ -98,27 +113,41 @@ class _PipelineFull(Exception):
 class _Edge:
     """What the connections of one server share: the limits, who is idle, the sweeper."""
 
-    def __init__(self, limits: EdgeLimits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, limits: EdgeLimits, loop: asyncio.AbstractEventLoop, app: AllocateEndpoint | None
+    ) -> None:
         self.limits = limits
         self.loop = loop
+        #: Where refusals are counted, once its service runs (None: an app of another kind).
+        self.app = app
         #: Every open connection. A request only flips attributes of its own; the sets and
         #: scans are per connection or per sweep, never per request.
         self.members: set[KeygenHttpProtocol] = set()
-        self.interval = min(1.0, limits.header_timeout / 4)
-        #: The loop's clock as of the last sweep: a request's head is timed from it, at the
-        #: cost of an attribute read (its deadline is late by an interval at most).
+        self.interval = min(1.0, limits.header_timeout / 4, limits.body_timeout / 4)
+        #: The loop's clock as of the last sweep: a request's head and body are timed from
+        #: it, at the cost of an attribute read (their deadlines are kept to an interval).
         self.now = loop.time()
         self.refused = 0
         self.last_logged = 0.0
         loop.call_later(self.interval, self.sweep)
 
     def sweep(self) -> None:
-        """Close the connections whose request head is past its deadline."""
+        """Close the connections whose request head or body is past its deadline."""
         self.now = self.loop.time()
-        deadline = self.now - self.limits.header_timeout
-        late = [c for c in self.members if c.in_head and c.head_started <= deadline]
+        heads = self.now - self.limits.header_timeout
+        bodies = self.now - self.limits.body_timeout
+        late = [
+            c
+            for c in self.members
+            if (c.in_head and c.head_started <= heads)
+            or (c.body_started <= bodies and c.reading_body())
+        ]
         for connection in late:
-            connection.refuse(408, "request_timeout", "the request's headers came too slowly")
+            if connection.in_head:
+                message = "the request's headers came too slowly"
+            else:
+                message = f"the body did not arrive within {self.limits.body_timeout:g} s"
+            connection.refuse(RequestTimeout(message))
         self.loop.call_later(self.interval, self.sweep)
 
     def longest_idle(self) -> KeygenHttpProtocol | None:
@@ -128,7 +157,10 @@ class _Edge:
         idle = [c for c in self.members if c.idle()]
         return min(idle, key=lambda c: c.head_started, default=None)
 
-    def count_refusal(self, status: int, code: str) -> None:
+    def count_refusal(self, error: ServiceError) -> None:
+        service = None if self.app is None else self.app.service
+        if service is not None:
+            service.counters.record_rejected(error.code)
         self.refused += 1
         now = time.monotonic()
         if now - self.last_logged >= REFUSAL_LOG_INTERVAL:
@@ -136,23 +168,21 @@ class _Edge:
                 "refused %d malformed or over-limit connection(s) since the last warning "
                 "(the latest: %d %s)",
                 self.refused,
-                status,
-                code,
+                error.status_code,
+                error.code,
             )
             self.refused, self.last_logged = 0, now
 
 
-def _find_settings(app: Any) -> Settings:
-    """The settings of the Keygen app inside uvicorn's middleware, or the environment's."""
+def _find_keygen(app: Any) -> AllocateEndpoint | None:
+    """The Keygen app inside uvicorn's middleware, if that is what it serves."""
     for _ in range(8):
-        api = getattr(app, "api", None)
-        if api is not None and isinstance(getattr(api.state, "settings", None), Settings):
-            settings: Settings = api.state.settings
-            return settings
+        if isinstance(app, AllocateEndpoint):
+            return app
         app = getattr(app, "app", None)
         if app is None:
             break
-    return Settings()
+    return None
 
 
 class KeygenHttpProtocol(HttpToolsProtocol):
@@ -162,7 +192,7 @@ class KeygenHttpProtocol(HttpToolsProtocol):
     # Slots, not instance attributes: uvicorn's protocol already has 28, and past 30 CPython
     # (3.11) stops sharing the instance dicts' keys, which slows every attribute access of
     # every request (about 1.3 us per request, measured).
-    __slots__ = ("edge", "head_bytes", "head_started", "in_head")
+    __slots__ = ("body_started", "edge", "head_bytes", "head_started", "in_head")
 
     def __init__(
         self,
@@ -174,13 +204,17 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         edge = self._edges.get(id(server_state))
         if edge is None or edge.loop is not self.loop:
-            edge = _Edge(EdgeLimits.of(_find_settings(self.app)), self.loop)
+            keygen = _find_keygen(self.app)
+            settings = keygen.api.state.settings if keygen is not None else Settings()
+            edge = _Edge(EdgeLimits.of(settings), self.loop, keygen)
             self._edges[id(server_state)] = edge
         self.edge = edge
         self.timeout_keep_alive = edge.limits.keepalive_timeout  # type: ignore[assignment]
         self.in_head = True  # between a request's first byte (or the connection) and its headers
         self.head_started = 0.0
         self.head_bytes = 0
+        #: When the latest request's head was complete: its body is timed from then.
+        self.body_started = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -189,7 +223,7 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         if len(self.connections) > edge.limits.max_connections:
             victim = edge.longest_idle()
             if victim is None:
-                self.refuse(503, "too_many_connections", "too many connections; retry later")
+                self.refuse(TooManyConnections("too many connections; retry later"))
                 return
             victim.close_idle()
         edge.members.add(self)
@@ -198,6 +232,12 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         self.edge.members.discard(self)
         self.pipeline.clear()
         super().connection_lost(exc)
+
+    def reading_body(self) -> bool:
+        """The latest request's head has arrived, but not all of its body (uvicorn's cycle
+        says so: no callback of ours per request for it)."""
+        cycle = self.cycle
+        return not self.in_head and cycle is not None and cycle.more_body
 
     def idle(self) -> bool:
         """Nothing in flight and no request coming: a silent keep-alive connection (one
@@ -228,26 +268,26 @@ class KeygenHttpProtocol(HttpToolsProtocol):
                 return
             if isinstance(exc.__context__, _PipelineFull):
                 # Not answered: the client reads nothing, and a response is being written.
-                self.refuse(429, "too_many_pipelined", "", answer=False)
+                self.refuse(TooManyPipelined("too many pipelined requests"), answer=False)
                 return
             raise
         except httptools.HttpParserError as exc:
             detail = str(exc) or "the request is not valid HTTP/1.1"
-            self.refuse(400, "bad_request", f"invalid HTTP request: {detail}")
+            self.refuse(RequestError(f"invalid HTTP request: {detail}"))
             return
         if self.in_head and self.head_bytes > self.edge.limits.max_header_bytes:
             self._refuse_head()
 
     def _refuse_head(self) -> None:
         self.refuse(
-            431,
-            "headers_too_large",
-            f"the request line and headers must be at most "
-            f"{self.edge.limits.max_header_bytes} bytes",
+            HeadersTooLarge(
+                f"the request line and headers must be at most "
+                f"{self.edge.limits.max_header_bytes} bytes"
+            )
         )
 
     def send_400_response(self, msg: str) -> None:
-        self.refuse(400, "bad_request", msg)
+        self.refuse(RequestError(msg))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -264,6 +304,7 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self.in_head = False
         self.head_bytes = 0
+        self.body_started = self.edge.now
         super().on_headers_complete()
         if len(self.pipeline) > self.edge.limits.max_pipeline:
             raise _PipelineFull
@@ -280,14 +321,14 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def refuse(self, status: int, code: str, message: str, *, answer: bool = True) -> None:
-        """Answer ``status`` with the JSON error shape (unless a response is already under
-        way on this connection), and close the connection."""
+    def refuse(self, error: ServiceError, *, answer: bool = True) -> None:
+        """Answer ``error`` in the JSON error shape (unless a response is already under way
+        on this connection), and close the connection."""
         edge = self.edge
         edge.members.discard(self)
         self.in_head = False
         self.pipeline.clear()
-        edge.count_refusal(status, code)
+        edge.count_refusal(error)
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -299,8 +340,8 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         if not answer:
             self.transport.close()
             return
-        body = error_body(code, message)
-        content = [STATUS_LINE[status]]
+        body = error_body(error.code, error.message)
+        content = [STATUS_LINE[error.status_code]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
