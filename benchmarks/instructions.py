@@ -1,0 +1,221 @@
+"""``POST /allocate`` in instructions, not seconds: Keygen's embedded default against the bare
+ASGI app, each server under valgrind's callgrind.
+
+Why: on this shared machine a req/s ratio moves by about 0.1 from one run to the next
+(``allocate.py``), so a change of a few per cent on the hot path does not show in it. The
+instructions a server executes per request are the same from run to run, whatever else the
+machine is doing, and their ratio follows the req/s ratio (both are CPU-bound on one core):
+use this to see what a change costs, ``allocate.py`` for the speed itself.
+
+Each server (the same commands as ``allocate.py``: ``keygen serve --workers 1`` on a fresh
+``KEYGEN_DATA_DIR``, the bare app under the same uvicorn options) starts under
+``valgrind --tool=callgrind --instr-atstart=no``, so start-up is not counted; it gets
+``--warmup`` requests, then the instrumentation is switched on for ``--requests`` requests
+(keep-alive, ``--connections`` connections, one request in flight on each, every answer
+checked to be a 200 with an allocation's fields), switched off, and the counts dumped. The
+figure is the instructions of the whole process (every thread) divided by the requests.
+Time-driven work (the probes, the sweepers) runs too, about 50 times slower than at full
+speed, so it weighs more here than it does in production: a few hundred instructions per
+request.
+
+    .venv/bin/python benchmarks/instructions.py [--requests 2000] [--against REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# allocate.py's server helpers, imported as benchmarks.allocate from the project root.
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.allocate import (  # noqa: E402
+    ALLOCATION_KEYS,
+    BARE,
+    HOST,
+    KEYGEN,
+    REQUEST_BODY,
+    BenchmarkError,
+    Server,
+    bare_server,
+    checkout,
+    ensure_tool,
+    keygen_server,
+    run_benchmark,
+)
+
+#: The embedded hot path's target: at least 0.7x the bare app.
+TARGET_RATIO = 0.7
+#: Seconds a server under valgrind may take to listen.
+START_TIMEOUT = 300.0
+REQUEST = (
+    b"POST /allocate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(REQUEST_BODY), REQUEST_BODY)
+)
+
+
+def under_callgrind(server: Server, out: Path) -> Server:
+    """``server`` run by callgrind, counting nothing until told to."""
+    server.argv = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        *server.argv,
+    ]
+    server.start_timeout = START_TIMEOUT
+    return server
+
+
+def send_requests(port: int, requests: int, connections: int) -> None:
+    """``requests`` POST /allocate over ``connections`` keep-alive connections, each answer
+    checked."""
+    socks = [socket.create_connection((HOST, port), timeout=120) for _ in range(connections)]
+    try:
+        for _ in range(requests // connections):
+            for sock in socks:
+                sock.sendall(REQUEST)
+            for sock in socks:
+                _check(_read_response(sock))
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _recv(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += _recv(sock)
+    return head + b"\r\n\r\n" + body
+
+
+def _recv(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise BenchmarkError("the server closed a connection in the middle of the run")
+    return chunk
+
+
+def _check(response: bytes) -> None:
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise BenchmarkError(f"not a 200: {response[:300]!r}")
+    if not ALLOCATION_KEYS <= set(json.loads(body)):
+        raise BenchmarkError(f"not an allocation: {body[:300]!r}")
+
+
+def callgrind_control(pid: int, *options: str) -> None:
+    try:
+        subprocess.run(
+            ["callgrind_control", *options, str(pid)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchmarkError(f"callgrind_control {' '.join(options)} {pid} failed: {exc}") from exc
+
+
+def instructions_per_request(
+    server: Server, out: Path, requests: int, warmup: int, connections: int
+) -> float:
+    assert server.proc is not None
+    pid = server.proc.pid  # valgrind runs the program in its own process
+    send_requests(server.port, warmup, connections)
+    callgrind_control(pid, "--instr=on")
+    send_requests(server.port, requests, connections)
+    callgrind_control(pid, "--instr=off")
+    callgrind_control(pid, "--dump")
+    server.check_alive()
+    totals = [
+        int(line.split()[1])
+        for dump in out.parent.glob(f"{out.name}*")
+        for line in dump.read_text(errors="replace").splitlines()
+        if line.startswith("totals:")
+    ]
+    if not totals or max(totals) == 0:
+        raise BenchmarkError(f"callgrind dumped no counts for {server.name} into {out.parent}")
+    return max(totals) / requests
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=2000, help="requests counted (2000)")
+    parser.add_argument("--warmup", type=int, default=400, help="requests before (400)")
+    parser.add_argument("--connections", type=int, default=4, help="connections (4)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--against", metavar="REV", help="also count the keygen of commit REV (git)"
+    )
+    args = parser.parse_args(argv)
+    if args.connections < 1 or args.requests < args.connections or args.warmup < 0:
+        parser.error("--requests must be at least --connections, which must be at least 1")
+    return args
+
+
+def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+    ensure_tool("valgrind", "valgrind")
+    ensure_tool("callgrind_control", "valgrind")
+    workdir = Path(tempfile.mkdtemp(prefix="keygen-instructions-"))
+    servers = [keygen_server(workdir), bare_server(workdir)]
+    if args.against:
+        against = f"{KEYGEN}@{args.against}"
+        (workdir / "against").mkdir()
+        src = checkout(args.against, workdir / "against")
+        servers.insert(1, keygen_server(workdir, name=against, src=src))
+    print(
+        f"requests: {args.requests} counted after {args.warmup}, over {args.connections} "
+        "keep-alive connections, each server under valgrind --tool=callgrind",
+        flush=True,
+    )
+    figures: dict[str, float] = {}
+    for server in servers:
+        out = workdir / f"{server.name.replace('@', '-')}.callgrind"
+        with ExitStack() as stack:
+            stack.callback(server.stop)
+            under_callgrind(server, out).start()
+            figures[server.name] = instructions_per_request(
+                server, out, args.requests, args.warmup, args.connections
+            )
+        print(f"{server.name:20} {figures[server.name]:>10,.0f} instructions a request", flush=True)
+    ratio = figures[BARE] / figures[KEYGEN]
+    verdict = "PASS" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    print(
+        f"\nratio bare/keygen (instructions): {ratio:.3f}x  {verdict} (target >= {TARGET_RATIO}x)"
+    )
+    results: dict[str, Any] = {
+        "env": env,
+        "instructions_per_request": {name: round(n) for name, n in figures.items()},
+        "ratio": round(ratio, 3),
+    }
+    if args.against:
+        change = figures[KEYGEN] / figures[against] - 1
+        print(f"keygen against keygen@{args.against}: {change:+.1%} instructions a request")
+        results["change_against"] = round(change, 4)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_benchmark(lambda env: benchmark(args, env), args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
