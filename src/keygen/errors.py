@@ -15,7 +15,8 @@ command line as a message and an exit status, and have no HTTP status.
     │   │   ├── Forbidden            403 forbidden: the API key lacks the scope the request needs
     │   │   ├── NotFound             404 not_found
     │   │   ├── MethodNotAllowed     405 method_not_allowed
-    │   │   ├── RequestTimeout       408 request_timeout: the body did not arrive in time
+    │   │   ├── RequestTimeout       408 request_timeout: the head or the body did not arrive
+    │   │   │                            in time (the edge)
     │   │   ├── NamespaceExhausted   409 namespace_exhausted
     │   │   ├── TooManyNamespaces    409 too_many_namespaces: the ledger holds
     │   │   │                            KEYGEN_MAX_NAMESPACES already
@@ -221,7 +222,8 @@ class TooManyNamespaces(RequestError):
 
 
 class RequestTimeout(RequestError):
-    """The body did not arrive in time; the connection is closed."""
+    """The request's head or body did not arrive in time (``api/protocol.py``); the
+    connection is closed."""
 
     status_code = 408
     code = "request_timeout"

@@ -11,7 +11,7 @@ Why counters of our own, not a rate-limit library's per-hit storage: each reques
 checked in memory, in well under a microsecond per limit, and the counts are exchanged
 through Redis in the background, every ``KEYGEN_RATE_LIMIT_SYNC_INTERVAL`` (0.1 s), in one
 pipelined round trip for every counter in use. A library hit costs 4 to 8 µs per limit in
-memory and a Redis round trip per request with Redis storage (``benchmarks/quotas.py``),
+memory and a Redis round trip per request with Redis storage (``benchmarks/auth.py``),
 against a budget of 10 µs for the keys and the limits together.
 
 Sharing: with Sentinels configured, every instance adds its counts to Redis keys
