@@ -154,7 +154,7 @@ def check_alone(iterations: int = 200_000) -> float:
     ]
 
     def check() -> None:
-        grants = store.authenticate(bearer_token(headers))
+        grants = store.authenticate(bearer_token(dict(headers).get(b"authorization")))
         if not grants.may_allocate("orders"):
             raise AssertionError("refused")
 

@@ -5,7 +5,10 @@ Why: on this shared machine a req/s ratio moves by about 0.1 from one run to the
 (``allocate.py``), so a change of a few per cent on the hot path does not show in it. The
 instructions a server executes per request are the same from run to run, whatever else the
 machine is doing, and their ratio follows the req/s ratio (both are CPU-bound on one core):
-use this to see what a change costs, ``allocate.py`` for the speed itself.
+use this to see what a change costs, ``allocate.py`` for the speed itself. With ``--keys``,
+two more servers: one requiring an API key that every request carries, and one whose key
+has all three limits and whose namespaces have one (``auth.py``'s, too high to refuse):
+what keys and rate limits cost, in instructions.
 
 Each server (the same commands as ``allocate.py``: ``keygen serve --workers 1`` on a fresh
 ``KEYGEN_DATA_DIR``, the bare app under the same uvicorn options) starts under
@@ -18,7 +21,7 @@ Time-driven work (the probes, the sweepers) runs too, about 50 times slower than
 speed, so it weighs more here than it does in production: a few hundred instructions per
 request.
 
-    .venv/bin/python benchmarks/instructions.py [--requests 2000] [--against REV]
+    .venv/bin/python benchmarks/instructions.py [--requests 2000] [--against REV] [--keys]
 """
 
 from __future__ import annotations
@@ -52,15 +55,22 @@ from benchmarks.allocate import (  # noqa: E402
     keygen_server,
     run_benchmark,
 )
+from benchmarks.auth import HIGH_LIMITS, NAMESPACE_LIMITS, make_key  # noqa: E402
 
 #: The embedded hot path's target: at least 0.7x the bare app.
 TARGET_RATIO = 0.7
 #: Seconds a server under valgrind may take to listen.
 START_TIMEOUT = 300.0
-REQUEST = (
-    b"POST /allocate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(REQUEST_BODY), REQUEST_BODY)
-)
+KEYED, LIMITED = f"{KEYGEN}+key", f"{KEYGEN}+limits"
+
+
+def request(token: str | None = None) -> bytes:
+    """``POST /allocate`` as every request of a run sends it."""
+    key = b"" if token is None else b"Authorization: Bearer %s\r\n" % token.encode()
+    return (
+        b"POST /allocate HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (key, len(REQUEST_BODY), REQUEST_BODY)
+    )
 
 
 def under_callgrind(server: Server, out: Path) -> Server:
@@ -76,14 +86,14 @@ def under_callgrind(server: Server, out: Path) -> Server:
     return server
 
 
-def send_requests(port: int, requests: int, connections: int) -> None:
-    """``requests`` POST /allocate over ``connections`` keep-alive connections, each answer
-    checked."""
+def send_requests(port: int, requests: int, connections: int, data: bytes) -> None:
+    """``requests`` times ``data`` (a POST /allocate) over ``connections`` keep-alive
+    connections, each answer checked."""
     socks = [socket.create_connection((HOST, port), timeout=120) for _ in range(connections)]
     try:
         for _ in range(requests // connections):
             for sock in socks:
-                sock.sendall(REQUEST)
+                sock.sendall(data)
             for sock in socks:
                 _check(_read_response(sock))
     finally:
@@ -134,13 +144,13 @@ def callgrind_control(pid: int, *options: str) -> None:
 
 
 def instructions_per_request(
-    server: Server, out: Path, requests: int, warmup: int, connections: int
+    server: Server, out: Path, args: argparse.Namespace, data: bytes
 ) -> float:
     assert server.proc is not None
     pid = server.proc.pid  # valgrind runs the program in its own process
-    send_requests(server.port, warmup, connections)
+    send_requests(server.port, args.warmup, args.connections, data)
     callgrind_control(pid, "--instr=on")
-    send_requests(server.port, requests, connections)
+    send_requests(server.port, args.requests, args.connections, data)
     callgrind_control(pid, "--instr=off")
     callgrind_control(pid, "--dump")
     server.check_alive()
@@ -152,7 +162,7 @@ def instructions_per_request(
     ]
     if not totals or max(totals) == 0:
         raise BenchmarkError(f"callgrind dumped no counts for {server.name} into {out.parent}")
-    return max(totals) / requests
+    return max(totals) / args.requests
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -163,6 +173,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
     parser.add_argument(
         "--against", metavar="REV", help="also count the keygen of commit REV (git)"
+    )
+    parser.add_argument(
+        "--keys", action="store_true", help="also count keygen with a key, and with limits"
     )
     args = parser.parse_args(argv)
     if args.connections < 1 or args.requests < args.connections or args.warmup < 0:
@@ -175,6 +188,16 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     ensure_tool("callgrind_control", "valgrind")
     workdir = Path(tempfile.mkdtemp(prefix="keygen-instructions-"))
     servers = [keygen_server(workdir), bare_server(workdir)]
+    tokens: dict[str, str] = {}
+    if args.keys:
+        keyed = keygen_server(workdir, name=KEYED)
+        keyed.env["KEYGEN_AUTH"] = "required"
+        tokens[KEYED] = make_key(keyed)
+        limited = keygen_server(workdir, name=LIMITED)
+        limited.env["KEYGEN_AUTH"] = "required"
+        limited.env["KEYGEN_NAMESPACE_LIMITS"] = NAMESPACE_LIMITS
+        tokens[LIMITED] = make_key(limited, *HIGH_LIMITS)
+        servers[1:1] = [keyed, limited]
     if args.against:
         against = f"{KEYGEN}@{args.against}"
         (workdir / "against").mkdir()
@@ -187,12 +210,12 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     )
     figures: dict[str, float] = {}
     for server in servers:
-        out = workdir / f"{server.name.replace('@', '-')}.callgrind"
+        out = workdir / f"{server.name.replace('@', '-').replace('+', '-')}.callgrind"
         with ExitStack() as stack:
             stack.callback(server.stop)
             under_callgrind(server, out).start()
             figures[server.name] = instructions_per_request(
-                server, out, args.requests, args.warmup, args.connections
+                server, out, args, request(tokens.get(server.name))
             )
         print(f"{server.name:20} {figures[server.name]:>10,.0f} instructions a request", flush=True)
     ratio = figures[BARE] / figures[KEYGEN]
@@ -205,6 +228,10 @@ def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
         "instructions_per_request": {name: round(n) for name, n in figures.items()},
         "ratio": round(ratio, 3),
     }
+    for name in tokens:
+        extra = figures[name] - figures[KEYGEN]
+        print(f"{name}: {extra:+,.0f} instructions a request ({extra / figures[KEYGEN]:+.1%})")
+        results[f"{name}_extra"] = round(extra)
     if args.against:
         change = figures[KEYGEN] / figures[against] - 1
         print(f"keygen against keygen@{args.against}: {change:+.1%} instructions a request")

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from keygen.errors import KeygenError, RateLimited
 from keygen.ledgers.base import Ledger
@@ -68,6 +68,7 @@ class Counter:
 
     __slots__ = (
         "counts_ids",
+        "ends",
         "inflight",
         "limit",
         "name",
@@ -85,6 +86,8 @@ class Counter:
         self.subject, self.name, self.limit = subject, name, limit
         self.period, self.sliding, self.counts_ids = LIMITS[name]
         self.window = 0
+        #: When the current window ends: a request compares its time with it, no more.
+        self.ends = self.period
         self.own = self.inflight = self.shared = 0
         self.previous = 0.0
         #: (window, count) not yet sent from windows that have ended.
@@ -94,15 +97,14 @@ class Counter:
         return f"{REDIS_PREFIX}:{self.subject}:{self.name}:{window}"
 
     def used(self, now: float) -> float:
-        """What counts against the limit at ``now``."""
-        window = int(now // self.period)
-        if window != self.window:
-            self.roll(window)
+        """What counts against the limit at ``now`` (the previous window's count weighted by
+        how much of it still lies within the last period)."""
+        if now >= self.ends:
+            self.roll(int(now // self.period))
         current = self.shared + self.inflight + self.own
         if not self.sliding:
             return current
-        elapsed = now / self.period - window
-        return self.previous * (1.0 - elapsed) + current
+        return self.previous * (self.ends - now) / self.period + current
 
     def roll(self, window: int) -> None:
         """Move on to ``window``: the current one's count becomes the previous one's."""
@@ -111,6 +113,7 @@ class Counter:
         total = self.shared + self.inflight + self.own
         self.previous = float(total) if window == self.window + 1 else 0.0
         self.window, self.own, self.inflight, self.shared = window, 0, 0, 0
+        self.ends = (window + 1) * self.period
 
     def reset_in(self, now: float) -> int:
         """Whole seconds until this window ends (at least 1)."""
@@ -180,20 +183,30 @@ class Quotas:
         if not counters:
             return
         now = time.time()
-        # Counter.used() inlined: this loop runs on every limited request.
+        # Counter.used() inlined, and each counted as it is checked (the ones before a
+        # refusal are taken back): this loop runs on every limited request.
         for counter in counters:
-            window = int(now // counter.period)
-            if window != counter.window:
-                counter.roll(window)
+            if now >= counter.ends:
+                counter.roll(int(now // counter.period))
             used: float = counter.shared + counter.inflight + counter.own
             if counter.sliding:
-                used += counter.previous * (1.0 - (now / counter.period - window))
+                used += counter.previous * (counter.ends - now) / counter.period
             cost = size if counter.counts_ids else 1
             if used + cost > counter.limit:
-                self.refused += 1
-                raise self._refusal(counter, cost, used, now)
-        for counter in counters:
-            counter.own += size if counter.counts_ids else 1
+                self._refuse(counters, counter, size, used, now)
+            counter.own += cost
+
+    def _refuse(
+        self, counters: tuple[Counter, ...], refusing: Counter, size: int, used: float, now: float
+    ) -> NoReturn:
+        """Take back what the counters before ``refusing`` counted of this request, and
+        refuse it."""
+        for counted in counters:
+            if counted is refusing:
+                break
+            counted.own -= size if counted.counts_ids else 1
+        self.refused += 1
+        raise self._refusal(refusing, size if refusing.counts_ids else 1, used, now)
 
     def _forget_least_recent_namespaces(self) -> None:
         """Bound what namespaces cost in memory (a client may name new ones without end, to

@@ -99,12 +99,16 @@ def _is_json(content_type: bytes) -> bool:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def headers_of(scope: Scope) -> dict[bytes, bytes]:
+    """A request's headers by name. A dict, not a loop over the pairs on each look: a
+    repeated header counts by its last value (a repeated Content-Length never gets here:
+    the parser refuses it)."""
+    return dict(scope["headers"])
+
+
+async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
     """Read the request body, refusing it as soon as it is over ``limit`` bytes or not JSON.
     (A body that does not arrive is the edge's to time out: ``protocol.py``.)"""
-    # A dict, not a loop over the pairs: a repeated header counts by its last value (a
-    # repeated Content-Length never gets here: the parser refuses it).
-    headers = dict(scope["headers"])
     length = headers.get(b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"the body must be at most {limit} bytes")
@@ -163,10 +167,14 @@ class AllocateEndpoint:
         counters, auth, settings = service.counters, service.auth, service.settings
         try:
             # Before the body is read: a request without a valid key costs nothing more.
-            grants = auth.authenticate(bearer_token(scope["headers"])) if auth.enforced else OPEN
+            headers = headers_of(scope)
+            if auth.enforced:
+                grants = auth.authenticate(bearer_token(headers.get(b"authorization")))
+            else:
+                grants = OPEN
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
-            body = await read_body(scope, receive, settings.max_body_bytes)
+            body = await read_body(headers, receive, settings.max_body_bytes)
             namespace, size = parse_request(body, settings)
             if grants is not OPEN or service.quotas.namespaced:
                 _admit(grants, service.quotas, namespace, size)
@@ -258,7 +266,7 @@ def _gate(scope: Scope, path: str, auth: KeyStore) -> Scope:
         Unauthorized: no valid key (``/health``: a token given that is not one).
         Forbidden: a valid key without ``read``.
     """
-    token = bearer_token(scope["headers"])
+    token = bearer_token(headers_of(scope).get(b"authorization"))
     if path == HEALTH_PATH:
         if token is None:
             return _status_only(scope)
