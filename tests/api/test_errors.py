@@ -170,3 +170,15 @@ async def test_no_layer_gives_503_with_retry_after(settings: Settings) -> None:
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
     assert response.json()["error"]["code"] == "service_unavailable"
+
+
+async def test_allocate_before_the_service_runs_is_a_503(settings: Settings) -> None:
+    """An app whose lifespan has not started (or has stopped) answers POST /allocate with a
+    JSON 503 and Retry-After, not a 404 or a 500."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://keygen") as http:
+        response = await http.post("/allocate", json={"size": 1})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "service_unavailable"

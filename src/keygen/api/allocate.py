@@ -31,6 +31,7 @@ from keygen.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     ServiceError,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from keygen.ranges import AllocatedRange
@@ -160,18 +161,20 @@ class AllocateEndpoint:
                     {"Connection": "close"},
                 )
                 return
-        service = self.service
-        if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH or service is None:
+        if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
             await self._pass_on(scope, receive, send)
+            return
+        service = self.service
+        if service is None:  # before the lifespan started it, or after it stopped it
+            down = ServiceUnavailable("the service is not running (starting or stopping)")
+            await _send(send, down.status_code, error_body(down.code, down.message), down.headers())
             return
         counters, auth, settings = service.counters, service.auth, service.settings
         try:
             # Before the body is read: a request without a valid key costs nothing more.
             headers = headers_of(scope)
-            if auth.enforced:
-                grants = auth.authenticate(bearer_token(headers.get(b"authorization")))
-            else:
-                grants = OPEN
+            key = headers.get(b"authorization")
+            grants = auth.authenticate(bearer_token(key)) if auth.enforced else OPEN
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here", allow="POST")
             body = await read_body(headers, receive, settings.max_body_bytes)
