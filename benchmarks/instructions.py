@@ -3,8 +3,8 @@ ASGI app, each server under valgrind's callgrind.
 
 Why: on this shared machine a req/s ratio moves by about 0.1 from one run to the next
 (``allocate.py``), so a change of a few per cent on the hot path does not show in it. The
-instructions a server executes per request are the same from run to run, whatever else the
-machine is doing, and their ratio follows the req/s ratio (both are CPU-bound on one core):
+instructions a server executes per request move by about 1 % from run to run, whatever else
+the machine is doing, and their ratio follows the req/s ratio (both are CPU-bound on one core):
 use this to see what a change costs, ``allocate.py`` for the speed itself. With ``--keys``,
 two more servers: one requiring an API key that every request carries, and one whose key
 has all three limits and whose namespaces have one (``auth.py``'s, too high to refuse):
@@ -18,8 +18,8 @@ Each server (the same commands as ``allocate.py``: ``keygen serve --workers 1`` 
 checked to be a 200 with an allocation's fields), switched off, and the counts dumped. The
 figure is the instructions of the whole process (every thread) divided by the requests.
 Time-driven work (the probes, the sweepers) runs too, about 50 times slower than at full
-speed, so it weighs more here than it does in production: a few hundred instructions per
-request.
+speed, so it weighs more here than it does in production: a few hundred to a few thousand
+instructions per request, as long as the run takes (what moves the figures between runs).
 
     .venv/bin/python benchmarks/instructions.py [--requests 2000] [--against REV] [--keys]
 """

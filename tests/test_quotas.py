@@ -66,6 +66,22 @@ def test_the_second_slides_so_a_burst_at_its_boundary_is_not_let_through_twice(
         quotas.admit("k", rates, "default", 1)
 
 
+def test_a_clock_set_back_starts_the_window_again(clock: Clock) -> None:
+    """A system clock stepped back (an hour here) does not weigh the previous second's count
+    thousands of times over: the window moves back with it, as a new one."""
+    quotas = Quotas()
+    rates = Rates(requests_per_second=3)
+    for _ in range(3):
+        quotas.admit("k", rates, "default", 1)
+    clock.now += 1.5  # the next second: last second's 3 weigh half
+    quotas.admit("k", rates, "default", 1)
+    clock.now -= 3600
+    for _ in range(3):
+        quotas.admit("k", rates, "default", 1)
+    with pytest.raises(RateLimited):
+        quotas.admit("k", rates, "default", 1)
+
+
 def test_ids_per_second_counts_ids_and_names_a_request_that_can_never_fit(clock: Clock) -> None:
     quotas = Quotas()
     rates = Rates(ids_per_second=1000)

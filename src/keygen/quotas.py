@@ -78,6 +78,7 @@ class Counter:
         "shared",
         "sliding",
         "stale",
+        "starts",
         "subject",
         "window",
     )
@@ -86,8 +87,9 @@ class Counter:
         self.subject, self.name, self.limit = subject, name, limit
         self.period, self.sliding, self.counts_ids = LIMITS[name]
         self.window = 0
-        #: When the current window ends: a request compares its time with it, no more.
-        self.ends = self.period
+        #: When the current window starts and ends: a request compares its time with them,
+        #: no more (a clock set back moves the window back too, as it always did).
+        self.starts, self.ends = 0.0, self.period
         self.own = self.inflight = self.shared = 0
         self.previous = 0.0
         #: (window, count) not yet sent from windows that have ended.
@@ -99,7 +101,7 @@ class Counter:
     def used(self, now: float) -> float:
         """What counts against the limit at ``now`` (the previous window's count weighted by
         how much of it still lies within the last period)."""
-        if now >= self.ends:
+        if not self.starts <= now < self.ends:
             self.roll(int(now // self.period))
         current = self.shared + self.inflight + self.own
         if not self.sliding:
@@ -113,7 +115,7 @@ class Counter:
         total = self.shared + self.inflight + self.own
         self.previous = float(total) if window == self.window + 1 else 0.0
         self.window, self.own, self.inflight, self.shared = window, 0, 0, 0
-        self.ends = (window + 1) * self.period
+        self.starts, self.ends = window * self.period, (window + 1) * self.period
 
     def reset_in(self, now: float) -> int:
         """Whole seconds until this window ends (at least 1)."""
@@ -186,7 +188,7 @@ class Quotas:
         # Counter.used() inlined, and each counted as it is checked (the ones before a
         # refusal are taken back): this loop runs on every limited request.
         for counter in counters:
-            if now >= counter.ends:
+            if not counter.starts <= now < counter.ends:
                 counter.roll(int(now // counter.period))
             used: float = counter.shared + counter.inflight + counter.own
             if counter.sliding:
