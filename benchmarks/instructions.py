@@ -186,7 +186,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     ensure_tool("valgrind", "valgrind")
     ensure_tool("callgrind_control", "valgrind")
-    workdir = Path(tempfile.mkdtemp(prefix="keygen-instructions-"))
+    with tempfile.TemporaryDirectory(prefix="keygen-instructions-") as tmp:
+        return _count(args, env, Path(tmp))
+
+
+def _count(args: argparse.Namespace, env: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Every server of the run, one after the other, in ``workdir``."""
     servers = [keygen_server(workdir), bare_server(workdir)]
     tokens: dict[str, str] = {}
     if args.keys:
