@@ -18,6 +18,7 @@ LAYERS = {
     "keygen.backup_cli": 6,
     "keygen.keys_cli": 6,
     "keygen.tls": 6,
+    "keygen.arguments": 6,
     "keygen.__main__": 6,
     "keygen.chaos": 6,
     "keygen.bench": 6,

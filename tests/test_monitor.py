@@ -290,7 +290,7 @@ def test_script_says_how_to_install(tmp_path: Path) -> None:
         (["--interval", "0"], "is not a positive number of seconds"),
         (["--timeout", "soon"], "is not a positive number of seconds"),
         (["--window", "5 minutes"], "is not a window such as 30s, 5m, 1h or 300"),
-        (["--frames", "-1"], "is not a positive whole number"),
+        (["--frames", "-1"], "must be at least 1, got -1"),
     ],
 )
 def test_bad_options_are_refused_clearly(

@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from keygen import __version__
+from keygen.arguments import positive_int
 from keygen.backup_cli import add_backup_commands
 from keygen.bench.cli import add_bench_command
 from keygen.chaos.cli import add_chaos_command
@@ -325,16 +326,6 @@ def config_check(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keygen", description="Keygen: unique integer ID ranges, never handed out twice."
@@ -351,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     tls = p.add_argument_group("TLS (docs/tls.md); each flag overrides its KEYGEN_SSL_* setting")
     for flag, what in (
         ("--ssl-certfile", "the service's certificate chain (PEM): HTTPS instead of HTTP"),

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,8 @@ import pytest
 from keygen.bench.failover import SCENARIOS, run_scenario
 from keygen.bench.generator import Step, Timeline, run_step
 from keygen.bench.targets import open_topology, start_bare
-from tests.support.processes import ServeProcess, keygen
+from tests.support.processes import ServeProcess, keygen, scratch_dir
+from tests.support.tools import installed
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -130,13 +129,8 @@ def test_a_stall_shows_in_p99_and_max_as_long_as_it_lasted(tmp_path: Path) -> No
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
-    """A directory the ``postgres`` user can reach (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="keygen-bench-test-"))
-    path.chmod(0o755)
-    try:
+    with scratch_dir("keygen-bench-test-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_master_kill_is_detected_failed_over_and_recovered(scratch: Path) -> None:
@@ -161,7 +155,6 @@ def test_a_master_kill_is_detected_failed_over_and_recovered(scratch: Path) -> N
 WRK_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "wrk" / "post_allocate.lua"
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_on_one_connection_the_times_agree_with_wrk(tmp_path: Path) -> None:
     """On the bare app, one connection: wrk's closed loop, then keygen bench at half wrk's
     rate; each request's time from its write (what wrk measures) agrees to 0.5 ms at p50,
@@ -169,7 +162,15 @@ def test_on_one_connection_the_times_agree_with_wrk(tmp_path: Path) -> None:
     with ExitStack() as stack:
         bare = start_bare(tmp_path, stack)
         wrk = subprocess.run(
-            ["wrk", "-t1", "-c1", "-d2s", "-s", str(WRK_SCRIPT), f"{bare.url}/allocate"],
+            [
+                installed("wrk", "wrk"),
+                "-t1",
+                "-c1",
+                "-d2s",
+                "-s",
+                str(WRK_SCRIPT),
+                f"{bare.url}/allocate",
+            ],
             capture_output=True,
             text=True,
             timeout=30,

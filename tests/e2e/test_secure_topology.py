@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from keygen.checker import Record, check
 from keygen.cluster.certs import make_certificates
 from keygen.cluster.security import Credentials
 from keygen.cluster.topology import LocalCluster
-from tests.support.processes import ServeProcess, keygen
+from tests.support.processes import ServeProcess, keygen, scratch_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -52,13 +50,8 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE)
 
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[Path]:
-    """A directory the ``postgres`` user can reach (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="keygen-secure-"))
-    path.chmod(0o755)
-    try:
+    with scratch_dir("keygen-secure-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

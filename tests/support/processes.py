@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +17,19 @@ from keygen.client import tls_context
 from keygen.cluster.certs import Certificates
 from keygen.cluster.processes import free_port
 
-__all__ = ["ServeProcess", "free_port", "keygen"]
+__all__ = ["ServeProcess", "free_port", "keygen", "scratch_dir"]
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory the ``postgres`` user can reach (pytest's tmp_path is 0700
+    root's), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ServeProcess(ServiceInstance):

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from keygen.arguments import positive_int
 from keygen.bench import TOPOLOGIES
 from keygen.errors import ToolError
 
@@ -47,16 +48,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value < 86_400:
         raise argparse.ArgumentTypeError(f"must be above 0 (and below a day), got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -154,8 +145,8 @@ def add_bench_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument(
         "--warmup", type=float, default=1.0, metavar="S", help="per target, not counted (0: none)"
     )
-    p.add_argument("--connections", type=_count, default=50, metavar="N")
-    p.add_argument("--size", type=_count, default=1000, metavar="N", help="IDs a request")
+    p.add_argument("--connections", type=positive_int, default=50, metavar="N")
+    p.add_argument("--size", type=positive_int, default=1000, metavar="N", help="IDs a request")
     p.add_argument("--namespace", default="bench", metavar="NS", help="default: bench")
     p.add_argument(
         "--api-key",
@@ -181,7 +172,7 @@ def add_bench_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--failover-rate", type=_rates, default=[500.0], metavar="R", help="default 500")
     p.add_argument(
         "--down-after-ms",
-        type=_count,
+        type=positive_int,
         default=None,
         metavar="MS",
         help="the Sentinels' down-after-milliseconds (default 5000, the original's)",

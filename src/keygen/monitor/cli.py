@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from keygen.arguments import positive_int
 from keygen.monitor.fetch import (
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -182,12 +183,6 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _count(value: str) -> int:
-    if not value.isdigit() or int(value) == 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
-    return int(value)
-
-
 def _window(value: str) -> str:
     if not _WINDOW.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a window such as 30s, 5m, 1h or 300")
@@ -231,7 +226,7 @@ def add_monitor_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--frames",
-        type=_count,
+        type=positive_int,
         metavar="N",
         help="stop after N refreshes and exit with the instances' status (default: run until "
         "Ctrl-C)",
