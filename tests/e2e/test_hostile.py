@@ -193,17 +193,20 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_allocates_nothing(
 
 def test_what_the_parser_refuses_is_a_json_error(server: ServeProcess) -> None:
     """A bad Content-Length, an unknown method, a bad request line or a bad header get the
-    service's JSON error shape, never text/plain."""
-    for data in (
+    service's JSON error shape, never text/plain, and each is counted as bad_request."""
+    already = _rejected(server, "bad_request")
+    cases = (
         b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
         b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"BREW /allocate HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GARBAGE\r\n\r\n",
         b"GET /health HTTP/1.1\r\nHost x\r\n\r\n",
         b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
-    ):
+    )
+    for data in cases:
         status, code = _json_error(_exchange(server, data))
         assert (status, code) == (400, "bad_request"), data
+    assert _rejected(server, "bad_request") == already + len(cases)
 
 
 def test_health_with_a_slash_is_not_redirected_to_the_clients_host(
@@ -287,8 +290,10 @@ def test_a_head_over_the_limit_in_one_read_is_refused_and_allocates_nothing(
         b"POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\nX-Big: %s\r\nConnection: %s\r\n\r\n"
     )
+    already = _rejected(server, "headers_too_large")
     refused = _exchange(server, head % (len(body), b"a" * 32768, b"close") + body)
     assert _json_error(refused) == (431, "headers_too_large")
+    assert _rejected(server, "headers_too_large") == already + 1
     assert _grants(server, "big-head") == 0
     padded = b'{"size": 1, "namespace": "big-head"' + b" " * 4000 + b"}"
     requests = head % (len(padded), b"a", b"keep-alive") + padded
