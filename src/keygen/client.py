@@ -177,7 +177,7 @@ def tls_refusal(error: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _retryable(error: Exception) -> bool:
+def _retryable(error: BaseException) -> bool:
     """A transport error (refused, reset, timed out), a 408 (the body was too slow to arrive:
     nothing was allocated) or a 5xx (no layer could allocate, an instance restarting, a proxy
     in front of it). If the failed request was served after all, its range is never used.
@@ -223,7 +223,7 @@ class _Attempts:
         self.index = client._current
         self.tried = {self.index}
         self.failures: list[str] = []
-        self.seen: Exception | None = None  # the last error the hook was asked about
+        self.seen: BaseException | None = None  # the last error the hook was asked about
         self.stopped: str | None = None  # why the hook refused a retry after it
 
     def left(self) -> float:
@@ -234,7 +234,7 @@ class _Attempts:
         ``MIN_ATTEMPT_TIME``, but a sleep can overrun by a little)."""
         return httpx.Timeout(max(self.left(), 0.001))
 
-    def backoff(self, error: Exception) -> bool | float:
+    def backoff(self, error: BaseException) -> bool | float:
         """stamina's backoff hook: False to raise ``error``, True for stamina's exponential
         backoff with jitter, or the seconds to wait before the next attempt."""
         self.seen = error

@@ -275,7 +275,7 @@ def naive_allocate(client: redis.Redis, namespace: str, size: int) -> Record:
 async def test_naive_incrby_duplicates_under_replication_lag(cluster: LocalCluster) -> None:
     """The same lagging-replica failover as (c) makes a naive INCRBY allocator hand out
     duplicates, and the checker finds them: the scenario and the checker have teeth."""
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         [
             (host, int(port))
             for host, port in (
@@ -288,7 +288,7 @@ async def test_naive_incrby_duplicates_under_replication_lag(cluster: LocalClust
     acknowledged: list[Record] = []
 
     def naive_load() -> None:
-        master = sentinel.master_for("mymaster", socket_timeout=0.25)  # type: ignore[no-untyped-call]
+        master = sentinel.master_for("mymaster", socket_timeout=0.25)
         while not stop.is_set():
             try:
                 acknowledged.append(naive_allocate(master, "default", 100))

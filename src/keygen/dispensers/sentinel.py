@@ -82,7 +82,7 @@ class MappedSentinel(Sentinel):
     def __init__(
         self, *args: Any, address_map: dict[Address, Address] | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(*args, **kwargs)
         self.address_map = dict(address_map or {})
 
     async def discover_master(self, service_name: str) -> Address:

@@ -88,7 +88,7 @@ class SentinelMonitor:
                     log.warning("Redis failover of %s: %s", name, " ".join(addresses))
                     await self.refresh_failovers()
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             await listener.aclose()
 
     async def refresh_failovers(self) -> None:
