@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -59,10 +60,23 @@ def _keygen(*args: str, timeout: float = 45) -> subprocess.CompletedProcess[str]
     )
 
 
+def _check_the_eval_hint(stderr: str, exports: dict[str, str]) -> None:
+    """Run the `eval` line of `up`'s "Next:" hint in a shell, as a user would paste it."""
+    hints = [line.strip() for line in stderr.splitlines() if line.strip().startswith("eval ")]
+    assert len(hints) == 1, stderr
+    keygen = f"{shlex.quote(sys.executable)} -m keygen"
+    script = hints[0].replace("$(keygen ", f"$({keygen} ") + ' && echo "$REDIS_SENTINEL_HOSTS"'
+    shell = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert shell.returncode == 0, (hints[0], shell.stderr)
+    assert shell.stdout.strip() == shlex.split(exports["REDIS_SENTINEL_HOSTS"])[0]
+
+
 def test_cli_up_status_down() -> None:
     """`keygen cluster up` leaves a ready topology running after it exits and prints its
-    environment, refuses a second `up`, `status --json` shows every role, and `down` stops
-    every process it recorded."""
+    environment and a "Next:" hint whose `eval` line works as pasted, refuses a second
+    `up`, `status --json` shows every role, and `down` stops every process it recorded."""
     base = _scratch_dir("keygen-cli-")
     where = str(base / "cluster")
     try:
@@ -78,6 +92,7 @@ def test_cli_up_status_down() -> None:
             "KEYGEN_DATABASE_URL",
         }
         assert len(exports["REDIS_SENTINEL_HOSTS"].split(",")) == 3
+        _check_the_eval_hint(up.stderr, exports)
 
         again = _keygen("up", "--dir", where, "--base-port", "0")
         assert again.returncode == 1 and "already running" in again.stderr

@@ -1,9 +1,9 @@
 """``keygen cluster up|env|status|down|failover|roll``: the local topology from the command
 line.
 
-``up`` prints its progress on stderr and the environment on stdout, so that
-``eval "$(keygen cluster up)"`` points the current shell at the new topology; ``env`` prints
-that environment again (with ``--secure``, it holds the ``keygen`` user's passwords).
+``up`` prints its progress on stderr and the environment on stdout; ``env`` prints that
+environment again, so that ``eval "$(keygen cluster env --dir DIR)"`` points the current
+shell at the running topology (with ``--secure``, it holds the ``keygen`` user's passwords).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def cluster_up(args: argparse.Namespace) -> int:
     where = _escape(shlex.quote(str(args.dir)))
     _err().print(
         f"[green]cluster up[/green] in {_escape(str(cluster.directory))}. Next:\n"
-        '  set the environment printed on stdout (`eval "$(keygen cluster up)"` does it)\n'
+        "  set the environment it printed on stdout, in this shell:\n"
+        f'  eval "$(keygen cluster env --dir {where})"\n'
         "  keygen serve                          # the service, on this topology\n"
         f"  keygen cluster status --dir {where}\n"
         f"  keygen cluster down --dir {where}"
