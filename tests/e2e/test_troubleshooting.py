@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from keygen.cluster.topology import LocalCluster
 from keygen.ledgers.postgres import PostgresLedger
 
 pytestmark = pytest.mark.e2e
+
+DEPLOYMENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,34 @@ def redis_cli(port: int, *command: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def port_lookup_snippet() -> str:
+    """The troubleshooting section's first code block: it reads the ports into variables."""
+    section = DEPLOYMENT_DOC.read_text().split("## Troubleshooting", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "no bash block in docs/deployment.md's Troubleshooting"
+    return match.group(1)
+
+
+def test_the_port_lookup_reads_the_running_clusters_ports(cluster: LocalCluster) -> None:
+    """The documented lines that set S1, R2, PG and M from `keygen cluster status --json` give
+    the ports this cluster really uses (free ones, not the defaults)."""
+    snippet = port_lookup_snippet()
+    keygen = str(Path(sys.executable).with_name("keygen"))
+    status = "keygen cluster status --json"
+    assert status in snippet, snippet
+    script = snippet.replace(status, f"{keygen} cluster status --json --dir {cluster.directory}")
+    result = subprocess.run(
+        ["bash", "-c", script + 'echo "S1=$S1 R2=$R2 PG=$PG M=$M"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    redis_2 = next(node for node in cluster.redis_nodes if node.name == "redis-2")
+    # This cluster runs without PostgreSQL: PG is empty.
+    expected = f"S1={cluster.sentinels[0].port} R2={redis_2.port} PG= M={cluster.master().port}"
+    assert result.stdout.strip() == expected, result.stderr
 
 
 def test_the_sentinel_commands_answer_as_documented(cluster: LocalCluster) -> None:
