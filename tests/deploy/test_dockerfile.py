@@ -1,5 +1,5 @@
-"""``deploy/Dockerfile``: hadolint finds nothing; the dependencies are installed before the
-source is copied; it runs as a numeric non-root user; its health check asks the readiness
+"""``deploy/Dockerfile``: hadolint finds nothing; the locked dependencies are installed before
+the source is copied; it runs as a numeric non-root user; its health check asks the readiness
 endpoint; and it starts the README's ``keygen serve``."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from keygen.constants import DEFAULT_PORT
 from tests.deploy.files import DOCKERFILE, venv_tool
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -40,17 +41,39 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_dependencies_are_a_layer_before_the_source() -> None:
-    """pip installs the dependencies with only pyproject.toml copied; the source comes after,
-    installed without dependencies."""
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the image that runs: those after the last FROM."""
     steps = instructions()
-    copies = [i for i, (kw, args) in enumerate(steps) if kw == "COPY"]
-    source = next(i for i in copies if "src" in steps[i][1].split())
-    installs = [i for i, (kw, args) in enumerate(steps) if kw == "RUN" and "pip install" in args]
-    assert steps[copies[0]][1].split()[0] == "pyproject.toml"
-    assert installs[0] < source < installs[1]
-    assert "-r requirements.txt" in steps[installs[0]][1]
-    assert "--no-deps" in steps[installs[1]][1]
+    last = max(i for i, (kw, _) in enumerate(steps) if kw == "FROM")
+    return steps[last:]
+
+
+def test_the_dependencies_are_the_locks_and_a_layer_before_the_source() -> None:
+    """The running image installs requirements/image.txt, hashes required and nothing
+    resolved, before the package; the package comes as the wheel the first stage built from
+    the source with the locked build backend, installed without dependencies."""
+    steps = final_stage()
+    installs = [args for kw, args in steps if kw == "RUN" and "pip install" in args]
+    copies = [args.split() for kw, args in steps if kw == "COPY"]
+    assert copies[0] == ["requirements/image.txt", "/tmp/requirements.txt"]
+    assert copies[1][0] == "--from=wheel"
+    assert "--require-hashes --no-deps -r /tmp/requirements.txt" in installs[0]
+    assert "--no-deps /wheels/*.whl" in installs[1]
+    builder = instructions()[: len(instructions()) - len(steps)]
+    assert builder[0] == ("FROM", "python:3.11-slim AS wheel")
+    build = [args for kw, args in builder if kw == "RUN"]
+    assert "--require-hashes --no-deps -r requirements/build.txt" in build[0]
+    assert "--no-build-isolation" in build[1]
+
+
+def test_the_image_lock_is_for_the_images_python() -> None:
+    """The image's base is the Python requirements/image.txt was locked for (scripts/lock)."""
+    (base,) = {args for kw, args in final_stage() if kw == "FROM"}
+    version = base.removeprefix("python:").removesuffix("-slim")
+    lock_script = (ROOT / "scripts" / "lock").read_text()
+    assert f'compile image.txt pyproject.toml -c "$out/dev.txt" --python-version {version} ' in (
+        lock_script
+    )
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:
