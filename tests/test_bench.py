@@ -157,7 +157,7 @@ def test_the_allocation_table_groups_targets_by_rate_beside_the_original() -> No
     ]
     assert lines[2].startswith("| 100 req/s | keygen | 100 |")
     assert lines[3].startswith("|  | bare | 100 |")
-    assert lines[4] == "|  | original (SEED.md) | 100 | 2.1 ms | - | 4.2 ms | - | 100% |  |"
+    assert lines[4] == "|  | original description | 100 | 2.1 ms | - | 4.2 ms | - | 100% |  |"
     assert lines[5].startswith("| 5,000 req/s | keygen | 4,000 |")
     assert lines[5].endswith("| 80.00% | saturated |")
     assert len(lines) == 6  # no original row at 5,000: it has none

@@ -69,7 +69,7 @@ ClientCertMode = Literal["none", "optional", "required"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
-def _seed_name(name: str) -> AliasChoices:
+def _original_name(name: str) -> AliasChoices:
     """Read a setting from its unprefixed name, as the original product documents it."""
     return AliasChoices(name)
 
@@ -86,29 +86,29 @@ class Settings(BaseSettings):
     # The original product's names.
     id_block_size: Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
         DEFAULT_BLOCK_SIZE,
-        validation_alias=_seed_name("ID_BLOCK_SIZE"),
+        validation_alias=_original_name("ID_BLOCK_SIZE"),
         description="Size of a request that names none.",
     )
     allocation_timeout: Annotated[float, Field(gt=0)] = Field(
         DEFAULT_ALLOCATION_TIMEOUT,
-        validation_alias=_seed_name("ALLOCATION_TIMEOUT"),
+        validation_alias=_original_name("ALLOCATION_TIMEOUT"),
         description="Seconds a request may take across all layers before it gets a 503.",
     )
     lock_timeout: Annotated[float, Field(gt=0)] = Field(
         DEFAULT_LOCK_TIMEOUT,
-        validation_alias=_seed_name("LOCK_TIMEOUT"),
+        validation_alias=_original_name("LOCK_TIMEOUT"),
         description="Seconds a lease-refill lock is held at most.",
     )
     redis_sentinel_hosts: str | None = Field(
         None,
-        validation_alias=_seed_name("REDIS_SENTINEL_HOSTS"),
+        validation_alias=_original_name("REDIS_SENTINEL_HOSTS"),
         description="host:port,host:port of the Sentinels; unset means no Redis layer.",
     )
     redis_sentinel_master_name: str = Field(
-        "mymaster", validation_alias=_seed_name("REDIS_SENTINEL_MASTER_NAME")
+        "mymaster", validation_alias=_original_name("REDIS_SENTINEL_MASTER_NAME")
     )
     redis_sentinel_quorum: Annotated[int, Field(ge=1)] = Field(
-        2, validation_alias=_seed_name("REDIS_SENTINEL_QUORUM")
+        2, validation_alias=_original_name("REDIS_SENTINEL_QUORUM")
     )
     redis_timeout: Annotated[float, Field(gt=0)] = Field(
         1.0,

@@ -89,7 +89,7 @@ def test_the_embedded_topology_is_measured_beside_the_bare_app(tmp_path: Path) -
     assert steps["bare app"]["sources"] == {"bare": 100}
     assert all(s["success_rate"] == 1.0 for s in steps.values())
     assert "|  | bare app | 100 |" in done.stdout
-    assert "| original (SEED.md) | 100 | 2.1 ms |" in done.stdout
+    assert "| original description | 100 | 2.1 ms |" in done.stdout
 
 
 def test_a_target_that_does_not_answer_is_named(tmp_path: Path) -> None:

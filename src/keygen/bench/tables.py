@@ -1,5 +1,5 @@
-"""The two tables of the original product description (``SEED.md``, "Performance
-Benchmarks"), as Markdown, with the figures measured here next to the original's.
+"""The two tables of the original product description ("Performance Benchmarks"), as
+Markdown, with the figures measured here next to the original's.
 
 The original's figures come with no method (no generator, machine, or definition of a
 "failover time"); they are printed beside ours, not compared by any rule.
@@ -24,7 +24,7 @@ __all__ = [
     "percent",
 ]
 
-ORIGINAL = "original (SEED.md)"
+ORIGINAL = "original description"
 #: Load (req/s) -> RPS, Avg, P95, Success, as the original's table gives them.
 ORIGINAL_ALLOCATION: dict[float, tuple[str, str, str, str]] = {
     100: ("100", "2.1 ms", "4.2 ms", "100%"),

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["TOPOLOGIES", "Target", "Topology", "open_topology", "preflight", "start_bare"]
 
 #: Settings read without the KEYGEN_ prefix (the original product's names).
-_SEED_SETTINGS = (
+_UNPREFIXED_SETTINGS = (
     "ID_BLOCK_SIZE",
     "ALLOCATION_TIMEOUT",
     "LOCK_TIMEOUT",
@@ -76,7 +76,7 @@ def _clean_env(**settings: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.upper().startswith("KEYGEN_") and name.upper() not in _SEED_SETTINGS
+        if not name.upper().startswith("KEYGEN_") and name.upper() not in _UNPREFIXED_SETTINGS
     }
     return {**env, "KEYGEN_LOG_LEVEL": "warning", **settings}
 

@@ -3,7 +3,8 @@
 Standard library only: ``keygen cluster``'s parser takes its defaults from here, and must not
 pay for redis-py or rich when ``keygen serve`` builds it.
 
-Ports, from a base port B (6379 gives the seed's 6379-6381 / 26379-26381)::
+Ports, from a base port B (6379 gives the original product description's
+6379-6381 / 26379-26381)::
 
     Redis        B, B+1, B+2            (B is the first master)
     Sentinels    B+20000, B+20001, B+20002

@@ -55,7 +55,8 @@ class LocalCluster(Readiness):
     Args:
         directory: where every node's files and ``cluster.json`` live.
         base_port: the port scheme's base (see :mod:`keygen.cluster.layout`); None: free ports.
-        down_after_ms: Sentinel's ``down-after-milliseconds`` (the seed's 5 s by default).
+        down_after_ms: Sentinel's ``down-after-milliseconds`` (5 s by default, as in the
+            original product description).
         master_name: the name the Sentinels monitor.
         quorum: Sentinels that must agree the master is down.
         with_postgres: also run the PostgreSQL ledger.

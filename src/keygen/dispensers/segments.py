@@ -9,7 +9,8 @@ requests from it by moving a cursor in memory, and once ``prefetch_at`` of it is
 tenth) fetches the next one in the background, so that in steady state no request waits for
 Redis, PostgreSQL or SQLite. A segment is this process's alone as soon as the call that
 produced it succeeded, like any range the service acknowledged (docs/correctness.md); a
-segment a crash abandons is wasted, never reused. Rules kept (DESIGN.md, "Segments"):
+segment a crash abandons is wasted, never reused. The rules kept
+(docs/correctness.md):
 
 - a segment is served only once the call that produced it succeeded;
 - the next segment never shares an ID with the current one (each is its own carve or
