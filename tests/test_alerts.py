@@ -11,7 +11,7 @@ import pytest
 
 from keygen.alerts import RULES, Alerts, prometheus_rules
 from keygen.metrics import InstanceView
-from keygen.metrics.counters import InstanceCounters
+from keygen.metrics.counters import Counters, InstanceCounters
 from keygen.snapshots import LayerSnapshot, WorkerState
 from tests.support.tools import installed
 
@@ -50,6 +50,42 @@ def view(*, layer_up: bool = True, active_locks: int = 0) -> InstanceView:
     ]
     state = WorkerState(1, 0.0, layers, [], active_locks, None, None, {})
     return InstanceView(InstanceCounters(), state, [state], [state])
+
+
+def traffic(statuses: dict[int, int]) -> InstanceView:
+    """An instance that answered POST /allocate ``count`` times with each status, counted
+    as the service counts them (every refusal also a failed allocation request)."""
+    counters = Counters()
+    for status, count in statuses.items():
+        for _ in range(count):
+            counters.record_response("/allocate", status)
+            if status == 200:
+                counters.record_success("sqlite", 1, 0.001)
+            else:
+                counters.record_failure(0.001)
+    total = InstanceCounters()
+    total.add(counters)
+    counters.close()
+    state = WorkerState(1, 0.0, [], [], 0, None, None, {})
+    return InstanceView(total, state, [state], [state])
+
+
+def error_rate(alerts: Alerts, statuses: dict[int, int], at: float) -> tuple[str, float | None]:
+    """KeygenErrorRateHigh's state and value once the instance has answered ``statuses``."""
+    document = alerts.evaluate(traffic(statuses), at)
+    (entry,) = [a for a in document.alerts if a.name == "KeygenErrorRateHigh"]
+    return entry.state, entry.value
+
+
+def test_the_error_rate_counts_the_services_failures_not_the_clients_refusals() -> None:
+    """Clients' 409 too_many_namespaces, 429 and 422 refusals leave KeygenErrorRateHigh at
+    0, while 503s above 1 % of the requests served make it pending (its `for` is 1 minute)."""
+    alerts = Alerts(instance_id="test")
+    assert error_rate(alerts, {}, 10.0) == ("inactive", None)
+    refused = {200: 100, 409: 50, 429: 30, 422: 20}
+    assert error_rate(alerts, refused, 20.0) == ("inactive", 0.0)
+    state, value = error_rate(alerts, {**refused, 503: 5}, 30.0)
+    assert (state, value) == ("pending", 5 / 105)
 
 
 def test_an_alert_goes_pending_then_firing_then_resolves(caplog: pytest.LogCaptureFixture) -> None:

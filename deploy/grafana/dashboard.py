@@ -64,11 +64,14 @@ def quantile(q: float, histogram: str, *by: str) -> str:
 
 
 def error_ratio() -> str:
-    """The share of allocation requests that failed, as the KeygenErrorRateHigh alert: 0
-    while no failure was ever counted (the series appears with the first one), nothing while
-    there is no traffic."""
-    failed = rate("keygen_allocations_total", outcome="failure")
-    every = rate("keygen_allocations_total")
+    """The share of allocation requests that failed with a 5xx, of those that were not a
+    client's refusal (4xx), as the KeygenErrorRateHigh alert: 0 while no failure was ever
+    counted (the series appears with the first one), nothing while there is no traffic."""
+    failed, every = (
+        f'rate(keygen_http_responses_total{{endpoint="/allocate", status{status}, {INSTANCE}}}'
+        f"[{RATE}])"
+        for status in ('=~"5.."', '!~"4.."')
+    )
     return f"(sum({failed}) or vector(0)) / (sum({every}) > 0)"
 
 
@@ -217,7 +220,7 @@ def overview() -> list[stat.Panel]:
         ),
         figure(
             "Error rate",
-            "Share of allocation requests that failed (KeygenErrorRateHigh above 1 %).",
+            "Share of allocation requests that failed with a 5xx (KeygenErrorRateHigh above 1 %).",
             "percentunit",
             error_ratio(),
             red_from=0.01,
@@ -285,7 +288,8 @@ def allocations() -> list[timeseries.Panel]:
         ),
         graph(
             "Allocation error rate",
-            "Share of allocation requests that failed; the line is KeygenErrorRateHigh's 1 %.",
+            "Share of allocation requests that failed with a 5xx; the line is "
+            "KeygenErrorRateHigh's 1 %.",
             "percentunit",
             (error_ratio(), "errors"),
             limit=0.01,

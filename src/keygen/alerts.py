@@ -27,6 +27,7 @@ import stamina
 from keygen.constants import MAX_ID
 from keygen.histogram import quantile
 from keygen.metrics import InstanceView
+from keygen.metrics.counters import InstanceCounters
 from keygen.metrics.layout import LATENCY_BUCKETS
 from keygen.snapshots import AlertsDocument, AlertSnapshot, AlertState
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RUNBOOK: Final = "docs/monitoring.md#"
 HEADROOM_LOW: Final = MAX_ID // 100  # 1 % of the ID space
+ALLOCATE_ENDPOINT: Final = "/allocate"  # its label in keygen_http_responses_total
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class Sample:
     """The cumulative figures a windowed rule takes differences of."""
 
     at: float
-    requests: int
-    failed: int
+    requests: int  # POST /allocate answered, but for the client's refusals (4xx)
+    failed: int  # of them, the service's failures (5xx)
     buckets: tuple[int, ...]
     failovers: int
 
@@ -79,6 +81,19 @@ def _error_rate(w: Window, window: float) -> dict[str, float | None]:
     before = w.before(window)
     requests = w.now.requests - before.requests
     return {"": (w.now.failed - before.failed) / requests if requests else None}
+
+
+def _allocate_outcomes(counters: InstanceCounters) -> tuple[int, int]:
+    """The POST /allocate responses that were not a client's refusal (4xx), and of them the
+    service's failures (5xx), as KeygenErrorRateHigh's PromQL selects them."""
+    requests = failed = 0
+    for (endpoint, status), count in counters.responses().items():
+        if endpoint != ALLOCATE_ENDPOINT or status.startswith("4"):
+            continue
+        requests += count
+        if status.startswith("5"):
+            failed += count
+    return requests, failed
 
 
 def _failovers(w: Window, window: float) -> dict[str, float | None]:
@@ -147,9 +162,13 @@ RULES: Final = (
     Rule(
         "KeygenErrorRateHigh",
         "critical",
-        "More than 1 % of allocation requests fail",
-        'sum by (instance) (rate(keygen_allocations_total{{outcome="failure"}}[{window}])) '
-        "/ sum by (instance) (rate(keygen_allocations_total[{window}])) > {threshold}",
+        "More than 1 % of allocation requests fail with a 5xx",
+        # The service's own failures only: a client's refusals (4xx, such as 409
+        # too_many_namespaces or 429) neither fire it nor dilute it.
+        "sum by (instance) (rate(keygen_http_responses_total"
+        '{{endpoint="/allocate", status=~"5.."}}[{window}])) '
+        "/ sum by (instance) (rate(keygen_http_responses_total"
+        '{{endpoint="/allocate", status!~"4.."}}[{window}])) > {threshold}',
         True,
         0.01,
         60,
@@ -319,10 +338,11 @@ class Alerts:
 
     def evaluate(self, view: InstanceView, at: float) -> AlertsDocument:
         c = view.counters
+        requests, failed = _allocate_outcomes(c)
         now = Sample(
             at,
-            sum(c.by_source.values()) + c.failed,
-            c.failed,
+            requests,
+            failed,
             tuple(c.bucket_counts),
             view.failovers() or 0,
         )
