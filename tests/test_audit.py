@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from keygen.audit import Auditor, audit_ledger
-from keygen.constants import GRANT_LEASE
+from keygen.constants import GRANT_LEASE, GRANT_RESERVE
+from keygen.ledgers.base import ReserveMark
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
 from tests.support.processes import ServeProcess, keygen
 
@@ -111,3 +112,28 @@ def test_a_running_instance_exports_what_its_audit_found(tmp_path: Path) -> None
         server.stop()
     assert "keygen_audit_violations_total 1.0" in text, text[-2000:]
     assert alerts["KeygenAuditViolation"]["state"] == "firing", alerts["KeygenAuditViolation"]
+
+
+@pytest.mark.anyio
+async def test_reserve_usage_recorded_twice_over_the_same_ids_is_a_violation(
+    tmp_path: Path,
+) -> None:
+    """Two openings of one reserve's journal whose recorded marks share IDs (a journal copied
+    or rewound, then served from) are reported as reserve_replayed; consecutive openings,
+    each resuming above the last one's mark, are not, and keygen audit exits 1 on the first."""
+    ledger = await SqliteLedger.open(tmp_path / "data")
+    reserve = await ledger.grant("default", 1000, kind=GRANT_RESERVE, holder="a/reserve-0")
+    span = ("default", reserve.start, reserve.end)
+    assert await ledger.record_reserve_mark(ReserveMark(*span, "s1", "d", "a", 1, 100)) == 0
+    assert await ledger.record_reserve_mark(ReserveMark(*span, "s2", "d", "a", 101, 300)) == 100
+    sound = await audit_ledger(ledger)
+    # A copy resumed from an earlier state of the journal (mark 100), as s2 also did.
+    assert await ledger.record_reserve_mark(ReserveMark(*span, "s3", "d", "a", 101, 250)) == 300
+    replayed = await audit_ledger(ledger)
+    await ledger.aclose()
+    assert sound.ok, sound.summary()
+    assert [v.kind for v in replayed.violations] == ["reserve_replayed"]
+    assert "101..300" in replayed.violations[0].detail
+    assert "101..250" in replayed.violations[0].detail
+    result = keygen("audit", env={"KEYGEN_DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 1 and "reserve_replayed" in result.stdout + result.stderr

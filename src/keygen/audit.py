@@ -6,6 +6,11 @@ namespace share an ID, no grant ends above its namespace's counter, and no count
 back. ``keygen audit`` checks the whole trail; each running instance checks its own new grants
 the same way in the background (``Auditor``) and counts what it finds in
 ``keygen_audit_violations_total``, behind an alert that must never fire.
+
+The emergency reserves' marks are checked too: each opening of a reserve journal records in
+the ledger the IDs of a reserve it may have handed out (``dispensers/reserve_marks.py``), so
+two openings whose spans of one reserve overlap (a journal copied, or restored to an earlier
+state, and served from) are IDs handed out twice: ``reserve_replayed``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keygen.checker import Record, find_overlaps
-from keygen.ledgers.base import Grant, Ledger
+from keygen.ledgers.base import Grant, Ledger, ReserveMark, ReserveMarks
 
 __all__ = ["AuditVerdict", "Auditor", "Violation", "audit_ledger"]
 
@@ -28,7 +33,7 @@ ROUND = 200
 
 @dataclass(frozen=True)
 class Violation:
-    kind: str  # "overlap", "above_counter", "counter_regressed"
+    kind: str  # "overlap", "above_counter", "counter_regressed", "reserve_replayed"
     namespace: str
     detail: str
 
@@ -94,7 +99,38 @@ async def audit_ledger(
             verdict.violations.append(
                 Violation("above_counter", namespace, f"{_describe(grant)}; counter {counter}")
             )
+    if isinstance(ledger, ReserveMarks):
+        verdict.violations += replayed_reserves(await ledger.reserve_marks())
     return verdict
+
+
+def _describe_mark(mark: ReserveMark) -> str:
+    return f"{mark.first}..{mark.mark} (session {mark.session} of {mark.holder}, {mark.owner})"
+
+
+def replayed_reserves(marks: list[ReserveMark]) -> list[Violation]:
+    """Spans of one reserve that two openings of its journal may both have handed out."""
+    found = []
+    by_reserve: dict[tuple[str, int], list[ReserveMark]] = {}
+    for mark in marks:
+        if mark.served:
+            by_reserve.setdefault((mark.namespace, mark.start), []).append(mark)
+    for (namespace, start), spans in sorted(by_reserve.items()):
+        spans.sort(key=lambda mark: mark.first)
+        reach = spans[0]
+        for mark in spans[1:]:
+            if mark.first <= reach.mark:
+                found.append(
+                    Violation(
+                        "reserve_replayed",
+                        namespace,
+                        f"reserve starting at {start}: {_describe_mark(reach)} and "
+                        f"{_describe_mark(mark)} share IDs",
+                    )
+                )
+            if mark.mark > reach.mark:
+                reach = mark
+    return found
 
 
 class Auditor:

@@ -40,6 +40,9 @@ DEFAULT_RESERVE_SIZE = 5_000_000_000
 DEFAULT_RESERVE_NAMESPACES = "default"
 DEFAULT_RESERVE_SLOTS = 64
 DEFAULT_RESERVE_TIMEOUT = 0.5
+#: Where the journals' witnesses live: memory-backed, emptied at each boot, outside every
+#: volume and snapshot of the data dir (dispensers/journal_witness.py, docs/reserve.md).
+DEFAULT_RESERVE_WITNESS_DIR = Path("/dev/shm")
 # The HTTP edge's limits (docs/security.md says why each default is what it is).
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -52,6 +55,9 @@ DEFAULT_MAX_NAMESPACES = 10_000
 DEFAULT_AUDIT_RETENTION_DAYS = 90
 # API keys (keygen/auth.py, docs/security.md "Keys").
 DEFAULT_AUTH_REFRESH_INTERVAL = 2.0
+#: Seconds a key table read stays in force while the ledger cannot be read again: a revoked
+#: key stops working within this, whatever the ledger's state (docs/security.md "Keys").
+DEFAULT_AUTH_LEASE_SECONDS = 300.0
 
 #: A host and a port, as ``REDIS_SENTINEL_HOSTS`` and ``KEYGEN_REDIS_ADDRESS_MAP`` name them.
 Address = tuple[str, int]
@@ -211,6 +217,12 @@ class Settings(BaseSettings):
         description="Seconds of ALLOCATION_TIMEOUT kept for the reserve: the layers before it "
         "give up this long before the deadline (at most half the budget).",
     )
+    reserve_witness_dir: Path = Field(
+        DEFAULT_RESERVE_WITNESS_DIR,
+        description="Memory-backed directory, outside the data dir, where each reserve "
+        "journal's witness is kept: a journal it does not vouch for (after a reboot, a copy "
+        "or a restore) has its reserves abandoned, never served from.",
+    )
     breaker_failure_threshold: Annotated[int, Field(ge=1)] = Field(
         3, description="Consecutive failures (a stalled attempt counts) that open a breaker."
     )
@@ -316,6 +328,12 @@ class Settings(BaseSettings):
         DEFAULT_AUTH_REFRESH_INTERVAL,
         description="Seconds between two reads of the key table by each worker: a new or "
         "revoked key takes effect within this (and a read's time).",
+    )
+    auth_lease_seconds: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        DEFAULT_AUTH_LEASE_SECONDS,
+        description="Seconds the last key table read stays in force while the ledger cannot "
+        "be read: past it every request gets a 503 keys_unavailable, so a revoked key stops "
+        "working within this even while the ledger is down.",
     )
 
     # Rate limits (keygen/quotas.py; a key's own are set by keygen keys create).

@@ -52,6 +52,7 @@ async def _reserve_layer(settings: Settings, ledger: Ledger) -> ReserveDispenser
         namespaces=settings.reserve_namespace_list,
         instance_id=settings.instance_id,
         location=ledger_location(settings),
+        witness_dir=settings.reserve_witness_dir,
     )
 
 

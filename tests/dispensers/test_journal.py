@@ -20,6 +20,7 @@ from keygen.dispensers.journal import (
     encode,
     replay,
 )
+from keygen.dispensers.journal_witness import Witness
 from keygen.errors import JournalLocked
 
 LEDGER = "postgresql://127.0.0.1:5432/keygen"
@@ -40,16 +41,38 @@ def opened(data_dir: Path) -> Iterator[list[Journal]]:
 
 
 def open_journal(
-    data_dir: Path, opened: list[Journal], *, slots: int = 4, location: str = LEDGER
+    data_dir: Path,
+    opened: list[Journal],
+    *,
+    slots: int = 4,
+    location: str = LEDGER,
+    witness_dir: Path | None = None,
 ) -> Journal:
-    journal = Journal.open(data_dir, slots=slots, location=location, owner="test")
+    journal = Journal.open(
+        data_dir,
+        slots=slots,
+        location=location,
+        owner="test",
+        witness_dir=witness_dir or data_dir.parent / "shm",
+    )
     opened.append(journal)
     return journal
 
 
 def grant(journal: Journal, namespace: str, start: int, end: int, *marks: int) -> None:
     key = {"namespace": namespace, "start": start}
-    journal.append([{"type": "reserve", **key, "end": end, "ledger": journal.location, "at": 1.0}])
+    journal.append(
+        [
+            {
+                "type": "reserve",
+                **key,
+                "end": end,
+                "ledger": journal.location,
+                "at": 1.0,
+                "owner": journal.data_id,
+            }
+        ]
+    )
     for mark in marks:
         journal.append([{"type": "mark", **key, "mark": mark}])
 
@@ -255,3 +278,87 @@ def test_a_reserve_describes_itself_in_records() -> None:
     reserve = JournalReserve("default", 10, 99, LEDGER, 50, 3.0, retired="why")
     replayed = replay(b"".join(encode(record) for record in reserve.records()))
     assert replayed.reserves[("default", 10)] == reserve
+
+
+def test_a_journal_cut_at_a_record_boundary_is_not_trusted(
+    data_dir: Path, opened: list[Journal], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal whose last marks are gone, cut cleanly between records, is told from the one
+    the process left behind by its witness: its open reserves are abandoned, not resumed."""
+    journal = open_journal(data_dir, opened)
+    grant(journal, "default", 1, 1000, 100)
+    cut = journal.path.stat().st_size
+    journal.append([{"type": "mark", "namespace": "default", "start": 1, "mark": 200}])
+    journal.close()
+    path = data_dir / JOURNAL_NAME.format(0)
+    path.write_bytes(path.read_bytes()[:cut])
+    assert replay(path.read_bytes()).damage is None  # well-formed: no checksum says so
+    with caplog.at_level(logging.WARNING):
+        again = open_journal(data_dir, opened)
+    (reserve,) = again.reserves
+    assert reserve.retired is not None and "journal not verified" in reserve.retired
+    assert again.distrusted is not None and "shorter" in again.distrusted
+    assert "never served from again" in caplog.text
+
+
+def test_a_journal_restored_from_an_earlier_copy_is_not_trusted(
+    data_dir: Path, opened: list[Journal]
+) -> None:
+    """A journal copied aside and copied back after the process went on (a restored
+    snapshot) is abandoned, even though it is a well-formed journal of this data dir."""
+    journal = open_journal(data_dir, opened)
+    grant(journal, "default", 1, 1000, 100)
+    journal.close()
+    earlier = (data_dir / JOURNAL_NAME.format(0)).read_bytes()
+    journal = open_journal(data_dir, opened)
+    journal.append([{"type": "mark", "namespace": "default", "start": 1, "mark": 300}])
+    journal.close()
+    (data_dir / JOURNAL_NAME.format(0)).write_bytes(earlier)
+    (reserve,) = open_journal(data_dir, opened).reserves
+    assert reserve.retired is not None and "journal not verified" in reserve.retired
+
+
+def test_a_journal_without_a_witness_of_this_boot_is_not_trusted(
+    data_dir: Path, opened: list[Journal], tmp_path: Path
+) -> None:
+    """After a reboot (the memory-backed witness gone) or on a data dir copied or moved, the
+    journal's open reserves are abandoned; retired ones are still reported."""
+    journal = open_journal(data_dir, opened)
+    grant(journal, "default", 1, 1000, 100)
+    journal.close()
+    again = open_journal(data_dir, opened, witness_dir=tmp_path / "after-a-reboot")
+    (reserve,) = again.reserves
+    assert reserve.retired is not None and "this boot never wrote it" in reserve.retired
+    assert again.abandoned_ids == 900
+
+
+def test_a_journal_ahead_of_its_witness_is_trusted(data_dir: Path, opened: list[Journal]) -> None:
+    """A crash between a mark's fsync and the witness' write leaves the journal longer than
+    its witness says: that journal is ahead of what was handed out, and is resumed."""
+    journal = open_journal(data_dir, opened)
+    grant(journal, "default", 1, 1000, 100)
+    journal.close()
+    path = data_dir / JOURNAL_NAME.format(0)
+    with path.open("ab") as file:  # as if the witness was never told
+        file.write(encode({"type": "mark", "namespace": "default", "start": 1, "mark": 150}))
+    (reserve,) = open_journal(data_dir, opened).reserves
+    assert (reserve.mark, reserve.retired) == (150, None)
+
+
+def test_another_data_dirs_journal_is_dropped(
+    tmp_path: Path, opened: list[Journal], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal copied into another instance's data dir names the data dir its reserves were
+    granted to: they are dropped there, never served, even with a witness that vouches."""
+    ours = open_journal(tmp_path / "ours", opened)
+    ours.close()
+    theirs = open_journal(tmp_path / "theirs", opened)
+    grant(theirs, "default", 1, 1000, 100)
+    theirs.close()
+    copy = tmp_path / "ours" / JOURNAL_NAME.format(0)
+    copy.write_bytes(theirs.path.read_bytes())
+    # Even vouched for by a witness, the owner is not this data dir.
+    Witness.of(copy, tmp_path / "shm").reset(copy.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        again = open_journal(tmp_path / "ours", opened)
+    assert again.reserves == [] and "granted to another data dir" in caplog.text

@@ -22,14 +22,23 @@ be told from a file cut short (which would have lost fsynced marks), so a damage
 not trusted at all: every reserve it names is retired, wasted, never served from again, the
 damaged file is copied aside, and the journal is rewritten without the damage. Reserves of
 another ledger (``KEYGEN_DATABASE_URL`` changed) are dropped the same way, never served.
+
+A well-formed journal may still not be this data dir's latest: cut at a record boundary,
+restored from an earlier copy, or copied from another instance. So each ``reserve`` record
+names its *owner*, the identity of the data dir it was granted to (``data.id``, made on first
+use): reserves of another owner are dropped, never served. And a journal is trusted only when
+its witness (``journal_witness.py``) shows it is exactly what this boot last wrote; otherwise
+its reserves are abandoned like a damaged journal's (``docs/reserve.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import secrets
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -37,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from keygen.dispensers.journal_witness import Witness
 from keygen.errors import JournalLocked
 
 log = logging.getLogger(__name__)
@@ -45,6 +55,8 @@ JOURNAL_VERSION: Final = 1
 JOURNAL_NAME: Final = "reserve-{}.journal"
 #: A journal with more records than this is rewritten (compacted) when it is opened.
 COMPACT_AFTER: Final = 1024
+#: The data dir's identity: the owner every reserve journaled in it names.
+DATA_ID_NAME: Final = "data.id"
 
 Record = dict[str, Any]
 
@@ -67,6 +79,7 @@ class JournalReserve:
     granted_at: float
     retired: str | None = None  # why it will never be served from again
     synced: bool = False
+    owner: str | None = None  # the data dir it was granted to (None: a journal before owners)
 
     def records(self) -> list[Record]:
         """The records that describe it as it is now (for a rewritten journal)."""
@@ -78,6 +91,7 @@ class JournalReserve:
                 "end": self.end,
                 "ledger": self.ledger,
                 "at": self.granted_at,
+                **({} if self.owner is None else {"owner": self.owner}),
             }
         ]
         if self.mark >= self.start:
@@ -141,8 +155,15 @@ def _apply_record(reserves: dict[tuple[str, int], JournalReserve], record: Recor
         end = _integer(record["end"])
         if reserve is not None or not 1 <= key[1] <= end:
             return f"reserve {key} is granted twice or is empty"
+        owner = record.get("owner")
         reserves[key] = JournalReserve(
-            key[0], key[1], end, _text(record["ledger"]), key[1] - 1, float(record["at"])
+            key[0],
+            key[1],
+            end,
+            _text(record["ledger"]),
+            key[1] - 1,
+            float(record["at"]),
+            owner=None if owner is None else _text(owner),
         )
         return None
     if reserve is None:
@@ -179,10 +200,26 @@ class Journal:
     Its methods block (file I/O and fsync): the reserve calls them on a thread of its own.
     """
 
-    def __init__(self, path: Path, slot: int, fd: int, location: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        slot: int,
+        fd: int,
+        location: str,
+        *,
+        data_id: str = "",
+        witness_dir: Path | None = None,
+    ) -> None:
         self.path = path
         self.slot = slot
         self.location = location
+        #: The data dir's identity, the owner of every reserve journaled here.
+        self.data_id = data_id
+        #: This opening of the journal: its marks in the ledger are told apart by it.
+        self.session = secrets.token_hex(8)
+        self.witness = Witness.of(path, witness_dir)
+        #: Why the journal was not trusted at open (None: it was, or held nothing to trust).
+        self.distrusted: str | None = None
         #: Reserves still to serve from or to report, in the order they were granted.
         self.reserves: list[JournalReserve] = []
         #: IDs of reserves retired at open because the journal was damaged.
@@ -191,23 +228,34 @@ class Journal:
         self._fd: int | None = fd
 
     @classmethod
-    def open(cls, data_dir: Path, *, slots: int, location: str, owner: str) -> Journal:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        slots: int,
+        location: str,
+        owner: str,
+        witness_dir: Path | None = None,
+    ) -> Journal:
         """Lock the first free slot of ``data_dir`` and replay its journal.
 
         Args:
             location: where the ledger lives; reserves another ledger granted are dropped.
             owner: who this process is, written in the journal for the operator.
+            witness_dir: where the journals' witnesses are kept (None: ``/dev/shm``).
 
         Raises:
             JournalLocked: every slot is locked by another process.
+            OSError: the data dir or the witness directory cannot be written.
         """
         data_dir.mkdir(parents=True, exist_ok=True)
+        data_id = data_dir_id(data_dir)
         for slot in range(slots):
             path = data_dir / JOURNAL_NAME.format(slot)
             fd = _lock(path)
             if fd is None:
                 continue
-            journal = cls(path, slot, fd, location)
+            journal = cls(path, slot, fd, location, data_id=data_id, witness_dir=witness_dir)
             try:
                 journal._load(owner)
             except BaseException:
@@ -235,6 +283,20 @@ class Journal:
             if reserve.synced:
                 rewrite = True
                 continue
+            if reserve.owner is not None and reserve.owner != self.data_id:
+                log.warning(
+                    "reserve journal %s: reserve %d..%d of %r was granted to another data dir "
+                    "(%s, this one is %s): a journal copied from another instance; dropped, "
+                    "never served from",
+                    self.path,
+                    reserve.start,
+                    reserve.end,
+                    reserve.namespace,
+                    reserve.owner,
+                    self.data_id,
+                )
+                rewrite = True
+                continue
             if reserve.ledger != self.location:
                 log.warning(
                     "reserve journal %s: reserve %d..%d of %r was granted by the ledger at %s, "
@@ -251,6 +313,11 @@ class Journal:
             keep.append(reserve)
         if result.damage is not None:
             self._abandon(keep, result.damage, data)
+        elif any(reserve.retired is None for reserve in keep):
+            self.distrusted = self.witness.check(data)
+            if self.distrusted is not None:
+                self._distrust(keep, self.distrusted)
+                rewrite = True
         self.reserves = keep
         opened = {
             "type": "open",
@@ -263,8 +330,27 @@ class Journal:
             self._rewrite([opened, *(r for reserve in keep for r in reserve.records())])
         else:
             self.records = result.records
+            self.witness.reset(data)
             self.append([opened])
         _fsync_dir(self.path.parent)  # the file's name is durable before it is relied on
+
+    def _distrust(self, reserves: list[JournalReserve], why: str) -> None:
+        """Abandon the open reserves of a well-formed journal that may not be the latest:
+        it may lack marks of IDs already handed out (the argument: ``docs/reserve.md``)."""
+        described = []
+        for reserve in reserves:
+            if reserve.retired is None:
+                reserve.retired = f"journal not verified: {why}"
+                self.abandoned_ids += reserve.end - reserve.mark
+                described.append(f"{reserve.namespace!r} {reserve.start}..{reserve.end}")
+        log.warning(
+            "reserve journal %s is not verified (%s): it may lack marks of IDs already handed "
+            "out, so its reserves are abandoned, never served from again (their IDs are "
+            "wasted): %s; fresh reserves are taken as soon as the ledger answers",
+            self.path,
+            why,
+            ", ".join(described),
+        )
 
     def _abandon(self, reserves: list[JournalReserve], damage: str, data: bytes) -> None:
         copy = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
@@ -287,9 +373,13 @@ class Journal:
     def append(self, records: Sequence[Record], *, sync: bool = True) -> None:
         """Append ``records`` and, with ``sync``, wait until they are on disk."""
         fd = self._require_fd()
-        _write_all(fd, b"".join(encode(record) for record in records))
+        data = b"".join(encode(record) for record in records)
+        _write_all(fd, data)
         if sync:
             os.fdatasync(fd)
+        # Before anything the records cover is handed out: a journal cut back below them
+        # is then told from one the process left behind.
+        self.witness.extend(data)
         self.records += len(records)
 
     def _rewrite(self, records: Iterable[Record]) -> None:
@@ -304,15 +394,17 @@ class Journal:
         fd = os.open(
             temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
         )
+        data = b"".join(encode(record) for record in records)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, b"".join(encode(record) for record in records))
+            _write_all(fd, data)
             os.fsync(fd)
             os.replace(temporary, self.path)
         except BaseException:
             os.close(fd)
             raise
         _fsync_dir(self.path.parent)
+        self.witness.reset(data)
         self._fd = fd
         os.close(old)
         self.records = len(records)
@@ -327,6 +419,36 @@ class Journal:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def data_dir_id(data_dir: Path) -> str:
+    """The data dir's identity (``data.id``), made when missing; processes making it at
+    once agree on one."""
+    path = data_dir / DATA_ID_NAME
+    with contextlib.suppress(FileNotFoundError):
+        return _read_id(path)
+    temporary = path.with_name(f".{DATA_ID_NAME}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, secrets.token_hex(16).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(temporary, path)  # fails if another process made it first: theirs counts
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    _fsync_dir(data_dir)
+    return _read_id(path)
+
+
+def _read_id(path: Path) -> str:
+    text = path.read_text().strip()
+    if not text:
+        raise OSError(f"{path} is empty: delete it (with the service stopped) to make another")
+    return text
 
 
 def _lock(path: Path) -> int | None:

@@ -23,6 +23,12 @@ and fsynced before any range above the previous mark is returned. After a crash 
 resumes above the mark, which lies at or above everything handed out. A retired reserve is
 never served from again: its unused tail is wasted, counted, never given back. The full
 argument is in ``docs/correctness.md``.
+
+A journal that may not be this data dir's latest (cut at a record boundary, restored from
+an earlier copy, copied from elsewhere) is caught by ``journal.py`` (owner and witness) and
+its reserves abandoned; and whenever the ledger answers, the keeper records each reserve's
+mark there, per opening of the journal (``reserve_marks.py``), so that a replay that got
+past both is stopped, and shown by ``keygen audit`` (``docs/reserve.md``).
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ from typing import Any, Final
 
 from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
 from keygen.dispensers.journal import Journal, Record
+from keygen.dispensers.reserve_marks import record_marks
 from keygen.dispensers.reserve_state import RATE_WINDOW, HeldReserve, Rate, namespace_snapshot
 from keygen.dispensers.segment import what_is_left
 from keygen.dispensers.singleflight import SingleFlight
 from keygen.errors import KeygenError, NamespaceExhausted, ReserveExhausted, ReserveUnavailable
 from keygen.histogram import REFILL_BUCKETS, Histogram
-from keygen.ledgers.base import Ledger, ReserveUsage
+from keygen.ledgers.base import Ledger, ReserveMarks, ReserveUsage
 from keygen.ranges import IdRange
 from keygen.snapshots import ReserveSnapshot
 
@@ -71,6 +78,10 @@ MAX_EVICTIONS: Final = 8
 LEDGER_CALL_TIMEOUT: Final = 30.0
 
 
+def _marks_of(ledger: Ledger) -> ReserveMarks | None:
+    return ledger if isinstance(ledger, ReserveMarks) else None
+
+
 class ReserveDispenser:
     """Serves from this process's journaled reserves; a keeper task keeps them filled."""
 
@@ -84,6 +95,7 @@ class ReserveDispenser:
         size: int,
         namespaces: tuple[str, ...],
         holder: str,
+        marks: ReserveMarks | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
@@ -99,6 +111,8 @@ class ReserveDispenser:
         self.last_error: str | None = None  # the keeper's last failure to reach the ledger
         self.last_error_at: float | None = None
         self._ledger = ledger
+        #: Where the reserves' marks are recorded (the ledger, when it keeps them).
+        self._marks_book = marks if marks is not None else _marks_of(ledger)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-journal")
         self._current: dict[str, HeldReserve] = {}
         self._pending: list[HeldReserve] = []  # retired, usage not yet in the ledger
@@ -140,14 +154,23 @@ class ReserveDispenser:
         namespaces: tuple[str, ...],
         instance_id: str,
         location: str,
+        witness_dir: Path | None = None,
     ) -> ReserveDispenser:
         """Lock a journal slot in ``data_dir``, replay it, and start the keeper.
 
         Raises:
             JournalLocked: every slot is locked by another process.
+            OSError: the data dir or the witness directory cannot be written.
         """
         journal = await asyncio.to_thread(
-            Journal.open, data_dir, slots=slots, location=location, owner=instance_id
+            partial(
+                Journal.open,
+                data_dir,
+                slots=slots,
+                location=location,
+                owner=instance_id,
+                witness_dir=witness_dir,
+            )
         )
         dispenser = cls(
             ledger,
@@ -319,6 +342,22 @@ class ReserveDispenser:
             if reserve is None or self._due(reserve, now):
                 await self._take(namespace)
         await self._record_usages()
+        if self._marks_book is not None:
+            for reserve in await record_marks(
+                self._marks_book, self._current.values(), self.journal, self.holder
+            ):
+                await self._retire_replayed(reserve)
+
+    async def _retire_replayed(self, reserve: HeldReserve) -> None:
+        """Stop serving a reserve whose IDs another opening of the journal may have handed
+        out (a copy, or an earlier state of it, ran): never served from again."""
+        await self._append([{"type": "retire", **reserve.key(), "reason": "replayed"}])
+        if self._current.get(reserve.namespace) is reserve:
+            del self._current[reserve.namespace]
+        reserve.retired = "replayed: another opening of the journal recorded a higher mark"
+        self._pending.append(reserve)
+        self.ids_wasted += reserve.remaining
+        self._wake.set()  # a fresh one at once
 
     async def _rebalance(self, now: float) -> None:
         """Give the reserves to the namespaces served most (see the module docstring)."""
@@ -424,7 +463,10 @@ class ReserveDispenser:
                 log.warning("namespace %r is exhausted: no emergency reserve for it", namespace)
                 del self._wanted[namespace]
                 return
-        fresh = HeldReserve(namespace, granted.start, granted.end, granted.start - 1)
+        # Nothing can have served from it yet: no mark to record until this process serves.
+        fresh = HeldReserve(
+            namespace, granted.start, granted.end, granted.start - 1, recorded=granted.start - 1
+        )
         old = self._current.get(namespace)
         records: list[Record] = [
             {
@@ -433,6 +475,7 @@ class ReserveDispenser:
                 "end": fresh.end,
                 "ledger": self.journal.location,
                 "at": time.time(),
+                "owner": self.journal.data_id,
             }
         ]
         if old is not None:
@@ -463,6 +506,10 @@ class ReserveDispenser:
     async def _record_usages(self) -> None:
         """Tell the ledger what became of each retired reserve, then forget it."""
         for reserve in list(self._pending):
+            if self._marks_book is not None:
+                # What this process may have handed out of it, beside the usage: the audit
+                # compares the marks of every opening of the journal.
+                await record_marks(self._marks_book, [reserve], self.journal, self.holder)
             usage = ReserveUsage(
                 reserve.namespace,
                 reserve.start,
@@ -511,6 +558,11 @@ class ReserveDispenser:
         if self.broken is not None or self._closed:
             raise ReserveUnavailable(self._broken_message())
         if not self._current:
+            if self.journal.distrusted is not None:
+                raise ReserveUnavailable(
+                    "no emergency reserve is held yet: the journal's were abandoned (it is not "
+                    f"verified: {self.journal.distrusted})"
+                )
             raise ReserveUnavailable("no emergency reserve is held yet")
         if not any(reserve.remaining for reserve in self._current.values()):
             raise ReserveExhausted("every emergency reserve is exhausted")

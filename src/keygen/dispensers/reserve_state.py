@@ -23,13 +23,26 @@ RATE_WINDOW: Final = 60
 class HeldReserve(Segment):
     """A reserve in memory: IDs ``next..end`` are left; ``start..durable`` are journaled."""
 
-    __slots__ = ("durable", "held_since", "namespace", "prefetching", "retired")
+    __slots__ = (
+        "durable",
+        "first",
+        "held_since",
+        "namespace",
+        "prefetching",
+        "recorded",
+        "retired",
+    )
 
-    def __init__(self, namespace: str, start: int, end: int, mark: int) -> None:
+    def __init__(
+        self, namespace: str, start: int, end: int, mark: int, *, recorded: int | None = None
+    ) -> None:
         # After a restart the cursor resumes above everything possibly handed out.
         super().__init__(start, end, next_id=mark + 1)
         self.namespace = namespace
         self.durable = mark  # highest ID the journal's mark covers
+        self.first = mark + 1  # the first ID this process may serve of it
+        #: The mark last recorded in the ledger for this process (None: none yet).
+        self.recorded = recorded
         self.prefetching = False  # a task raising the mark ahead of need is scheduled
         self.retired: str | None = None
         self.held_since = time.monotonic()

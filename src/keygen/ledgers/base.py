@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from keygen.constants import MAX_ID
 from keygen.ranges import IdRange
@@ -47,6 +47,44 @@ class ReserveUsage:
     @property
     def ids_wasted(self) -> int:
         return self.end - self.used_end
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveMark:
+    """What one opening of a reserve journal (a *session*) may have handed out of a reserve:
+    IDs ``first..mark``. Recorded in the ledger whenever it answers, so that a journal copied
+    or rewound is caught by the marks another session recorded (``docs/reserve.md``)."""
+
+    namespace: str
+    start: int  # the reserve as granted
+    end: int
+    session: str  # the journal's opening (random, one per process start)
+    owner: str  # the data dir's identity (journal ``data.id``)
+    holder: str
+    first: int  # the first ID this session may serve
+    mark: int  # highest ID this session may have handed out; first - 1 when none
+
+    @property
+    def served(self) -> bool:
+        return self.mark >= self.first
+
+
+@runtime_checkable
+class ReserveMarks(Protocol):
+    """The ledger's record of the reserves' marks (both ledgers keep one)."""
+
+    async def record_reserve_mark(self, mark: ReserveMark) -> int:
+        """Record (or raise) the session's mark of the reserve; return the highest mark any
+        *other* session recorded for the same reserve (``start - 1`` when none did).
+
+        Raises:
+            LedgerUnavailable: the ledger cannot be reached or did not commit.
+        """
+        ...
+
+    async def reserve_marks(self) -> list[ReserveMark]:
+        """Every mark recorded, by namespace, reserve and first ID."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

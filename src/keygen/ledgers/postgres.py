@@ -44,6 +44,7 @@ from keygen.ledgers.base import (
     Grant,
     KeyUsage,
     NamespaceStatus,
+    ReserveMark,
     ReserveUsage,
     like_prefix,
 )
@@ -126,6 +127,20 @@ RECORD_USAGE_SQL = """
 INSERT INTO keygen_reserve_usage (namespace, start_id, end_id, used_end_id, holder, note)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (namespace, start_id) DO NOTHING
+"""
+
+# $1 namespace, $2 start, $3 end, $4 session, $5 owner, $6 holder, $7 first, $8 mark.
+RECORD_MARK_SQL = """
+INSERT INTO keygen_reserve_marks
+    (namespace, start_id, end_id, session, owner, holder, first_id, mark)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (namespace, start_id, session) DO UPDATE
+SET mark = greatest(keygen_reserve_marks.mark, excluded.mark), recorded_at = now()
+"""
+
+OTHER_MARKS_SQL = """
+SELECT max(mark) FROM keygen_reserve_marks
+WHERE namespace = $1 AND start_id = $2 AND session <> $3
 """
 
 RESERVE_GRANTED_SQL = f"""
@@ -424,6 +439,34 @@ class PostgresLedger:
                 RESERVE_GRANTED_SQL, usage.namespace, usage.start, usage.end
             )
         return granted
+
+    async def record_reserve_mark(self, mark: ReserveMark) -> int:
+        async with self._connection("record a reserve's mark") as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute(ADVANCE_SQL, mark.namespace, mark.end)
+            await conn.execute(
+                RECORD_MARK_SQL,
+                mark.namespace,
+                mark.start,
+                mark.end,
+                mark.session,
+                mark.owner,
+                mark.holder,
+                mark.first,
+                mark.mark,
+            )
+            highest: int | None = await conn.fetchval(
+                OTHER_MARKS_SQL, mark.namespace, mark.start, mark.session
+            )
+        return mark.start - 1 if highest is None else highest
+
+    async def reserve_marks(self) -> list[ReserveMark]:
+        async with self._connection("reading the reserves' marks") as conn:
+            rows = await conn.fetch(
+                "SELECT namespace, start_id, end_id, session, owner, holder, first_id, mark"
+                " FROM keygen_reserve_marks ORDER BY namespace, start_id, first_id"
+            )
+        return [ReserveMark(*row) for row in rows]
 
     async def status(self) -> list[NamespaceStatus]:
         try:

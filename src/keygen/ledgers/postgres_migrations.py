@@ -132,6 +132,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "the marks of emergency reserves, per opening of a journal: a replayed journal shows",
+        """
+        CREATE TABLE keygen_reserve_marks (
+            namespace   text NOT NULL,
+            start_id    bigint NOT NULL,
+            end_id      bigint NOT NULL,
+            session     text NOT NULL,  -- one opening of a reserve journal
+            owner       text NOT NULL,  -- the data dir's identity
+            holder      text NOT NULL,
+            first_id    bigint NOT NULL,  -- the first ID the session may serve
+            -- Highest ID the session may have handed out; first_id - 1 when none.
+            mark        bigint NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (namespace, start_id, session)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

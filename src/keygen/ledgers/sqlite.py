@@ -5,6 +5,11 @@ fsynced) before a grant is returned. Each grant is one ``BEGIN IMMEDIATE`` trans
 takes the database's write lock before reading the counter, so two processes sharing the
 file (``keygen serve --workers 2``) serialise their grants and never read the same counter.
 sqlite3 blocks, so all work runs on one dedicated thread per ledger.
+
+The ledger has an identity (a random ID in ``ledger_identity``), and the data dir remembers
+it beside the file (``ledger.id``): a start that finds ``ledger.id`` but no ledger file, or
+a ledger file of another identity, refuses (``ledger_identity.py``) rather than restart every
+counter at 1.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from keygen.ledgers.base import (
     Grant,
     KeyUsage,
     NamespaceStatus,
+    ReserveMark,
     ReserveUsage,
     like_prefix,
 )
+from keygen.ledgers.ledger_identity import check_identity, missing_ledger
 from keygen.ledgers.retention import AuditRetention
 from keygen.ranges import IdRange
 from keygen.rates import Rates
@@ -65,6 +72,21 @@ CREATE TABLE IF NOT EXISTS reserve_usage (
     note        TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     PRIMARY KEY (namespace, start_id)
+);
+CREATE TABLE IF NOT EXISTS reserve_marks (
+    namespace   TEXT NOT NULL,
+    start_id    INTEGER NOT NULL,
+    end_id      INTEGER NOT NULL,
+    session     TEXT NOT NULL,  -- one opening of a reserve journal
+    owner       TEXT NOT NULL,  -- the data dir's identity
+    holder      TEXT NOT NULL,
+    first_id    INTEGER NOT NULL,  -- the first ID the session may serve
+    mark        INTEGER NOT NULL,  -- highest ID it may have handed out; first_id - 1 = none
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (namespace, start_id, session)
+);
+CREATE TABLE IF NOT EXISTS ledger_identity (
+    id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     id         TEXT PRIMARY KEY,
@@ -116,6 +138,8 @@ class SqliteLedger:
         #: Namespaces a grant may create at most (None: no bound).
         self.max_namespaces = max_namespaces
         self.retention: AuditRetention | None = None
+        #: The ledger's identity, as ``ledger.id`` beside it remembers it.
+        self.identity = ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keygen-sqlite")
         self._db: sqlite3.Connection | None = None
         self._closed = False
@@ -145,11 +169,17 @@ class SqliteLedger:
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        missing_ledger(self.path)  # before sqlite3 would make an empty one
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        _add_missing_columns(db)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            _add_missing_columns(db)
+            self.identity = check_identity(db, self.path)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -240,6 +270,46 @@ class SqliteLedger:
             return row is not None
 
         return await self._run(lambda: self._write(work))
+
+    async def record_reserve_mark(self, mark: ReserveMark) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            now = time.time()
+            if self._last_id(db, mark.namespace) < mark.end:
+                self._store_last_id(db, mark.namespace, mark.end, now)
+            db.execute(
+                "INSERT INTO reserve_marks (namespace, start_id, end_id, session, owner, holder,"
+                " first_id, mark, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (namespace, start_id, session) DO UPDATE SET"
+                " mark = max(mark, excluded.mark), recorded_at = excluded.recorded_at",
+                (
+                    mark.namespace,
+                    mark.start,
+                    mark.end,
+                    mark.session,
+                    mark.owner,
+                    mark.holder,
+                    mark.first,
+                    mark.mark,
+                    now,
+                ),
+            )
+            (highest,) = db.execute(
+                "SELECT max(mark) FROM reserve_marks"
+                " WHERE namespace = ? AND start_id = ? AND session <> ?",
+                (mark.namespace, mark.start, mark.session),
+            ).fetchone()
+            return mark.start - 1 if highest is None else int(highest)
+
+        return await self._run(lambda: self._write(work))
+
+    async def reserve_marks(self) -> list[ReserveMark]:
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT namespace, start_id, end_id, session, owner, holder, first_id, mark"
+                " FROM reserve_marks ORDER BY namespace, start_id, first_id"
+            ).fetchall()
+        )
+        return [ReserveMark(*row) for row in rows]
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in a transaction that holds the write lock from its first read."""
