@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
 import stat
+import time
 from pathlib import Path
 from unittest.mock import patch
 
@@ -262,3 +264,65 @@ def test_the_configured_secret_wins(tmp_path: Path) -> None:
     assert not (tmp_path / SECRET_FILENAME).exists()
     assert "x" * 40 not in repr(settings)
     assert dataclasses.is_dataclass(Grants)
+
+
+async def test_a_start_that_cannot_read_the_keys_refuses_even_without_the_marker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auto, keys in the ledger, auth.enforced deleted, the ledger down at start: requests
+    are refused (503 keys_unavailable), and the log says that no table was read."""
+    keys, ledger = store("auto", tmp_path)
+    _, record = new_key("a", ["read"], SECRET, 1.0)
+    await ledger.add_api_key(record)
+    await keys.refresh()
+    (tmp_path / ENFORCED_MARKER).unlink()
+    restarted, down = store("auto", tmp_path)
+    down.down = True
+    assert not await restarted.refresh_logged()
+    assert restarted.enforced
+    with pytest.raises(KeysUnavailable) as refused:
+        restarted.authenticate(None)
+    assert refused.value.headers()["Retry-After"] == "2"
+    assert "none was read yet" in caplog.text and "stays in force" not in caplog.text
+
+
+async def test_a_revoked_key_stops_working_within_the_lease_while_the_ledger_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The table read last stays in force while the ledger is down, for the lease only:
+    then every key is refused (503) until the table is read again."""
+    ledger = FakeLedger()
+    keys = KeyStore(ledger, SECRET, "auto", lease_seconds=0.2)
+    token, record = new_key("a", ["read"], SECRET, 1.0)
+    await ledger.add_api_key(record)
+    await keys.refresh()
+    await ledger.revoke_api_key(record.id)  # unseen: the ledger goes down before a read
+    ledger.down = True
+    assert not await keys.refresh_logged()
+    assert keys.authenticate(token.encode()).read  # within the lease
+    deadline = time.monotonic() + 5
+    while keys.usable:  # the lease's timer runs on this loop
+        assert time.monotonic() < deadline, "the key table's lease did not end within 5 s"
+        await asyncio.sleep(0.05)
+    with pytest.raises(KeysUnavailable, match="KEYGEN_AUTH_LEASE_SECONDS"):
+        keys.authenticate(token.encode())
+    assert "no longer trusted" in caplog.text
+    ledger.down = False
+    await keys.refresh()
+    with pytest.raises(Unauthorized):
+        keys.authenticate(token.encode())
+    await keys.aclose()
+
+
+async def test_a_ledger_without_keys_beside_the_marker_opens_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auth.enforced kept but the ledger holds no key (replaced, or lost): keys stay
+    required, none is valid, and the log says why."""
+    (tmp_path / ENFORCED_MARKER).write_text("seen\n")
+    keys, _ = store("auto", tmp_path)
+    await keys.refresh()
+    assert keys.enforced
+    with pytest.raises(Unauthorized):
+        keys.authenticate(None)
+    assert "the ledger was replaced or lost" in caplog.text

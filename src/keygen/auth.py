@@ -14,7 +14,14 @@ differs says so in its log rather than silently refusing the key.
 Each worker reads the whole key table every ``KEYGEN_AUTH_REFRESH_INTERVAL`` seconds into a
 dict from digest to what the key may do (``Grants``); checking a request is one HMAC and one
 dict lookup, never a ledger round trip. A new or revoked key takes effect within an interval.
-While the ledger cannot be read, the last table read stays in force.
+
+It fails closed. Until a worker has read the table, it refuses every request (503
+``keys_unavailable``), whatever ``KEYGEN_AUTH`` (but ``off``) and whatever is in the data dir:
+whether keys are required is the ledger's to say, not a file's that can be lost. While the
+ledger cannot be read, the last table read stays in force for ``KEYGEN_AUTH_LEASE_SECONDS``
+(a lease), then every request is refused until a read succeeds: a revoked key stops working
+within the lease even while the ledger is down. ``auth.enforced`` in the data dir only ever
+adds a refusal: with it, a ledger that holds no key (replaced, or lost) opens nothing.
 
 Scopes:
 
@@ -35,12 +42,13 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from keygen.config import AuthMode, Settings
+from keygen.config import DEFAULT_AUTH_LEASE_SECONDS, AuthMode, Settings
 from keygen.errors import KeygenError, KeysUnavailable, Unauthorized
 from keygen.ledgers.base import ApiKeyRecord, Ledger
 from keygen.rates import Rates
@@ -69,8 +77,9 @@ SCOPE_READ: Final = "read"
 SCOPE_ADMIN: Final = "admin"
 ALLOCATE_PREFIX: Final = "allocate:"
 SECRET_FILENAME: Final = "auth.secret"
-#: Written to the data dir once a worker has seen a key: a later start that cannot read the
-#: key table (the ledger down) then refuses requests (503) rather than serve them unchecked.
+#: Written to the data dir once a worker has seen a key: a later start whose ledger holds no
+#: key (replaced, or lost) still requires one. Its absence opens nothing: an instance that
+#: cannot read the key table refuses requests whether the file is there or not.
 ENFORCED_MARKER: Final = "auth.enforced"
 #: The longest a key's name may be.
 MAX_NAME_LENGTH: Final = 100
@@ -205,6 +214,12 @@ def load_secret(settings: Settings) -> bytes:
     return _read_secret(path)
 
 
+def _when(at: float | None) -> str:
+    if at is None:
+        return "never"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def _read_secret(path: Path) -> bytes:
     secret = path.read_bytes().strip()
     if len(secret) < 16:
@@ -259,11 +274,13 @@ class KeyStore:
         mode: AuthMode,
         *,
         refresh_interval: float = 2.0,
+        lease_seconds: float = DEFAULT_AUTH_LEASE_SECONDS,
         marker: Path | None = None,
     ) -> None:
         self.ledger = ledger
         self.mode = mode
         self.refresh_interval = refresh_interval
+        self.lease_seconds = lease_seconds
         self.marker = marker
         self.secret_id = secret_id(secret)
         self._hmac = Hmac(secret)
@@ -273,15 +290,18 @@ class KeyStore:
         #: instructions); forgotten at every read of the table, so revoking still takes
         #: effect within the refresh interval.
         self._by_token: dict[bytes, Grants] = {}
-        #: Whether requests need a key; read on every request, so kept as a plain attribute.
-        self.enforced = mode == "required" or (
-            mode == "auto" and marker is not None and marker.exists()
-        )
+        #: Whether requests are checked; read on every request, so kept as a plain attribute.
+        #: Until the table is read, they are (and refused): nothing says keys are not needed.
+        self.enforced = mode != "off"
         self.loaded = mode == "off"  # the table was read at least once
+        #: The table read is in force: read once, and again within the lease.
+        self.usable = self.loaded
+        self.read_at: float | None = None  # time.time() of the last successful read
         self.keys = 0  # keys in the table, revoked ones included
         self.active = 0
         self._foreign: set[str] = set()  # keys hashed with another secret, already reported
         self._failing = False
+        self._lease: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- the check of a request -------------------------------------------------------------
@@ -295,10 +315,9 @@ class KeyStore:
         """
         if not self.enforced:
             return OPEN
-        if not self.loaded:
+        if not self.usable:
             raise KeysUnavailable(
-                "API keys are required and this instance could not read them from the ledger yet",
-                retry_after=max(1, round(self.refresh_interval)),
+                self.unavailable(), retry_after=max(1, round(self.refresh_interval))
             )
         if not token:
             raise Unauthorized("an API key is required: Authorization: Bearer <token>")
@@ -311,6 +330,18 @@ class KeyStore:
         if len(self._by_token) < MAX_REMEMBERED_TOKENS:
             self._by_token[token] = grants
         return grants
+
+    def unavailable(self) -> str:
+        """Why requests are refused for want of a key table in force ("" when they are not)."""
+        if self.usable:
+            return ""
+        if not self.loaded:
+            return "this instance could not read the API keys from the ledger yet"
+        return (
+            f"this instance could not read the API keys from the ledger for more than "
+            f"KEYGEN_AUTH_LEASE_SECONDS ({self.lease_seconds:g} s): the table it read last "
+            "is no longer trusted (a key may have been revoked since)"
+        )
 
     # -- the table --------------------------------------------------------------------------
 
@@ -334,14 +365,27 @@ class KeyStore:
             table[bytes.fromhex(record.digest)] = Grants.of(
                 record.id, record.name, record.scopes, record.rates
             )
-        changed = (len(records), len(table)) != (self.keys, self.active) or not self.loaded
+        changed = (len(records), len(table)) != (self.keys, self.active) or not self.usable
         self._by_digest = table
         self._by_token = {}
         self.keys, self.active = len(records), len(table)
-        self.loaded = True
+        self.loaded = self.usable = True
+        self.read_at = time.time()
+        self._renew_lease()
         # "auto": required as soon as one key exists. A revoked key still counts: revoking
         # the last key must not open the service to everyone.
-        self.enforced = self.mode == "required" or (self.mode == "auto" and self.keys > 0)
+        remembered = self.marker is not None and self.marker.exists()
+        self.enforced = self.mode == "required" or (
+            self.mode == "auto" and (self.keys > 0 or remembered)
+        )
+        if self.mode == "auto" and self.keys == 0 and remembered and changed:
+            log.error(
+                "API keys: the ledger holds no key, but %s says this instance saw keys in it: "
+                "the ledger was replaced or lost? Keys stay required (none is valid); create "
+                "one (keygen keys create), or remove %s to serve without keys",
+                self.marker,
+                self.marker,
+            )
         if self.enforced and self.mode == "auto" and self.marker is not None:
             self._remember_enforced()
         if changed:
@@ -351,6 +395,30 @@ class KeyStore:
                 self.keys,
                 "required" if self.enforced else "not required",
             )
+
+    def _renew_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # loaded outside the service (a tool): no lease to keep
+            return
+        self._lease = loop.call_later(self.lease_seconds, self._lease_expired)
+
+    def _lease_expired(self) -> None:
+        """Not read for a lease: refuse every request until the table is read again."""
+        self._lease = None
+        if self.mode == "off":
+            return
+        self.usable = False
+        self.enforced = True
+        log.error(
+            "API keys: the key table could not be read for %g s (KEYGEN_AUTH_LEASE_SECONDS): "
+            "the one read at %s is no longer trusted; every request is refused (503 "
+            "keys_unavailable) until the ledger answers",
+            self.lease_seconds,
+            _when(self.read_at),
+        )
 
     def _remember_enforced(self) -> None:
         assert self.marker is not None
@@ -386,10 +454,23 @@ class KeyStore:
         except (KeygenError, TimeoutError) as exc:
             if not self._failing:
                 self._failing = True
-                log.warning(
-                    "API keys: cannot read the key table (%s); the last one read stays in force",
-                    exc or "timed out",
-                )
+                if not self.loaded:
+                    log.warning(
+                        "API keys: cannot read the key table (%s); none was read yet, so "
+                        "every request is refused (503 keys_unavailable) until one is",
+                        exc or "timed out",
+                    )
+                else:
+                    log.warning(
+                        "API keys: cannot read the key table (%s); the one read at %s (%d "
+                        "keys, %d active) stays in force for KEYGEN_AUTH_LEASE_SECONDS (%g s) "
+                        "after that read, then every request is refused until one is read",
+                        exc or "timed out",
+                        _when(self.read_at),
+                        self.keys,
+                        self.active,
+                        self.lease_seconds,
+                    )
             return False
         except Exception:
             log.exception("API keys: reading the key table failed")
@@ -400,6 +481,9 @@ class KeyStore:
         return True
 
     async def aclose(self) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
+            self._lease = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -96,6 +96,7 @@ async def _key_store(settings: Settings, ledger: Ledger) -> KeyStore:
         load_secret(settings),
         settings.auth,
         refresh_interval=settings.auth_refresh_interval,
+        lease_seconds=settings.auth_lease_seconds,
         marker=settings.data_dir / ENFORCED_MARKER,
     )
     await store.refresh_logged()

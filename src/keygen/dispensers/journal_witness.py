@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["BOOT_ID_FILE", "DEFAULT_WITNESS_DIR", "Witness", "boot_id"]
+from keygen.config import DEFAULT_RESERVE_WITNESS_DIR
 
-#: Memory-backed on Linux: emptied at every boot, never part of a volume's snapshot.
-DEFAULT_WITNESS_DIR: Final = Path("/dev/shm")
+__all__ = ["BOOT_ID_FILE", "Witness", "boot_id"]
+
 BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
 WITNESS_PREFIX: Final = "keygen-journal-"
 
@@ -54,7 +54,7 @@ class Witness:
 
     @classmethod
     def of(cls, journal: Path, directory: Path | None) -> Witness:
-        return cls(journal.resolve(), directory or DEFAULT_WITNESS_DIR)
+        return cls(journal.resolve(), directory or DEFAULT_RESERVE_WITNESS_DIR)
 
     @property
     def path(self) -> Path:
