@@ -52,7 +52,8 @@ def test_invalid_configuration_is_reported_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_allocate_and_ledger_status_against_a_server(tmp_path: Path) -> None:
-    """allocate prints the server's range as JSON; ledger status shows the counter after it."""
+    """allocate prints the server's range as JSON, given its URL or only its host:port;
+    ledger status shows the counter after it."""
     env = {"KEYGEN_DATA_DIR": str(tmp_path / "data"), "KEYGEN_LEASE_SIZE": "500"}
     server = ServeProcess(env, log=tmp_path / "serve.log").start()
     try:
@@ -60,6 +61,10 @@ def test_allocate_and_ledger_status_against_a_server(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         allocated = json.loads(result.stdout)
         assert (allocated["start"], allocated["end"], allocated["size"]) == (1, 42, 42)
+        host_port = server.url.removeprefix("http://")  # as `keygen monitor` takes it too
+        result = keygen("allocate", "--size", "8", "--namespace", "orders", "--url", host_port)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["start"] == 43
         refused = keygen("allocate", "--size", "0", "--url", server.url)
         assert refused.returncode == 1 and "invalid_request" in refused.stderr
     finally:
@@ -76,6 +81,34 @@ def test_allocate_reports_an_unreachable_server() -> None:
     result = keygen("allocate", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["allocate", "monitor"])
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--ca-certs", "{dir}/missing.pem"], "--ca-certs {dir}/missing.pem: cannot read it: No "),
+        (["--ca-certs", "{dir}/junk.pem"], "--ca-certs {dir}/junk.pem: holds no PEM CA cert"),
+        (["--client-cert", "{dir}/junk.pem"], "--client-cert {dir}/junk.pem: not a PEM cert"),
+        (
+            ["--client-cert", "{dir}/junk.pem", "--client-key", "{dir}/missing.pem"],
+            "--client-key {dir}/missing.pem: cannot read it: No such file",
+        ),
+    ],
+    ids=["missing-ca", "junk-ca", "junk-cert", "missing-key"],
+)
+def test_a_tls_file_that_cannot_be_used_is_named(
+    tmp_path: Path, command: str, flags: list[str], named: str
+) -> None:
+    """A --ca-certs, --client-cert or --client-key file that is missing or not PEM stops
+    allocate and monitor with exit 2 and one line naming the option, the file and the cause."""
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    argv = [flag.format(dir=tmp_path) for flag in flags]
+    extra = ["--once"] if command == "monitor" else []
+    result = keygen(command, "--url", "https://127.0.0.1:9", *argv, *extra)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert named.format(dir=tmp_path) in line, line
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from keygen import __version__
-from keygen.arguments import positive_int
+from keygen.arguments import instance_url, positive_int
 from keygen.backup_cli import add_backup_commands
 from keygen.bench.cli import add_bench_command
 from keygen.chaos.cli import add_chaos_command
@@ -40,7 +40,7 @@ from keygen.ledgers import open_ledger
 from keygen.ledgers.base import NamespaceStatus
 from keygen.monitor import add_monitor_command
 from keygen.redact import redact_url
-from keygen.tls import CERT_REQS, apply_tls_flags, tls_problem
+from keygen.tls import CERT_REQS, apply_tls_flags, client_tls_problem, tls_problem
 
 if TYPE_CHECKING:
     from keygen.audit import AuditVerdict
@@ -170,6 +170,9 @@ def _remove_stale_run_dirs(where: Path) -> None:
 def allocate(args: argparse.Namespace) -> int:
     if args.client_key is not None and args.client_cert is None:
         err.print("[red]keygen: --client-key needs --client-cert[/red]")
+        return 2
+    if problem := client_tls_problem(args.ca_certs, args.client_cert, args.client_key):
+        err.print(f"[red]keygen: {escape(problem)}[/red]")
         return 2
     cert: str | tuple[str, str] | None = args.client_cert
     if args.client_cert is not None and args.client_key is not None:
@@ -362,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("allocate", help="ask a running service for a range")
     p.add_argument("--size", type=int, help="IDs to allocate (default: the server's ID_BLOCK_SIZE)")
     p.add_argument("--namespace", help="namespace (default: 'default')")
-    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument(
+        "--url",
+        type=instance_url,
+        default=DEFAULT_URL,
+        help="the service's base URL; host:port stands for http://host:port (default: %(default)s)",
+    )
     p.add_argument(
         "--api-key",
         default=os.environ.get("KEYGEN_API_KEY"),

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import ssl
 from typing import Any
 
 from keygen.config import Settings
 
-__all__ = ["CERT_REQS", "apply_tls_flags", "event_loop", "tls_problem"]
+__all__ = ["CERT_REQS", "apply_tls_flags", "client_tls_problem", "event_loop", "tls_problem"]
 
 #: ``KEYGEN_SSL_CLIENT_CERT`` as the ``ssl`` module's verify modes.
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
@@ -70,6 +71,48 @@ def tls_problem(settings: Settings) -> str | None:
                 f"({exc.reason or exc})"
             )
     return None
+
+
+def client_tls_problem(
+    ca_certs: str | None, client_cert: str | None, client_key: str | None
+) -> str | None:
+    """Why a client command's ``--ca-certs``, ``--client-cert`` or ``--client-key`` file
+    cannot be used, if it cannot: one line naming the option, the file and the cause (the
+    ``ssl`` module's own errors name neither the option nor the file)."""
+    files = {"--ca-certs": ca_certs, "--client-cert": client_cert, "--client-key": client_key}
+    for flag, path in files.items():
+        if path is None or (flag == "--ca-certs" and os.path.isdir(path)):  # a CA directory
+            continue
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            return f"{flag} {path}: cannot read it: {exc.strerror or exc}"
+    if ca_certs is not None:
+        directory = os.path.isdir(ca_certs)
+        try:
+            ssl.create_default_context(
+                cafile=None if directory else ca_certs, capath=ca_certs if directory else None
+            )
+        except ssl.SSLError as exc:
+            return f"--ca-certs {ca_certs}: holds no PEM CA certificate ({_reason(exc)})"
+    if client_cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            # An empty password: an encrypted key fails here rather than prompting.
+            context.load_cert_chain(client_cert, client_key, password=b"")
+        except ssl.SSLError as exc:
+            named = f"--client-cert {client_cert}"
+            if client_key is not None:
+                named += f" and --client-key {client_key}"
+            return (
+                f"{named}: not a PEM certificate and its unencrypted private key ({_reason(exc)})"
+            )
+    return None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    """The ``ssl`` module's reason, without the C source line it may end with."""
+    return exc.reason or re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.args[-1]))
 
 
 def event_loop() -> asyncio.AbstractEventLoop:

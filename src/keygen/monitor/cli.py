@@ -15,9 +15,8 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
-from keygen.arguments import positive_int
+from keygen.arguments import instance_url, positive_int
 from keygen.monitor.fetch import (
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -126,6 +125,12 @@ def monitor(args: argparse.Namespace) -> int:
     if options.client_key is not None and options.client_cert is None:
         print("keygen monitor: --client-key needs --client-cert", file=sys.stderr)
         return 2
+    from keygen.tls import client_tls_problem
+
+    tls_files = (options.ca_certs, options.client_cert, options.client_key)
+    if problem := client_tls_problem(*tls_files):
+        print(f"keygen monitor: {problem}", file=sys.stderr)
+        return 2
     cert: str | tuple[str, str] | None = options.client_cert
     if options.client_cert is not None and options.client_key is not None:
         cert = (options.client_cert, options.client_key)
@@ -154,23 +159,6 @@ EPILOG: Final = (
     "2 one unreachable or unhealthy. Ctrl-C leaves the live screen with 0 (130 with --once or "
     "--frames)."
 )
-
-
-def instance_url(value: str) -> str:
-    """``--url``: an instance's base URL; ``host:port`` stands for ``http://host:port``."""
-    text = value.strip().rstrip("/")
-    if "://" not in text:
-        text = f"http://{text}"
-    parts = urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an instance's URL (such as {DEFAULT_URL})"
-        )
-    return text
 
 
 def _seconds(value: str) -> float:
