@@ -6,6 +6,12 @@ that answer is older than ``KEYGEN_HEALTH_MAX_AGE``: however often they are read
 backends are pinged at most that often. The ``metrics`` block counts every worker process of
 the instance; the layer blocks (``reserve``, ``redis``, ``postgresql``) are the answering
 worker's own.
+
+Readiness (``/health/ready``) is stricter than "some layer answers": it fails, naming why,
+whenever this worker cannot serve an allocation for a reason of its own: no layer (reserve
+included) can allocate, API keys are required and no key table is in force (``auth.py``:
+never read, or its lease ended), or the service is stopping. A load balancer then sends the
+requests to an instance that can serve them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import msgspec
 
 from keygen import __version__
 from keygen.allocator import Layer
+from keygen.auth import KeyStore
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS, SOURCE_RESERVE
 from keygen.dispensers.redis import RedisDispenser
 from keygen.dispensers.reserve import ReserveDispenser
@@ -105,8 +112,12 @@ class HealthReporter:
         sentinel_monitor: SentinelMonitor | None = None,
         reserve: ReserveDispenser | None = None,
         quotas: Quotas | None = None,
+        auth: KeyStore | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self.auth = auth
+        #: Set when the service begins to stop: not ready from then on.
+        self.draining = False
         self.quotas = quotas
         self.layers = tuple(layers)
         self.ledger = ledger
@@ -125,6 +136,20 @@ class HealthReporter:
         self.started_at = time.time()
         self._last: _Answer | None = None
         self._asking: asyncio.Task[_Answer] | None = None
+
+    def unready(self, snapshot: HealthSnapshot) -> list[str]:
+        """Why this worker cannot serve allocations now (empty: it can), from ``snapshot``."""
+        reasons = []
+        if self.draining:
+            reasons.append("draining: the service is stopping")
+        auth = self.auth
+        if auth is not None and auth.enforced and not auth.usable:
+            reasons.append(f"keys_unavailable: {auth.unavailable()}")
+        if snapshot.status == UNHEALTHY:
+            # Sources only: readiness is open to anyone, a layer's error may name hosts.
+            failing = ", ".join(layer.source for layer in snapshot.layers)
+            reasons.append(f"no_layer: no layer can allocate ({failing or 'none configured'})")
+        return reasons
 
     @property
     def active_locks(self) -> int:

@@ -158,6 +158,7 @@ class Keygen:
             sentinel_monitor=sentinel_monitor,
             reserve=reserve,
             quotas=self.quotas,
+            auth=self.auth,
         )
         self.history = History(settings.data_dir)
         self.probes = Probes(
@@ -261,6 +262,7 @@ class Keygen:
         )
 
     async def aclose(self) -> None:
+        self.health.draining = True  # readiness fails from the first step of stopping
         await self.probes.aclose()
         if self.sentinel_monitor is not None:
             await self.sentinel_monitor.aclose()

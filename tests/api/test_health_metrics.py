@@ -102,11 +102,12 @@ async def test_the_orchestrator_probes_show_status_only(
     app: AllocateEndpoint, client: httpx.AsyncClient
 ) -> None:
     """/health/live is 200; /health/ready is 200 while a layer serves and 503 when none can,
-    and neither shows anything but the status."""
+    and neither shows anything but the status (and, when not ready, why, by layer names)."""
     assert (await client.get("/health/live")).json() == {"status": "alive"}
     ready = await client.get("/health/ready")
     assert (ready.status_code, ready.json()) == (200, {"status": "healthy"})
     await app.api.state.service.ledger.aclose()
     app.api.state.service.health.max_age = 0  # ask again now rather than at the next probe
     refused = await client.get("/health/ready")
-    assert (refused.status_code, refused.json()) == (503, {"status": "unhealthy"})
+    assert (refused.status_code, refused.json()["status"]) == (503, "unhealthy")
+    assert refused.json()["reasons"] == ["no_layer: no layer can allocate (sqlite)"]

@@ -62,12 +62,20 @@ async def live() -> Response:
     responses={503: {"description": "No layer can allocate"}},
 )
 async def ready(service: ServiceDep) -> Response:
-    """200 while some layer answered its last background probe, 503 when none did; only
-    the status, no internals."""
+    """200 while this worker can serve allocations; 503 with the reasons (no layer answered
+    its last background probe, no key table in force, stopping) and a Retry-After when it
+    cannot."""
     snapshot = await service.health.recent()
-    status = 503 if snapshot.status == UNHEALTHY else 200
+    reasons = service.health.unready(snapshot)
+    if not reasons:
+        return Response(
+            msgspec.json.encode({"status": snapshot.status}), 200, media_type="application/json"
+        )
     return Response(
-        msgspec.json.encode({"status": snapshot.status}), status, media_type="application/json"
+        msgspec.json.encode({"status": UNHEALTHY, "reasons": reasons}),
+        503,
+        headers={"Retry-After": "1"},
+        media_type="application/json",
     )
 
 
