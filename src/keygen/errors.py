@@ -9,6 +9,11 @@ command line as a message and an exit status, and have no HTTP status.
     │   ├── RequestError             4xx: the client's request is at fault; nothing is allocated
     │   │   ├── ClientDisconnected   400 client_disconnected: the body never fully arrived
     │   │   │                            (nothing can be answered; counted, not sent)
+    │   │   ├── BadTarget            400 bad_target: CONNECT, or a request target that is no
+    │   │   │                            path on this service (the edge)
+    │   │   ├── BadHeader            400 bad_header: Host missing, repeated or malformed, a
+    │   │   │                            repeated Authorization, a transfer coding refused
+    │   │   ├── HostNotAllowed       400 host_not_allowed: Host not in KEYGEN_ALLOWED_HOSTS
     │   │   ├── MalformedJSON        400 malformed_json
     │   │   ├── Unauthorized         401 unauthorized: no API key, or one that is unknown or
     │   │   │                            revoked (KEYGEN_AUTH)
@@ -55,11 +60,14 @@ from __future__ import annotations
 
 __all__ = [
     "BackupError",
+    "BadHeader",
+    "BadTarget",
     "ChaosError",
     "ClientDisconnected",
     "ClusterError",
     "Forbidden",
     "HeadersTooLarge",
+    "HostNotAllowed",
     "InvalidRequest",
     "JournalLocked",
     "KeygenError",
@@ -121,6 +129,34 @@ class ClientDisconnected(RequestError):
 
     status_code = 400
     code = "client_disconnected"
+
+
+class BadTarget(RequestError):
+    """The request line asks for no path of this service: CONNECT (a tunnel), an asterisk,
+    a target that does not parse, one with userinfo, or one naming another host than
+    ``Host`` (the edge, ``api/protocol.py``); the connection is closed."""
+
+    status_code = 400
+    code = "bad_target"
+
+
+class BadHeader(RequestError):
+    """A header RFC 9110 or 9112 makes the request invalid with: ``Host`` missing (HTTP/1.1),
+    given twice or not a host, ``Authorization`` given twice, a transfer coding the service
+    does not take (the edge, ``api/protocol.py``); the connection is closed."""
+
+    status_code = 400
+    code = "bad_header"
+
+
+class HostNotAllowed(RequestError):
+    """The request's ``Host`` is not one of ``KEYGEN_ALLOWED_HOSTS``."""
+
+    status_code = 400
+    code = "host_not_allowed"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class MalformedJSON(RequestError):

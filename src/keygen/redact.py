@@ -1,4 +1,5 @@
-"""Credentials out of URLs and DSNs before they are shown: health, logs, errors, CLI output."""
+"""Credentials out of URLs, DSNs and request targets before they are shown: health, logs,
+errors, CLI output, the access log."""
 
 from __future__ import annotations
 
@@ -39,6 +40,29 @@ def redact_url(url: str) -> str:
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "<unparsable URL>"
+
+
+def redact_target(target: str) -> str:
+    """A request target (``/path?query``, or an absolute URL) as it may be logged: every
+    query value masked, whatever its name (``?api_key=***&x=***``, a bare word too), and
+    an absolute URL's userinfo. A token sent in a query string is a credential under any
+    name."""
+    scheme, sep, rest = target.partition("://")
+    if sep:
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            target = f"{scheme}://{MASK}@{authority.rpartition('@')[2]}{slash}{tail}"
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    masked = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if eq:
+            masked.append(f"{name}={MASK}" if value else part)
+        else:
+            masked.append(MASK if part else part)
+    return f"{path}?{'&'.join(masked)}"
 
 
 def redact_text(text: str, *secrets: str | None) -> str:

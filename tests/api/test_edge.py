@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -9,6 +11,7 @@ from keygen.api import create_app
 from keygen.api.allocate import AllocateEndpoint
 from keygen.config import Settings
 from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+from keygen.redact import redact_target
 from tests.support.app import running
 
 pytestmark = pytest.mark.anyio
@@ -113,3 +116,66 @@ async def test_only_allowed_hosts_are_served(settings: Settings) -> None:
             response = await http.post("/allocate", json={}, headers={"host": host})
             assert response.status_code == 400, host
             assert response.json()["error"]["code"] == "host_not_allowed"
+
+
+async def _handshake(
+    app: AllocateEndpoint, headers: list[tuple[bytes, bytes]], *, extension: bool = True
+) -> list[dict[str, object]]:
+    """What ``app`` sends in answer to a WebSocket handshake for /allocate."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/allocate",
+        "raw_path": b"/allocate",
+        "query_string": b"",
+        "headers": headers,
+        "extensions": {"websocket.http.response": {}} if extension else {},
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+async def test_a_websocket_scope_needs_the_key_any_path_needs(settings: Settings) -> None:
+    """A WebSocket handshake (from a server that upgrades, which keygen serve's does not)
+    without a key gets the JSON 401 as an HTTP response, or a close where the server
+    cannot send one, and one from a Host not allowed its JSON 400: it never reaches the
+    FastAPI app unauthenticated."""
+    keyed = settings.model_copy(update={"auth": "required", "allowed_hosts": "keygen"})
+    app = create_app(keyed)
+    async with running(app):
+        refused = await _handshake(app, [(b"host", b"keygen")])
+        assert [m["type"] for m in refused] == [
+            "websocket.http.response.start",
+            "websocket.http.response.body",
+        ]
+        assert refused[0]["status"] == 401
+        body = refused[1]["body"]
+        assert isinstance(body, bytes) and json.loads(body)["error"]["code"] == "unauthorized"
+        closed = await _handshake(app, [(b"host", b"keygen")], extension=False)
+        assert closed == [{"type": "websocket.close", "code": 1008, "reason": "unauthorized"}]
+        elsewhere = await _handshake(app, [(b"host", b"evil.example")])
+        assert elsewhere[0]["status"] == 400
+        body = elsewhere[1]["body"]
+        assert isinstance(body, bytes) and json.loads(body)["error"]["code"] == "host_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("target", "logged"),
+    [
+        ("/health/live", "/health/live"),
+        ("/metrics?api_key=kg_abc&window=60", "/metrics?api_key=***&window=***"),
+        ("/a?token=t&&kg_bare&empty=", "/a?token=***&&***&empty="),
+        ("http://user:pw@keygen/a?x=1", "http://***@keygen/a?x=***"),
+    ],
+)
+def test_a_logged_target_shows_no_query_value(target: str, logged: str) -> None:
+    """Every query value is masked whatever its name (any may carry a token), and an
+    absolute URL's userinfo."""
+    assert redact_target(target) == logged

@@ -25,6 +25,7 @@ from keygen.constants import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from keygen.errors import (
     ClientDisconnected,
     Forbidden,
+    HostNotAllowed,
     InvalidRequest,
     KeysUnavailable,
     MalformedJSON,
@@ -102,8 +103,8 @@ def _is_json(content_type: bytes) -> bool:
 
 def headers_of(scope: Scope) -> dict[bytes, bytes]:
     """A request's headers by name. A dict, not a loop over the pairs on each look: a
-    repeated header counts by its last value (a repeated Content-Length never gets here:
-    the parser refuses it)."""
+    repeated header counts by its last value (a repeated Content-Length, Host or
+    Authorization never gets here from ``keygen serve``: its edge refuses them)."""
     return dict(scope["headers"])
 
 
@@ -151,14 +152,11 @@ class AllocateEndpoint:
         self.service: Keygen | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.allowed_hosts is not None and scope["type"] == "http":
+        if self.allowed_hosts is not None and scope["type"] != "lifespan":
             host = _host_of(scope)
             if not host_allowed(host, self.allowed_hosts):
-                await _send(
-                    send,
-                    400,
-                    error_body("host_not_allowed", f"Host {host[:80]!r} is not served here"),
-                    {"Connection": "close"},
+                await self._refuse(
+                    scope, send, HostNotAllowed(f"Host {host[:80]!r} is not served here")
                 )
                 return
         if scope["type"] != "http" or scope["path"] != ALLOCATE_PATH:
@@ -222,6 +220,9 @@ class AllocateEndpoint:
     async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
         """To the FastAPI app, counting the response's status."""
         service = self.service
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or service is None:  # lifespan, or before start-up
             await self.api(scope, receive, send)
             return
@@ -241,6 +242,36 @@ class AllocateEndpoint:
             await send(message)
 
         await self.api(scope, receive, counted)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake goes on to the FastAPI app only with the key any path needs
+        (``keygen serve``'s protocol makes none: it upgrades nothing; another server may)."""
+        service = self.service
+        try:
+            if service is None:
+                raise ServiceUnavailable("the service is not running (starting or stopping)")
+            if service.auth.enforced and scope["path"] not in OPEN_PATHS:
+                scope = _gate(scope, scope["path"], service.auth)
+        except ServiceError as exc:
+            await self._refuse(scope, send, exc)
+            return
+        await self.api(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, error: ServiceError) -> None:
+        """Answer ``error`` in the JSON error shape, counted; to a WebSocket handshake as
+        an HTTP response where the server can send one, else as a close before accepting."""
+        if self.service is not None:
+            self.service.counters.record_rejected(error.code)
+        body = error_body(error.code, error.message)
+        if scope["type"] == "http":
+            await _send(send, error.status_code, body, error.headers())
+        elif "websocket.http.response" in (scope.get("extensions") or {}):
+            headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+            start = "websocket.http.response.start"
+            await send({"type": start, "status": error.status_code, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": error.code})
 
 
 def _admit(grants: Grants, quotas: Quotas, namespace: str, size: int) -> None:

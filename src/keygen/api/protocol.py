@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
@@ -40,66 +38,24 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from keygen.api.allocate import AllocateEndpoint
+from keygen.api import heads
+from keygen.api.edge import Edge, EdgeLimits, find_keygen, raise_descriptor_limit
 from keygen.api.responses import error_body
 from keygen.config import Settings
 from keygen.errors import (
+    BadTarget,
     HeadersTooLarge,
     RequestError,
-    RequestTimeout,
     ServiceError,
     TooManyConnections,
     TooManyPipelined,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["KeygenHttpProtocol", "raise_descriptor_limit"]
 
-#: At most one warning a minute about refused requests, with their count: a client sending
-#: garbage in a loop must not fill the disk with log lines.
-REFUSAL_LOG_INTERVAL = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class EdgeLimits:
-    max_connections: int
-    header_timeout: float
-    body_timeout: float
-    keepalive_timeout: float
-    max_header_bytes: int
-    max_pipeline: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> EdgeLimits:
-        return cls(
-            settings.max_connections,
-            settings.header_timeout,
-            settings.body_timeout,
-            settings.keepalive_timeout,
-            settings.max_header_bytes,
-            settings.max_pipeline,
-        )
-
-
-#: Descriptors a worker needs besides its clients' connections (ledger, Redis, journals, logs).
-SPARE_DESCRIPTORS = 256
-
-
-def raise_descriptor_limit(max_connections: int) -> int | None:
-    """Raise the soft descriptor limit to what ``max_connections`` needs (up to the hard
-    limit); return the limit when even that is too low (past it, accept() fails and nothing
-    answers, not even ``/health``), else None."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_connections + SPARE_DESCRIPTORS
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return None
-    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    except (ValueError, OSError):
-        new = soft
-    return None if new >= wanted else new
+#: uvicorn's access log, whose lines carry the request's query (``heads.RedactQuery``).
+_ACCESS_LOG = logging.getLogger("uvicorn.access")
+_REDACT_QUERY = heads.RedactQuery()
 
 
 class _HeadTooLarge(Exception):
@@ -110,89 +66,14 @@ class _PipelineFull(Exception):
     """Raised from a parser callback to stop parsing the rest of the bytes received."""
 
 
-class _Edge:
-    """What the connections of one server share: the limits, who is idle, the sweeper."""
-
-    def __init__(
-        self, limits: EdgeLimits, loop: asyncio.AbstractEventLoop, app: AllocateEndpoint | None
-    ) -> None:
-        self.limits = limits
-        self.loop = loop
-        #: Where refusals are counted, once its service runs (None: an app of another kind).
-        self.app = app
-        #: Every open connection. A request only flips attributes of its own; the sets and
-        #: scans are per connection or per sweep, never per request.
-        self.members: set[KeygenHttpProtocol] = set()
-        self.interval = min(1.0, limits.header_timeout / 4, limits.body_timeout / 4)
-        #: The loop's clock as of the last sweep: a request's head and body are timed from
-        #: it, at the cost of an attribute read (their deadlines are kept to an interval).
-        self.now = loop.time()
-        self.refused = 0
-        self.last_logged = 0.0
-        loop.call_later(self.interval, self.sweep)
-
-    def sweep(self) -> None:
-        """Close the connections whose request head or body is past its deadline."""
-        self.now = self.loop.time()
-        heads = self.now - self.limits.header_timeout
-        bodies = self.now - self.limits.body_timeout
-        late = [
-            c
-            for c in self.members
-            if (c.in_head and c.head_started <= heads)
-            or (c.body_started <= bodies and c.reading_body())
-        ]
-        for connection in late:
-            if connection.in_head:
-                message = "the request's headers came too slowly"
-            else:
-                message = f"the body did not arrive within {self.limits.body_timeout:g} s"
-            connection.refuse(RequestTimeout(message))
-        self.loop.call_later(self.interval, self.sweep)
-
-    def longest_idle(self) -> KeygenHttpProtocol | None:
-        """The idle connection (no request in flight or coming) whose last request began the
-        earliest, if any: a close stand-in for the one idle the longest, at no cost per
-        request."""
-        idle = [c for c in self.members if c.idle()]
-        return min(idle, key=lambda c: c.head_started, default=None)
-
-    def count_refusal(self, error: ServiceError) -> None:
-        service = None if self.app is None else self.app.service
-        if service is not None:
-            service.counters.record_rejected(error.code)
-        self.refused += 1
-        now = time.monotonic()
-        if now - self.last_logged >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "refused %d malformed or over-limit connection(s) since the last warning "
-                "(the latest: %d %s)",
-                self.refused,
-                error.status_code,
-                error.code,
-            )
-            self.refused, self.last_logged = 0, now
-
-
-def _find_keygen(app: Any) -> AllocateEndpoint | None:
-    """The Keygen app inside uvicorn's middleware, if that is what it serves."""
-    for _ in range(8):
-        if isinstance(app, AllocateEndpoint):
-            return app
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return None
-
-
 class KeygenHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the edge's limits (see the module docstring)."""
 
-    _edges: ClassVar[dict[int, _Edge]] = {}
+    _edges: ClassVar[dict[int, Edge]] = {}
     # Slots, not instance attributes: uvicorn's protocol already has 28, and past 30 CPython
     # (3.11) stops sharing the instance dicts' keys, which slows every attribute access of
     # every request (about 1.3 us per request, measured).
-    __slots__ = ("body_started", "edge", "head_bytes", "head_started", "in_head")
+    __slots__ = ("body_started", "edge", "head_bytes", "head_started", "host", "in_head", "seen")
 
     def __init__(
         self,
@@ -204,17 +85,24 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         edge = self._edges.get(id(server_state))
         if edge is None or edge.loop is not self.loop:
-            keygen = _find_keygen(self.app)
+            keygen = find_keygen(self.app)
             settings = keygen.api.state.settings if keygen is not None else Settings()
-            edge = _Edge(EdgeLimits.of(settings), self.loop, keygen)
+            edge = Edge(EdgeLimits.of(settings), self.loop, keygen)
             self._edges[id(server_state)] = edge
+            _ACCESS_LOG.addFilter(_REDACT_QUERY)  # once: a filter is not added twice
         self.edge = edge
+        # No upgrade is ever performed: an Upgrade request (WebSocket, h2c, ...) is served as
+        # the HTTP/1.1 request it also is (``_replay``), so no WebSocket scope is made here.
+        self.ws_protocol_class = None
         self.timeout_keep_alive = edge.limits.keepalive_timeout  # type: ignore[assignment]
         self.in_head = True  # between a request's first byte (or the connection) and its headers
         self.head_started = 0.0
         self.head_bytes = 0
         #: When the latest request's head was complete: its body is timed from then.
         self.body_started = 0.0
+        #: The head's Host value, and the bits (``heads``) of the other fields seen once.
+        self.host: bytes | None = None
+        self.seen = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -256,19 +144,23 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade as exc:
+            self._replay(data[exc.args[0] :])
             return
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            cause = exc.__context__
+            if isinstance(cause, RequestError):  # raised by the checks of ``heads``
+                self.refuse(cause)
+                return
+            if isinstance(cause, _HeadTooLarge):
                 self._refuse_head()
                 return
-            if isinstance(exc.__context__, _PipelineFull):
+            if isinstance(cause, _PipelineFull):
                 # Not answered: the client reads nothing, and a response is being written.
                 self.refuse(TooManyPipelined("too many pipelined requests"), answer=False)
+                return
+            if isinstance(cause, httptools.HttpParserInvalidURLError):  # uvicorn's parse_url
+                self.refuse(BadTarget("the request target is not a URI"))
                 return
             raise
         except httptools.HttpParserError as exc:
@@ -289,11 +181,56 @@ class KeygenHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self.refuse(RequestError(msg))
 
+    def _replay(self, rest: bytes) -> None:
+        """Serve an Upgrade request as if it had no Upgrade header (RFC 9110 §7.8 lets a
+        server ignore it), its body read and checked as any other's.
+
+        httptools stops at the end of an upgrade's head, the body unread (uvicorn then served
+        the request with an empty body): a fresh parser is given the same head without
+        ``Upgrade``, and ``rest``, the bytes after the head. CONNECT was refused with the head.
+        """
+        parser = self.parser
+        head = heads.replayed_head(
+            parser.get_method(), self.url, parser.get_http_version(), self.headers
+        )
+        self.parser = httptools.HttpRequestParser(self)
+        # As uvicorn's own parser: answer the first of pipelined requests sent with a close.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.data_received(head + rest)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.host = None
+        self.seen = 0
         if not self.in_head:  # a keep-alive connection's next request: its head starts now
             self.in_head = True
             self.head_started = self.edge.now
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, with the fields of ``heads.SCREENED`` looked at (its own "expect" too).
+        name = name.lower()
+        # llhttp keeps trailing OWS, which RFC 9110 §5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name in heads.SCREENED:
+            if name == b"host" and self.host is None:
+                self.host = value
+            else:
+                self._screen(name, value)
+        self.headers.append((name, value))
+
+    def _screen(self, name: bytes, value: bytes) -> None:
+        """A field of ``heads.SCREENED`` other than the first Host (raises what it refuses)."""
+        if name == b"authorization":
+            if self.seen & heads.AUTHORIZATION:
+                raise heads.repeated(name)
+            self.seen |= heads.AUTHORIZATION
+        elif name == b"host":
+            raise heads.repeated(name)
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self.expect_100_continue = True
+        else:
+            heads.check_coding(name, value)
 
     def on_headers_complete(self) -> None:
         # The bytes read count the body too when it came in the same read as the head: only
@@ -304,10 +241,37 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self.in_head = False
         self.head_bytes = 0
-        self.body_started = self.edge.now
+        edge = self.edge
+        self.body_started = edge.now
+        host = self.host
+        if host not in edge.known_hosts:
+            self._check_host(host)
+        if self.url[0] != 0x2F:  # not origin-form (/path): absolute, authority or asterisk
+            heads.check_target(self.url, self.parser.get_method(), host)
+        if self.parser.should_upgrade():
+            # httptools stops here (data_received replays the head without Upgrade), CONNECT
+            # aside: no request of its own, no body.
+            if self.parser.get_method() == b"CONNECT":
+                raise heads.connect()
+            return
         super().on_headers_complete()
-        if len(self.pipeline) > self.edge.limits.max_pipeline:
+        if len(self.pipeline) > edge.limits.max_pipeline:
             raise _PipelineFull
+
+    def on_message_complete(self) -> None:
+        # uvicorn's, but an upgrade's head (which makes no request: ``_replay``) is skipped.
+        cycle = self.cycle
+        if self.parser.should_upgrade() or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
+
+    def _check_host(self, host: bytes | None) -> None:
+        """Refuse a Host that is not one, or none on HTTP/1.1 (raises what it refuses)."""
+        if host is not None:
+            heads.check_host(host, self.edge.known_hosts)
+        elif self.parser.get_http_version() != "1.0":
+            raise heads.missing_host()
 
     def _head_size(self) -> int:
         """The request line and headers as received (the method and version are a few bytes,
