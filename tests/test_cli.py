@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from keygen import __version__
+from keygen.cluster.processes import free_port, free_ports
 from tests.support.processes import ServeProcess, keygen
 
 
@@ -182,3 +183,60 @@ def test_config_check_fails_on_an_unreachable_ledger_and_a_damaged_journal(tmp_p
     assert checks["data dir"]["ok"] is True
     assert checks["ledger"]["ok"] is False and "cannot reach" in checks["ledger"]["detail"]
     assert checks["journal reserve-0.journal"]["ok"] is False
+
+
+def test_config_check_names_an_unreachable_sentinel_on_one_line(tmp_path: Path) -> None:
+    """Sentinels that refuse connections each fail their row with the setting and the cause,
+    and the master's row says so in one line, without redis-py's reprs of its clients."""
+    ports = free_ports(2)
+    env = {
+        "KEYGEN_DATA_DIR": str(tmp_path / "data"),
+        "REDIS_SENTINEL_HOSTS": ",".join(f"127.0.0.1:{port}" for port in ports),
+    }
+    result = keygen("config", "check", "--json", env=env)
+    assert result.returncode == 1, result.stderr
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    for port in ports:
+        sentinel = checks[f"sentinel 127.0.0.1:{port}"]
+        assert sentinel["ok"] is False
+        assert sentinel["detail"] == f"REDIS_SENTINEL_HOSTS 127.0.0.1:{port}: Connection refused"
+    master = checks["redis master"]
+    assert master["ok"] is False
+    assert master["detail"] == (
+        "REDIS_SENTINEL_MASTER_NAME 'mymaster': no Sentinel names a master it holds up"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "pgsslmode", "warned"),
+    [
+        ("?sslmode=require", None, "KEYGEN_DATABASE_URL: sslmode=require"),
+        ("?sslmode=prefer", None, "KEYGEN_DATABASE_URL: sslmode=prefer"),
+        ("?sslmode=allow", None, "KEYGEN_DATABASE_URL: sslmode=allow"),
+        ("", "require", "PGSSLMODE: sslmode=require"),
+        ("?sslmode=verify-full&sslrootcert=/tmp/ca.crt", "require", None),
+        ("?sslmode=disable", None, None),
+    ],
+)
+def test_config_check_warns_when_postgresql_is_not_verified(
+    tmp_path: Path, url: str, pgsslmode: str | None, warned: str | None
+) -> None:
+    """An sslmode that encrypts without checking the server's certificate is warned about
+    (naming the setting and verify-full with sslrootcert) without failing the check on its
+    own; verify-full, or no TLS at all (refused elsewhere), gets no warning."""
+    env = {
+        "KEYGEN_DATA_DIR": str(tmp_path / "data"),
+        "KEYGEN_DATABASE_URL": f"postgresql://keygen@127.0.0.1:{free_port()}/keygen{url}",
+        "KEYGEN_DB_CONNECT_TIMEOUT": "1",
+    }
+    if pgsslmode is not None:
+        env["PGSSLMODE"] = pgsslmode
+    result = keygen("config", "check", "--json", env=env)
+    checks = {c["part"]: c for c in json.loads(result.stdout)}
+    if warned is None:
+        assert "ledger tls" not in checks, checks
+        return
+    tls = checks["ledger tls"]
+    assert (tls["ok"], tls["warning"]) == (True, True)
+    assert tls["detail"].startswith(f"{warned} does not verify the PostgreSQL server's cert")
+    assert "use sslmode=verify-full with sslrootcert=" in tls["detail"]

@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
+import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 from keygen.config import Settings
 from keygen.errors import KeygenError
@@ -22,6 +25,8 @@ from keygen.errors import KeygenError
 __all__ = ["Check", "checkup"]
 
 TIMEOUT = 5.0
+_REPR = re.compile(r"<[^<>]*>")  # an object's repr, innermost first
+_MAX_CAUSE = 200
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Check:
     part: str
     ok: bool
     detail: str
+    warning: bool = False  # passes, but weaker than it should be (the exit status is kept)
 
 
 async def checkup(settings: Settings) -> list[Check]:
@@ -36,6 +42,8 @@ async def checkup(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings)]
     if settings.reserve_enabled:
         checks += _journals(settings)
+    if settings.database_url is not None and (tls := _postgres_tls(settings.database_url)):
+        checks.append(tls)
     checks.append(await _guarded("ledger", lambda: _ledger(settings)))
     if settings.sentinels:
         checks += await _redis(settings)
@@ -97,6 +105,28 @@ def _locked(path: os.PathLike[str]) -> bool:
         return False
 
 
+#: The sslmodes that encrypt, if at all, without checking whose certificate the server shows:
+#: anyone on the path can pose as PostgreSQL and read the ledger's password.
+_UNVERIFIED_SSLMODES = ("allow", "prefer", "require")
+
+
+def _postgres_tls(url: str) -> Check | None:
+    """A warning when ``sslmode`` (in the URL, else ``PGSSLMODE``, as asyncpg reads them)
+    leaves the PostgreSQL server's certificate unchecked."""
+    query = parse_qs(urlsplit(url).query)
+    sslmode = (query.get("sslmode") or [os.environ.get("PGSSLMODE", "")])[-1]
+    if sslmode not in _UNVERIFIED_SSLMODES:
+        return None
+    where = "KEYGEN_DATABASE_URL" if "sslmode" in query else "PGSSLMODE"
+    return Check(
+        "ledger tls",
+        True,
+        f"{where}: sslmode={sslmode} does not verify the PostgreSQL server's certificate; use "
+        "sslmode=verify-full with sslrootcert=/path/ca.crt (the CA that signed it)",
+        warning=True,
+    )
+
+
 async def _ledger(settings: Settings) -> Check:
     from keygen.ledgers import open_ledger
     from keygen.ledgers.postgres import PostgresLedger
@@ -122,6 +152,7 @@ async def _ledger(settings: Settings) -> Check:
 
 
 async def _redis(settings: Settings) -> list[Check]:
+    from redis.asyncio.sentinel import MasterNotFoundError
     from redis.exceptions import RedisError
 
     from keygen.dispensers import redis_functions as fn
@@ -141,7 +172,7 @@ async def _redis(settings: Settings) -> list[Check]:
                     "SENTINEL", "CKQUORUM", name
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            checks.append(Check(part, False, str(exc) or "no answer"))
+            checks.append(Check(part, False, f"REDIS_SENTINEL_HOSTS {host}:{port}: {_cause(exc)}"))
             continue
         where = ":".join(_text(x) for x in master) if master else "no master"
         checks.append(Check(part, True, f"master {name} at {where}; {_text(quorum)}"))
@@ -150,8 +181,12 @@ async def _redis(settings: Settings) -> list[Check]:
         async with asyncio.timeout(TIMEOUT):
             role = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
             libraries = await client.function_list(library=fn.LIBRARY_NAME)
+    except MasterNotFoundError:
+        # redis-py's message holds the repr of every Sentinel's client, paths and all.
+        detail = f"REDIS_SENTINEL_MASTER_NAME {name!r}: no Sentinel names a master it holds up"
+        checks.append(Check("redis master", False, detail))
     except (RedisError, OSError, TimeoutError) as exc:
-        checks.append(Check("redis master", False, str(exc) or "no answer"))
+        checks.append(Check("redis master", False, f"master {name!r}: {_cause(exc)}"))
     else:
         loaded = "loaded" if libraries else "not loaded yet (the service loads it)"
         checks.append(
@@ -167,6 +202,25 @@ async def _redis(settings: Settings) -> list[Check]:
         with contextlib.suppress(Exception):
             await sentinel.aclose()
     return checks
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in a few words: the system's reason for a failed connection (redis-py
+    words it with the address, which the row names already), the TLS library's, or the
+    error's first line with no object reprs in it."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {TIMEOUT:g} s"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {seen.reason or seen.strerror or seen}"
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(exc).split())
+    while _REPR.search(text):
+        text = _REPR.sub("…", text)
+    return (text[:_MAX_CAUSE] + "…" if len(text) > _MAX_CAUSE else text) or type(exc).__name__
 
 
 def _text(value: object) -> str:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -316,15 +317,20 @@ def config_check(args: argparse.Namespace) -> int:
 
     checks = asyncio.run(checkup(_settings()))
     if args.json:
-        print(json.dumps([{"part": c.part, "ok": c.ok, "detail": c.detail} for c in checks]))
+        print(json.dumps([dataclasses.asdict(c) for c in checks]))
     else:
         table = Table(title="keygen config check")
         for column in ("part", "", "detail"):
             table.add_column(column)
         for c in checks:
-            table.add_row(
-                escape(c.part), "[green]ok[/green]" if c.ok else "[red]FAIL[/red]", escape(c.detail)
+            verdict = (
+                "[red]FAIL[/red]"
+                if not c.ok
+                else "[yellow]WARN[/yellow]"
+                if c.warning
+                else "[green]ok[/green]"
             )
+            table.add_row(escape(c.part), verdict, escape(c.detail))
         Console().print(table)
     return 0 if all(c.ok for c in checks) else 1
 
