@@ -158,6 +158,22 @@ def test_an_upgrade_is_served_as_the_request_it_also_is(keyed: Keyed) -> None:
     assert "Unsupported upgrade" not in _log(keyed)
 
 
+def test_pipelined_upgrades_are_bounded_as_any_pipelined_requests(keyed: Keyed) -> None:
+    """Upgrade requests pipelined in one write are each answered; forty of them, past
+    KEYGEN_MAX_PIPELINE (16), close the connection as any forty pipelined requests do,
+    counted as too_many_pipelined, and no traceback is logged."""
+    upgrade = (
+        b"GET /health/live HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        % HOST
+    )
+    assert _responses(keyed, upgrade * 3, 3) == [(200, {"status": "alive"})] * 3
+    already = _rejected(keyed, "too_many_pipelined")
+    closed = _exchange(keyed.process, upgrade * 40)
+    assert closed.count(b" 200 OK") < 40
+    assert _rejected(keyed, "too_many_pipelined") == already + 1
+    assert "Traceback" not in _log(keyed)
+
+
 def test_a_websocket_handshake_is_answered_in_the_json_error_shape(keyed: Keyed) -> None:
     """A WebSocket handshake is never upgraded, so never reaches the app as a WebSocket:
     without a key it gets the JSON 401 any request without one gets, with a key GET

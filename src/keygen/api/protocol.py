@@ -1,6 +1,6 @@
 """uvicorn's httptools protocol with the limits an edge exposed to a network needs.
 
-uvicorn (0.54) cannot do these itself, which is why this subclass exists (docs/security.md
+uvicorn (0.54 and 0.55) cannot do these itself, which is why this subclass exists (docs/security.md
 has the evidence):
 
 - its parser's refusals (a bad request line, Content-Length or chunk; an unknown method)
@@ -12,7 +12,11 @@ has the evidence):
 - ``limit_concurrency`` refuses requests, not connections: idle connections are never
   refused, and they exhaust the process's descriptors;
 - a client that pipelines requests without reading the answers makes it queue every one
-  of them (``receive()`` resumes reading), without bound.
+  of them (``receive()`` resumes reading), without bound;
+- an Upgrade request's body is never read (httptools stops at the end of its head) and the
+  request is served with an empty one; CONNECT and targets that do not parse drop the
+  connection with a traceback; repeated or missing ``Host``, repeated ``Authorization``
+  are served.
 
 So: the bytes of a request's head are counted as they arrive (431 past
 ``KEYGEN_MAX_HEADER_BYTES``); one sweeper per server closes connections whose head has
@@ -23,8 +27,10 @@ per request rather than a timer (or a deadline registered by the app: that cost 
 of a request's instructions); past ``KEYGEN_MAX_CONNECTIONS`` the longest-idle
 connection is closed to make room, or the newcomer gets a 503 when none is idle; more than
 ``KEYGEN_MAX_PIPELINE`` waiting requests close the connection (none of them had started, so
-none allocated anything). Every refusal is the service's JSON error shape, and counted in
-``keygen_rejected_requests_total`` once the service runs.
+none allocated anything). An Upgrade request is served as if it had no ``Upgrade``
+(``_replay``: nothing is ever upgraded); the head's target and its fields of one value are
+checked as they are parsed (``heads.py``: a 400). Every refusal is the service's JSON error
+shape, and counted in ``keygen_rejected_requests_total`` once the service runs.
 """
 
 from __future__ import annotations
@@ -145,8 +151,9 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._replay(data[exc.args[0] :])
-            return
+            # Replayed below, once out of this handler: an error httptools raises in the
+            # replay would have its cause replaced by this exception (its __context__).
+            upgrade_head_end: int = exc.args[0]
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestError):  # raised by the checks of ``heads``
@@ -167,8 +174,11 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             detail = str(exc) or "the request is not valid HTTP/1.1"
             self.refuse(RequestError(f"invalid HTTP request: {detail}"))
             return
-        if self.in_head and self.head_bytes > self.edge.limits.max_header_bytes:
-            self._refuse_head()
+        else:
+            if self.in_head and self.head_bytes > self.edge.limits.max_header_bytes:
+                self._refuse_head()
+            return
+        self._replay(data[upgrade_head_end:])
 
     def _refuse_head(self) -> None:
         self.refuse(
