@@ -28,6 +28,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 #: How long ``keygen serve`` spends finding out whether keys exist, for its warning.
 KEYS_PEEK_TIMEOUT = 3.0
+#: A table's width when it is not shown on a terminal: wider than any row.
+_UNBOUNDED_WIDTH = 1_000_000
 
 
 def _settings() -> Settings:
@@ -36,6 +38,25 @@ def _settings() -> Settings:
     except ValidationError as exc:
         err.print(f"[red]keygen: invalid configuration[/red]: {escape('; '.join(describe(exc)))}")
         raise SystemExit(2) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control and format characters (a newline, an ANSI escape, a bidi
+    override) written as escapes: a key's name is whatever its creator typed, and must not
+    reach a terminal raw."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, as wide as it is; into a pipe or a file, every value in full on one
+    line (rich would cut them to 80 columns, ending them with an ellipsis)."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=_UNBOUNDED_WIDTH, no_color=True, soft_wrap=False)
+    console.print(table)
 
 
 def _when(epoch: float | None) -> str:
@@ -93,8 +114,8 @@ def create(args: argparse.Namespace) -> int:
     else:
         print(token)
         err.print(
-            f"key {record.id} ({escape(record.name)}), scopes {' '.join(record.scopes)}, limits "
-            f"{record.rates.describe()}: the token above is shown only this once; the ledger "
+            f"key {record.id} ({escape(_printable(record.name))}), scopes "
+            f"{' '.join(record.scopes)}, limits {record.rates.describe()}: the token above is shown only this once; the ledger "
             "keeps only its keyed hash."
         )
     if settings.auth == "off":
@@ -117,13 +138,13 @@ def list_keys(args: argparse.Namespace) -> int:
     for r in records:
         table.add_row(
             r.id,
-            escape(r.name),
-            " ".join(r.scopes),
+            escape(_printable(r.name)),
+            escape(_printable(" ".join(r.scopes))),
             r.rates.describe(),
             _when(r.created_at),
             _when(r.revoked_at),
         )
-    Console().print(table)
+    _print_table(table)
     return 0
 
 
@@ -181,11 +202,11 @@ def key_usage(settings: Settings, *, days: int, as_json: bool) -> int:
         table.add_row(
             str(row["day"]),
             str(row["key_id"]),
-            escape(str(row["name"])),
+            escape(_printable(str(row["name"]))),
             f"{row['requests']:,}",
             f"{row['ids']:,}",
         )
-    Console().print(table)
+    _print_table(table)
     return 0
 
 
