@@ -55,6 +55,9 @@ def service_env(tmp_path: Path, postgres_url: str, sentinels: str, **extra: str)
         "KEYGEN_DB_COMMAND_TIMEOUT": "0.5",
         "KEYGEN_BREAKER_RESET_TIMEOUT": "0.5",
         "KEYGEN_HEALTH_TIMEOUT": "0.5",
+        # No keys: a start with the ledger down would otherwise refuse every request until
+        # it has read the key table (fail closed), and the reserve is what is tested here.
+        "KEYGEN_AUTH": "off",
         **extra,
     }
 
