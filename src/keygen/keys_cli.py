@@ -115,8 +115,8 @@ def create(args: argparse.Namespace) -> int:
         print(token)
         err.print(
             f"key {record.id} ({escape(_printable(record.name))}), scopes "
-            f"{' '.join(record.scopes)}, limits {record.rates.describe()}: the token above is shown only this once; the ledger "
-            "keeps only its keyed hash."
+            f"{' '.join(record.scopes)}, limits {record.rates.describe()}: the token above is "
+            "shown only this once; the ledger keeps only its keyed hash."
         )
     if settings.auth == "off":
         err.print("[yellow]keygen: KEYGEN_AUTH=off: no instance checks keys[/yellow]")
