@@ -10,9 +10,11 @@ act on (the cluster, the proxies, the instances) is handed to them in an :class:
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from keygen.errors import ClusterError
@@ -192,6 +194,28 @@ crash_postgres, restart_postgres = _process(
 )
 kill_instance, restart_instance = _process(lambda act: act.instance, "kill -9 {}", "{} restarted")
 _, restart_instance_cut_off = _process(lambda act: act.instance, "", "{} restarted, cut off")
+
+
+def _data_dir(act: Act) -> Path:
+    return Path(act.instance.env["KEYGEN_DATA_DIR"])
+
+
+def copy_data_dir(act: Act) -> None:
+    """Copy the instance's data dir aside, as a snapshot of its volume would."""
+    data = _data_dir(act)
+    earlier = data.with_name(f"{data.name}.earlier")
+    shutil.rmtree(earlier, ignore_errors=True)
+    shutil.copytree(data, earlier)
+    act.step(f"{act.instance.name}'s data dir copied aside")
+
+
+def restore_data_dir(act: Act) -> None:
+    """Put back the copy ``copy_data_dir`` took (the instance is down): its journal is
+    older than what the instance served since, and must never be served from."""
+    data = _data_dir(act)
+    shutil.rmtree(data)
+    shutil.copytree(data.with_name(f"{data.name}.earlier"), data)
+    act.step(f"{act.instance.name}'s data dir restored from the earlier copy")
 
 
 def hold(share: float = 1.0) -> Step:
@@ -401,11 +425,26 @@ FAULTS: dict[str, Fault] = {
         ),
         Fault(
             "all-down+instance-kill",
-            "cut every layer, kill -9 an instance serving from its "
-            "reserve, restart it while still cut off (its journal is all it has)",
-            (cut(every_link, hold(0.5), kill_instance, restart_instance_cut_off, hold(0.5)),),
+            "copy an instance's data dir aside, cut every layer, kill -9 the instance serving "
+            "from its reserve, restart it while still cut off (its journal is all it has); "
+            "then kill it again, restore its data dir from the earlier copy and restart it, "
+            "still cut off (that journal must never be served from)",
+            (
+                copy_data_dir,
+                cut(
+                    every_link,
+                    hold(1 / 3),
+                    kill_instance,
+                    restart_instance_cut_off,
+                    hold(1 / 3),
+                    kill_instance,
+                    restore_data_dir,
+                    restart_instance_cut_off,
+                    hold(1 / 3),
+                ),
+            ),
             detail="Redis and PostgreSQL {fault.mode} for {fault.hold:g}s, {act.instance.name} "
-            "killed and restarted inside",
+            "killed and restarted inside, then restored from an earlier copy",
             all_layers_down=True,
             kills_instance=True,
         ),
