@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE, GRANT_RESERVE
-from keygen.ledgers.base import ApiKeyRecord, ReserveUsage
+from keygen.ledgers.base import ApiKeyRecord, ReserveMark, ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.postgres_migrations import LATEST_VERSION
 from keygen.ledgers.retention import prune
@@ -105,7 +105,7 @@ async def test_the_documented_grants_name_every_table_of_the_schema(postgres_url
 
 async def test_the_documented_role_runs_the_ledger(postgres_url: str) -> None:
     """As a role with only the page's grants, the migrated ledger starts, grants (new
-    namespaces too, bounded or not), advances, records a reserve's usage, prunes the audit
+    namespaces too, bounded or not), advances, records a reserve's usage and marks, prunes the audit
     trail, adds, reads and revokes keys, counts their usage and reports its status; DDL and
     deleting a counter are refused."""
     async with opened(postgres_url):
@@ -118,6 +118,12 @@ async def test_the_documented_role_runs_the_ledger(postgres_url: str) -> None:
             assert await ledger.advance_to("restored", 1000) == 1000
             usage = ReserveUsage("orders", reserve.start, reserve.end, reserve.start + 9, "a")
             assert await ledger.record_reserve_usage(usage)
+            for mark in (reserve.start + 4, reserve.start + 9):  # recorded, then raised
+                opening = ReserveMark(
+                    "orders", reserve.start, reserve.end, "s1", "dir", "a", reserve.start, mark
+                )
+                assert await ledger.record_reserve_mark(opening) == reserve.start - 1
+            assert [m.mark for m in await ledger.reserve_marks()] == [reserve.start + 9]
             statuses = {s.namespace: s.last_id for s in await ledger.status()}
             assert statuses == {"default": 20, "orders": 100, "restored": 1000}
             assert len(await ledger.overlapping("default", 1, 20)) == 2
