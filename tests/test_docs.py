@@ -125,18 +125,29 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def _unknown_names(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """The subcommands and options of ``argv`` the parser does not have."""
+    """The subcommands, options and positional words of ``argv`` the parser has no place
+    for (a value after an option that takes one is the option's)."""
     unknown: list[str] = []
-    for token in argv:
+    positionals: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
         if token.startswith("-"):
-            if token.split("=", 1)[0] not in parser._option_string_actions:
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is None:
                 unknown.append(token)
+            elif action.nargs != 0 and "=" not in token:
+                next(tokens, None)  # its value
             continue
         subcommands = _subcommands(parser)
         if subcommands:
             if token not in subcommands:
                 return [*unknown, token]
-            parser = subcommands[token]
+            parser, positionals = subcommands[token], []
+            continue
+        positionals.append(token)
+    places = [a.nargs for a in parser._actions if not a.option_strings]
+    if not any(n in ("*", "+", "...") for n in places):
+        unknown += positionals[sum(n if isinstance(n, int) else 1 for n in places) :]
     return unknown
 
 

@@ -236,5 +236,5 @@ async def test_the_embedded_ledger_deleted_refuses_to_start(tmp_path: Path) -> N
     finally:
         again.kill(signal.SIGKILL)
     text = (tmp_path / "again.log").read_text()
-    assert "is missing" in text and "keygen backup restore" in text
+    assert "is missing" in text and "keygen restore DIR" in text
     assert not (tmp_path / "data" / "ledger.sqlite3").exists()  # not made afresh

@@ -11,7 +11,7 @@ ledger is first opened). At every open:
 - the ledger without an identity (made before identities, or restored from such a backup):
   it takes the data dir's, or a fresh one.
 
-The refusal names the way out: ``keygen backup restore`` (which raises every counter above
+The refusal names the way out: ``keygen restore`` of a backup (which raises every counter above
 what the data dir shows was issued), or a data dir of its own for a ledger really new.
 """
 
@@ -60,7 +60,7 @@ def missing_ledger(ledger: Path) -> None:
         raise LedgerUnavailable(
             f"the embedded ledger {ledger} is missing, but this data dir (KEYGEN_DATA_DIR) was "
             f"used with ledger {remembered} ({IDENTITY_FILENAME}): a new one would restart "
-            "every counter at 1 and issue IDs again. Restore it (keygen backup restore), or "
+            "every counter at 1 and issue IDs again. Restore it (keygen restore DIR), or "
             f"give a new ledger a data dir of its own"
         )
 
@@ -92,7 +92,7 @@ def check_identity(db: sqlite3.Connection, ledger: Path) -> str:
             f"the embedded ledger {ledger} is ledger {identity}, but this data dir "
             f"(KEYGEN_DATA_DIR) was used with ledger {remembered} ({IDENTITY_FILENAME}): "
             "another ledger's counters may issue IDs this one issued. Restore this data dir's "
-            "ledger (keygen backup restore raises every counter above the evidence)"
+            "ledger (keygen restore DIR raises every counter above the evidence)"
         )
     return identity
 
