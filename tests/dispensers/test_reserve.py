@@ -17,6 +17,7 @@ import pytest
 
 from keygen.allocator import Allocator, Layer
 from keygen.api import create_app
+from keygen.audit import replayed_reserves
 from keygen.breaker import CircuitBreaker
 from keygen.checker import Record, check
 from keygen.config import Settings
@@ -24,6 +25,7 @@ from keygen.constants import GRANT_RESERVE
 from keygen.dispensers import lease as lease_module
 from keygen.dispensers import reserve as reserve_module
 from keygen.dispensers.journal import JOURNAL_NAME, replay
+from keygen.dispensers.journal_witness import Witness
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailable
 from keygen.ledgers.base import ApiKeyRecord, Grant, KeyUsage, ReserveUsage
@@ -476,3 +478,49 @@ async def test_postgresql_records_usage_once_and_raises_the_counter(postgres_url
         await conn.close()
     assert [tuple(r) for r in rows] == [("default", 400), ("orders", 4)]
     assert after.start == 9_001
+
+
+async def test_a_replay_the_witness_missed_is_stopped_by_the_ledgers_marks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal put back to an earlier state together with its witness (beyond what a
+    restore of the data dir can do) is resumed, but the marks the first process recorded in
+    the ledger are above where it resumes: the keeper retires that reserve before it serves
+    and takes a fresh one above it."""
+    ledger = await SqliteLedger.open(tmp_path / "ledger")
+    data, witness_dir = tmp_path / "data", tmp_path / "shm"
+
+    async def opened() -> ReserveDispenser:
+        return await ReserveDispenser.open(
+            ledger,
+            data_dir=data,
+            slots=1,
+            size=64_000,
+            namespaces=("default",),
+            instance_id="test",
+            location=LOCATION,
+            witness_dir=witness_dir,
+        )
+
+    first = await opened()
+    await until(lambda: first.remaining("default") > 0)
+    held = first.snapshot().namespaces["default"]
+    path = data / JOURNAL_NAME.format(0)
+    earlier = path.read_bytes()
+    served = [await first.allocate("default", 500) for _ in range(20)]
+    await until(lambda: first.usages_recorded == 1)  # replaced once quiet: marks recorded
+    await first.aclose()
+    path.write_bytes(earlier)
+    Witness.of(path, witness_dir).reset(earlier)
+    second = await opened()
+    try:
+        await until(lambda: second.snapshot().namespaces["default"].start not in (None, held.start))
+        fresh = second.snapshot().namespaces["default"]
+        marks = await ledger.reserve_marks()
+    finally:
+        await second.aclose()
+        await ledger.aclose()
+    assert "the journal was replayed" in caplog.text
+    assert fresh.start is not None and fresh.start > max(r.end for r in served)
+    assert max(m.mark for m in marks if m.start == held.start) >= max(r.end for r in served)
+    assert replayed_reserves(marks) == []  # the second never served from it

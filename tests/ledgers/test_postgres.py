@@ -12,11 +12,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from keygen.audit import audit_ledger
 from keygen.checker import Record, check
 from keygen.cluster.postgres import PostgresNode, with_database
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE, GRANT_RESERVE, MAX_ID
 from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespaces
-from keygen.ledgers.base import ReserveUsage
+from keygen.ledgers.base import ReserveMark, ReserveUsage
 from keygen.ledgers.postgres import PostgresLedger, is_transient
 from keygen.ledgers.postgres_migrations import LATEST_VERSION, MIGRATIONS, migrate
 from keygen.ledgers.retention import prune
@@ -421,3 +422,30 @@ async def test_retention_prunes_old_grant_rows_but_never_the_evidence(postgres_u
         ("a", GRANT_DIRECT),
     ]
     assert after == before
+
+
+async def test_reserve_marks_are_kept_per_session_and_raise_the_counter(postgres_url: str) -> None:
+    """Each session's mark of a reserve is kept (only ever raised), the highest mark of the
+    other sessions is returned, the counter is raised to the reserve's end, and the audit
+    sees two sessions' spans that share IDs."""
+    async with opened(postgres_url) as ledger:
+        reserve = await ledger.grant("a", 1000, kind=GRANT_RESERVE, holder="h/reserve-0")
+        span = ("a", reserve.start, reserve.end)
+        first = ReserveMark(*span, "s1", "d", "h/reserve-0", reserve.start, reserve.start + 99)
+        assert await ledger.record_reserve_mark(first) == reserve.start - 1
+        lower = ReserveMark(*span, "s1", "d", "h/reserve-0", reserve.start, reserve.start + 9)
+        assert await ledger.record_reserve_mark(lower) == reserve.start - 1
+        copy = ReserveMark(*span, "s2", "d", "h/reserve-0", reserve.start + 50, reserve.start + 60)
+        assert await ledger.record_reserve_mark(copy) == reserve.start + 99
+        async with connection(postgres_url) as conn:
+            await conn.execute("UPDATE keygen_counters SET last_id = 0")  # an older backup
+        await ledger.record_reserve_mark(copy)
+        counters = {s.namespace: s.last_id for s in await ledger.status()}
+        marks = await ledger.reserve_marks()
+        verdict = await audit_ledger(ledger)
+    assert [(m.session, m.mark) for m in marks] == [
+        ("s1", reserve.start + 99),
+        ("s2", reserve.start + 60),
+    ]
+    assert counters["a"] == reserve.end
+    assert [v.kind for v in verdict.violations] == ["reserve_replayed"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from keygen.config import Settings
 from keygen.constants import MAX_ID
 from keygen.errors import LedgerUnavailable, NamespaceExhausted, TooManyNamespaces
 from keygen.ledgers import retention
+from keygen.ledgers.ledger_identity import IDENTITY_FILENAME
 from keygen.ledgers.retention import prune
 from keygen.ledgers.sqlite import LEDGER_FILENAME, SqliteLedger
 from tests.support.app import running
@@ -227,3 +229,30 @@ async def test_the_retention_task_prunes_in_the_background(
         assert len(await ledger.grants()) == 1
     finally:
         await ledger.aclose()
+
+
+async def test_a_lost_or_replaced_ledger_file_refuses_to_open(tmp_path: Path) -> None:
+    """The data dir remembers its ledger's identity: with ledger.sqlite3 deleted, or replaced
+    by another ledger's file, opening refuses and says why, and makes no ledger afresh; a
+    ledger made before identities takes the data dir's."""
+    data, other = tmp_path / "data", tmp_path / "other"
+    ledger = await SqliteLedger.open(data)
+    await ledger.grant("a", 10, kind="lease", holder="h")
+    await ledger.aclose()
+    assert (data / IDENTITY_FILENAME).read_text().strip() == ledger.identity
+    await (await SqliteLedger.open(other)).aclose()
+    shutil.copyfile(data / LEDGER_FILENAME, tmp_path / "kept.sqlite3")
+    for name in (LEDGER_FILENAME, f"{LEDGER_FILENAME}-wal", f"{LEDGER_FILENAME}-shm"):
+        (data / name).unlink(missing_ok=True)
+    with pytest.raises(LedgerUnavailable, match=r"is missing.*keygen restore"):
+        await SqliteLedger.open(data)
+    assert not (data / LEDGER_FILENAME).exists()
+    shutil.copyfile(other / LEDGER_FILENAME, data / LEDGER_FILENAME)
+    with pytest.raises(LedgerUnavailable, match="was used with ledger"):
+        await SqliteLedger.open(data)
+    shutil.copyfile(tmp_path / "kept.sqlite3", data / LEDGER_FILENAME)
+    with sqlite3.connect(data / LEDGER_FILENAME) as db:
+        db.execute("DELETE FROM ledger_identity")  # as a ledger made before identities
+    again = await SqliteLedger.open(data)
+    await again.aclose()
+    assert again.identity == ledger.identity
