@@ -17,6 +17,7 @@ for a floor rather than guess.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from keygen.constants import LEASE_BASE, LEASE_LENGTH, REDIS_LEASE_KEY
 from keygen.dispensers.journal import JOURNAL_NAME, replay
 from keygen.errors import BackupError, KeygenError
 from keygen.ledgers import open_ledger
+from keygen.ledgers.ledger_identity import IDENTITY_FILENAME
 from keygen.ledgers.sqlite import LEDGER_FILENAME
 from keygen.progress import Progress
 from keygen.redact import redact_text
@@ -46,6 +48,8 @@ PG_DUMP_FILE = "ledger.pgdump"
 REDIS_TOOL_TIMEOUT = 5.0
 #: The tables a PostgreSQL backup holds: Keygen's own, nothing else of the database.
 PG_TABLES = "keygen_*"
+#: The lock a running instance holds in its data dir (its history's, keygen/history.py).
+HISTORY_LOCK = "history.lock"
 
 
 @dataclass
@@ -147,16 +151,8 @@ def _run(argv: list[str], what: str, url: str) -> None:
 
 
 def _pg_dump(url: str, path: Path) -> None:
-    _run(
-        [
-            _pg_tool("pg_dump"),
-            "--format=custom",
-            f"--table={PG_TABLES}",
-            f"--file={path}",
-        ],
-        "pg_dump",
-        url,
-    )
+    argv = [_pg_tool("pg_dump"), "--format=custom", f"--table={PG_TABLES}", f"--file={path}"]
+    _run(argv, "pg_dump", url)
 
 
 async def _redis_leases(
@@ -253,15 +249,27 @@ async def _redis_floors(settings: Settings, progress: Progress) -> list[tuple[st
 
 
 async def restore(
-    settings: Settings, source: Path, operator_floors: dict[str, int], progress: Progress
+    settings: Settings,
+    source: Path,
+    operator_floors: dict[str, int],
+    progress: Progress,
+    *,
+    force: bool = False,
 ) -> dict[str, tuple[int, int]]:
     """Restore the backup in ``source``, then raise every counter above the evidence.
 
     ``operator_floors`` maps a namespace (or ``"*"`` for all) to the highest ID that may
     have been issued. Returns, per namespace, (counter as restored, counter after raising).
-    Stop every Keygen instance first: the ledger is replaced under them.
+    Refused while instances run on the ledger (``force`` goes ahead anyway): it is replaced
+    under them, and what they grant meanwhile is in no evidence.
     """
     manifest = _read_manifest(source)
+    if not force and (live := await live_instances(settings, progress)):
+        raise BackupError(
+            "refusing to restore while Keygen instances may be running on this ledger: "
+            + "; ".join(live)
+            + ". Stop every instance first, or give --force if none of these is one."
+        )
     evidence = await collect_evidence(
         settings, {k: v for k, v in operator_floors.items() if k != "*"}, progress
     )
@@ -281,18 +289,9 @@ async def restore(
         if settings.database_url is None:
             raise BackupError("this backup is of PostgreSQL, but KEYGEN_DATABASE_URL is unset")
         progress("pg_restore of Keygen's tables")
-        await asyncio.to_thread(
-            _run,
-            [
-                _pg_tool("pg_restore"),
-                "--clean",
-                "--if-exists",
-                "--single-transaction",
-                str(source / PG_DUMP_FILE),
-            ],
-            "pg_restore",
-            settings.database_url,
-        )
+        argv = [_pg_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction"]
+        argv.append(str(source / PG_DUMP_FILE))
+        await asyncio.to_thread(_run, argv, "pg_restore", settings.database_url)
     ledger = await open_ledger(settings)
     try:
         restored = {s.namespace: s.last_id for s in await ledger.status()}
@@ -309,12 +308,69 @@ async def restore(
         await ledger.aclose()
 
 
+async def live_instances(settings: Settings, progress: Progress) -> list[str]:
+    """What shows an instance running on the ledger of ``settings``: the data dir's files a
+    running instance keeps locked, and, with PostgreSQL, the other sessions on its database
+    (an instance keeps ``KEYGEN_DB_POOL_MIN_SIZE`` connections open)."""
+    found = _locked_files(settings.data_dir)
+    if settings.database_url is not None:
+        found += await _postgres_sessions(settings, progress)
+    return found
+
+
+def _locked_files(data_dir: Path) -> list[str]:
+    held = []
+    for path in [data_dir / HISTORY_LOCK, *sorted(data_dir.glob(JOURNAL_NAME.format("*")))]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # not there: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(f"{path} is locked by a running process")
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return held
+
+
+async def _postgres_sessions(settings: Settings, progress: Progress) -> list[str]:
+    import asyncpg
+
+    assert settings.database_url is not None
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The restore cannot go far without it either: pg_restore says why.
+        progress(f"PostgreSQL's sessions could not be listed ({type(exc).__name__})")
+        return []
+    try:
+        rows = await conn.fetch(_OTHER_SESSIONS)
+    finally:
+        await conn.close()
+    return [
+        f"PostgreSQL session {r['pid']} of {r['usename']} from {r['client'] or 'a local socket'}"
+        + (f" ({r['application_name']})" if r["application_name"] else "")
+        for r in rows
+    ]
+
+
+#: The other client sessions on the ledger's database; another role's client address may be
+#: hidden (NULL) from a role without pg_read_all_stats, its pid and name are not.
+_OTHER_SESSIONS = """
+SELECT pid, usename, host(client_addr) AS client, application_name FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend' ORDER BY pid
+"""
+
+
 def _read_manifest(source: Path) -> dict[str, Any]:
     try:
-        manifest: dict[str, Any] = json.loads((source / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
+        return dict(json.loads((source / MANIFEST).read_text()))
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: JSON, but not an object
         raise BackupError(f"{source} is not a Keygen backup: {exc}") from exc
-    return manifest
 
 
 def _sqlite_restore(source: Path, data_dir: Path) -> None:
@@ -322,6 +378,14 @@ def _sqlite_restore(source: Path, data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(source / LEDGER_FILENAME) as backup_db, sqlite3.connect(target) as live:
         backup_db.backup(live)  # replaces the live file's content, WAL included
+        try:
+            row = live.execute("SELECT id FROM ledger_identity LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # a backup from before ledgers had an identity
+            row = None
+    if row is not None:  # the data dir remembers the restored ledger, no longer the replaced
+        remembered = data_dir / IDENTITY_FILENAME
+        remembered.with_suffix(".restored").write_text(f"{row[0]}\n")
+        remembered.with_suffix(".restored").replace(remembered)
 
 
 def parse_floors(values: Iterable[str]) -> dict[str, int]:

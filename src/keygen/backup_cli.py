@@ -14,7 +14,7 @@ from keygen.backup import backup, parse_floors, restore
 from keygen.config import Settings
 from keygen.errors import KeygenError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error on one line, however long
 
 
 def _progress(message: str) -> None:
@@ -37,7 +37,7 @@ def backup_command(args: argparse.Namespace) -> int:
 def restore_command(args: argparse.Namespace) -> int:
     try:
         floors = parse_floors(args.floor)
-        changes = asyncio.run(restore(Settings(), args.backup, floors, _progress))
+        changes = asyncio.run(restore(Settings(), args.backup, floors, _progress, force=args.force))
     except KeygenError as exc:
         err.print(f"[red]keygen restore: {escape(str(exc))}[/red]")
         return 1
@@ -71,6 +71,12 @@ def add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         default=[],
         metavar="[NAMESPACE=]N",
         help="the highest ID that may have been issued (all namespaces, or one); repeatable",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even though something shows instances running on the ledger (its data "
+        "dir's locks, other sessions on its PostgreSQL database)",
     )
     p.set_defaults(run=restore_command)
 
