@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's quick start, step 1: start the local topology -- a Redis master and 2 replicas
+# The original product description's quick start, step 1: start the local topology -- a Redis master and 2 replicas
 # (AOF on), 3 Sentinels (mymaster, quorum 2) and the PostgreSQL ledger, all on 127.0.0.1 --
 # wait until it is ready, and print how to run Keygen on it. Installs Keygen into .venv
 # first if needed, and Redis/PostgreSQL with apt-get if they are missing.

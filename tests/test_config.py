@@ -1,4 +1,4 @@
-"""Settings come from the seed's names and KEYGEN_*; bad values are refused."""
+"""Settings come from the original description's names and KEYGEN_*; bad values are refused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from keygen.config import Settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With nothing set: embedded ledger in ./.keygen, no Redis, the seed's defaults."""
+    """With nothing set: embedded ledger in ./.keygen, no Redis, the original's defaults."""
     for name in (
         "ID_BLOCK_SIZE",
         "REDIS_SENTINEL_HOSTS",
@@ -30,8 +30,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_block_size == 1_000_000
 
 
-def test_seed_names_and_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The seed's names are read unprefixed, Keygen's own with KEYGEN_."""
+def test_original_names_and_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original description's names are read unprefixed, Keygen's own with KEYGEN_."""
     monkeypatch.setenv("ID_BLOCK_SIZE", "50")
     monkeypatch.setenv("ALLOCATION_TIMEOUT", "2.5")
     monkeypatch.setenv("REDIS_SENTINEL_HOSTS", "a:26379, b:26380")

@@ -64,7 +64,7 @@ async def test_health_answers_when_a_ping_raises_an_untranslated_error(
 
 
 async def test_metrics_json_shape(client: httpx.AsyncClient) -> None:
-    """/metrics defaults to the seed's JSON shape."""
+    """/metrics defaults to the original description's JSON shape."""
     await client.post("/allocate", json={"size": 5})
     body = (await client.get("/metrics")).json()
     assert body["overall_health"] == "healthy"

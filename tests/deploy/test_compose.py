@@ -32,7 +32,7 @@ EXTRA_SERVICES = {"keygen", "prometheus", "grafana"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> LocalCluster:
-    """The launcher's plan for the seed's ports; nothing is started."""
+    """The launcher's plan for the original description's default ports; nothing is started."""
     return LocalCluster(tmp_path_factory.mktemp("plan"), base_port=DEFAULT_BASE_PORT)
 
 

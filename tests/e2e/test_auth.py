@@ -19,7 +19,7 @@ from tests.support.processes import ServeProcess, free_port, keygen
 
 pytestmark = pytest.mark.e2e
 
-#: What the issue promises: a new or revoked key is seen within this.
+#: What docs/security.md promises: a new or revoked key is seen within this.
 TAKES_EFFECT_WITHIN = 5.0
 
 

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 CLIENTS_PER_INSTANCE = 6
 NAMESPACES = ("default", "orders")
 #: Megabytes written while the replicas are paused, so that the master's later writes stay
-#: in its own output buffer (see DESIGN.md, testing notes).
+#: in its own output buffer (a lagging replica's failover, as docs/correctness.md argues).
 LAG_MEGABYTES = 40
 
 
