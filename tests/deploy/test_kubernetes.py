@@ -186,8 +186,9 @@ def test_production_runs_replicas_behind_a_budget(production: list[dict[str, Any
 def test_production_settings_name_the_sentinels_and_a_secret(
     production: list[dict[str, Any]],
 ) -> None:
-    """The Sentinels are named by their stable DNS names with the original description's master name and
-    quorum, and KEYGEN_DATABASE_URL comes from a Secret, never from the ConfigMap."""
+    """The Sentinels are named by their stable DNS names with the original description's
+    master name and quorum, and KEYGEN_DATABASE_URL comes from a Secret, never from the
+    ConfigMap."""
     env = config_env(production)
     hosts = env["REDIS_SENTINEL_HOSTS"].split(",")
     assert hosts == [f"keygen-sentinel-{i}.keygen-sentinel:26379" for i in range(3)]
