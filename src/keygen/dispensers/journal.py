@@ -33,7 +33,6 @@ its reserves are abandoned like a damaged journal's (``docs/reserve.md``).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from keygen.dispensers.journal_files import data_dir_id, fsync_dir, lock, owner_of, write_all
 from keygen.dispensers.journal_witness import Witness
 from keygen.errors import JournalLocked
 
@@ -55,8 +55,6 @@ JOURNAL_VERSION: Final = 1
 JOURNAL_NAME: Final = "reserve-{}.journal"
 #: A journal with more records than this is rewritten (compacted) when it is opened.
 COMPACT_AFTER: Final = 1024
-#: The data dir's identity: the owner every reserve journaled in it names.
-DATA_ID_NAME: Final = "data.id"
 
 Record = dict[str, Any]
 
@@ -252,7 +250,7 @@ class Journal:
         data_id = data_dir_id(data_dir)
         for slot in range(slots):
             path = data_dir / JOURNAL_NAME.format(slot)
-            fd = _lock(path)
+            fd = lock(path)
             if fd is None:
                 continue
             journal = cls(path, slot, fd, location, data_id=data_id, witness_dir=witness_dir)
@@ -263,7 +261,7 @@ class Journal:
                 raise
             return journal
         holders = "; ".join(
-            f"{JOURNAL_NAME.format(slot)}: {_owner_of(data_dir / JOURNAL_NAME.format(slot))}"
+            f"{JOURNAL_NAME.format(slot)}: {owner_of(data_dir / JOURNAL_NAME.format(slot))}"
             for slot in range(min(slots, 4))
         )
         raise JournalLocked(
@@ -332,7 +330,7 @@ class Journal:
             self.records = result.records
             self.witness.reset(data)
             self.append([opened])
-        _fsync_dir(self.path.parent)  # the file's name is durable before it is relied on
+        fsync_dir(self.path.parent)  # the file's name is durable before it is relied on
 
     def _distrust(self, reserves: list[JournalReserve], why: str) -> None:
         """Abandon the open reserves of a well-formed journal that may not be the latest:
@@ -374,7 +372,7 @@ class Journal:
         """Append ``records`` and, with ``sync``, wait until they are on disk."""
         fd = self._require_fd()
         data = b"".join(encode(record) for record in records)
-        _write_all(fd, data)
+        write_all(fd, data)
         if sync:
             os.fdatasync(fd)
         # Before anything the records cover is handed out: a journal cut back below them
@@ -397,13 +395,13 @@ class Journal:
         data = b"".join(encode(record) for record in records)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
             os.replace(temporary, self.path)
         except BaseException:
             os.close(fd)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.witness.reset(data)
         self._fd = fd
         os.close(old)
@@ -419,87 +417,3 @@ class Journal:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-
-def data_dir_id(data_dir: Path) -> str:
-    """The data dir's identity (``data.id``), made when missing; processes making it at
-    once agree on one."""
-    path = data_dir / DATA_ID_NAME
-    with contextlib.suppress(FileNotFoundError):
-        return _read_id(path)
-    temporary = path.with_name(f".{DATA_ID_NAME}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        _write_all(fd, secrets.token_hex(16).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temporary, path)  # fails if another process made it first: theirs counts
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
-    _fsync_dir(data_dir)
-    return _read_id(path)
-
-
-def _read_id(path: Path) -> str:
-    text = path.read_text().strip()
-    if not text:
-        raise OSError(f"{path} is empty: delete it (with the service stopped) to make another")
-    return text
-
-
-def _lock(path: Path) -> int | None:
-    """Open and lock ``path``; None when another process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        mine = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-            return fd
-        os.close(fd)  # replaced (rewritten) after we opened it: lock the file it is now
-
-
-def _owner_of(path: Path) -> str:
-    """Who last opened a journal, from its last readable ``open`` record."""
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    for line in reversed(lines):
-        _, _, body = line.partition(b" ")
-        try:
-            record = json.loads(body)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("type") == "open":
-            return f"pid {record.get('pid')} ({record.get('owner')})"
-    return "unknown process"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
