@@ -524,3 +524,21 @@ async def test_a_replay_the_witness_missed_is_stopped_by_the_ledgers_marks(
     assert fresh.start is not None and fresh.start > max(r.end for r in served)
     assert max(m.mark for m in marks if m.start == held.start) >= max(r.end for r in served)
     assert replayed_reserves(marks) == []  # the second never served from it
+
+
+async def test_a_journal_path_that_cannot_be_used_is_one_line_naming_the_setting(
+    ledger: SwitchedLedger, tmp_path: Path
+) -> None:
+    """A data dir that is a file (or unwritable) refuses start-up with one line naming
+    KEYGEN_DATA_DIR and the cause, not an OSError from deep in the journal."""
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ReserveUnavailable, match=r"KEYGEN_DATA_DIR.*Not a directory"):
+        await ReserveDispenser.open(
+            ledger,
+            data_dir=tmp_path / "file" / "data",
+            slots=1,
+            size=1000,
+            namespaces=("default",),
+            instance_id="test",
+            location=LOCATION,
+        )

@@ -160,18 +160,27 @@ class ReserveDispenser:
 
         Raises:
             JournalLocked: every slot is locked by another process.
-            OSError: the data dir or the witness directory cannot be written.
+            ReserveUnavailable: the data dir or the witness directory cannot be written.
         """
-        journal = await asyncio.to_thread(
-            partial(
-                Journal.open,
-                data_dir,
-                slots=slots,
-                location=location,
-                owner=instance_id,
-                witness_dir=witness_dir,
+        try:
+            journal = await asyncio.to_thread(
+                partial(
+                    Journal.open,
+                    data_dir,
+                    slots=slots,
+                    location=location,
+                    owner=instance_id,
+                    witness_dir=witness_dir,
+                )
             )
-        )
+        except OSError as exc:
+            # One line naming the setting: the operator's fix is a path, not a traceback.
+            where = exc.filename or data_dir
+            raise ReserveUnavailable(
+                f"the emergency reserve's journal cannot be kept in {where} "
+                f"(KEYGEN_DATA_DIR, or KEYGEN_RESERVE_WITNESS_DIR for its witness): "
+                f"{exc.strerror or exc}"
+            ) from exc
         dispenser = cls(
             ledger,
             journal,

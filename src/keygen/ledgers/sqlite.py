@@ -168,7 +168,13 @@ class SqliteLedger:
         return ledger
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerUnavailable(
+                f"the embedded ledger cannot be kept in {self.path.parent} (KEYGEN_DATA_DIR): "
+                f"{exc.strerror or exc}"
+            ) from exc
         missing_ledger(self.path)  # before sqlite3 would make an empty one
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
