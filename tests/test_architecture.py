@@ -24,6 +24,7 @@ LAYERS = {
     "keygen.bench": 6,
     "keygen.cluster": 6,
     "keygen.backup": 6,
+    "keygen.live_instances": 6,
     "keygen.monitor": 6,
     "keygen.checkup": 6,
     "keygen.api": 5,

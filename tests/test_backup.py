@@ -101,3 +101,27 @@ async def test_cli_backup_and_restore(tmp_path: Path) -> None:
     assert "orders" in result.stdout and f"{orders['next_id'] - 1:,}" in result.stdout
     refused = keygen("backup", "--out", str(tmp_path / "b"))
     assert refused.returncode == 1 and "not empty" in refused.stderr
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+def test_a_backup_of_a_ledger_no_instance_created_says_so(
+    ledger: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """keygen backup of a ledger that holds no Keygen schema yet (nothing was ever served from
+    it) fails with one line that says so, and writes no backup folder."""
+    env = {**os.environ, "KEYGEN_DATA_DIR": str(tmp_path / "data")}
+    env.pop("KEYGEN_DATABASE_URL", None)
+    if ledger == "postgresql":
+        env["KEYGEN_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    result = subprocess.run(
+        [sys.executable, "-m", "keygen", "backup", "--out", str(tmp_path / "b")],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no Keygen ledger" in last and "nothing to back up" in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists()

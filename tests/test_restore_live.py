@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keygen.backup import backup, live_instances, restore
+from keygen.backup import backup, restore
 from keygen.config import Settings
 from keygen.errors import BackupError
+from keygen.live_instances import live_instances
 from tests.support.processes import ServeProcess
 from tests.support.waiting import wait_for
 

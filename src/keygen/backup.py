@@ -17,7 +17,6 @@ for a floor rather than guess.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from keygen.errors import BackupError, KeygenError
 from keygen.ledgers import open_ledger
 from keygen.ledgers.ledger_identity import IDENTITY_FILENAME
 from keygen.ledgers.sqlite import LEDGER_FILENAME
+from keygen.live_instances import live_instances
 from keygen.progress import Progress
 from keygen.redact import redact_text
 
@@ -48,8 +48,7 @@ PG_DUMP_FILE = "ledger.pgdump"
 REDIS_TOOL_TIMEOUT = 5.0
 #: The tables a PostgreSQL backup holds: Keygen's own, nothing else of the database.
 PG_TABLES = "keygen_*"
-#: The lock a running instance holds in its data dir (its history's, keygen/history.py).
-HISTORY_LOCK = "history.lock"
+_NOTHING_YET = "no instance has created it yet, so there is nothing to back up"
 
 
 @dataclass
@@ -71,7 +70,20 @@ async def backup(settings: Settings, out: Path, progress: Progress) -> dict[str,
     """Write a backup of the ledger (and Redis's leases) into the new folder ``out``."""
     if out.exists() and any(out.iterdir()):
         raise BackupError(f"{out} exists and is not empty")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return await _backup_into(settings, out, progress)
+    except BaseException:
+        # A folder holding part of a backup would pass for one: none is left behind.
+        for path in out.iterdir():
+            path.unlink()
+        if created:
+            out.rmdir()
+        raise
+
+
+async def _backup_into(settings: Settings, out: Path, progress: Progress) -> dict[str, Any]:
     ledger_kind = "sqlite" if settings.database_url is None else "postgresql"
     if settings.database_url is None:
         progress(f"SQLite online backup of {settings.data_dir / LEDGER_FILENAME}")
@@ -99,7 +111,7 @@ async def backup(settings: Settings, out: Path, progress: Progress) -> dict[str,
 
 def _sqlite_backup(source: Path, out: Path) -> None:
     if not source.exists():
-        raise BackupError(f"no ledger at {source}")
+        raise BackupError(f"no Keygen ledger at {source}: {_NOTHING_YET}")
     with sqlite3.connect(source) as live, sqlite3.connect(out / LEDGER_FILENAME) as copy:
         live.backup(copy)  # consistent even while the service writes
 
@@ -152,7 +164,12 @@ def _run(argv: list[str], what: str, url: str) -> None:
 
 def _pg_dump(url: str, path: Path) -> None:
     argv = [_pg_tool("pg_dump"), "--format=custom", f"--table={PG_TABLES}", f"--file={path}"]
-    _run(argv, "pg_dump", url)
+    try:
+        _run(argv, "pg_dump", url)
+    except BackupError as exc:
+        if "no matching tables were found" in str(exc):
+            raise BackupError(f"no Keygen ledger in the database: {_NOTHING_YET}") from exc
+        raise
 
 
 async def _redis_leases(
@@ -306,64 +323,6 @@ async def restore(
         return changes
     finally:
         await ledger.aclose()
-
-
-async def live_instances(settings: Settings, progress: Progress) -> list[str]:
-    """What shows an instance running on the ledger of ``settings``: the data dir's files a
-    running instance keeps locked, and, with PostgreSQL, the other sessions on its database
-    (an instance keeps ``KEYGEN_DB_POOL_MIN_SIZE`` connections open)."""
-    found = _locked_files(settings.data_dir)
-    if settings.database_url is not None:
-        found += await _postgres_sessions(settings, progress)
-    return found
-
-
-def _locked_files(data_dir: Path) -> list[str]:
-    held = []
-    for path in [data_dir / HISTORY_LOCK, *sorted(data_dir.glob(JOURNAL_NAME.format("*")))]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # not there: nobody holds it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(f"{path} is locked by a running process")
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-    return held
-
-
-async def _postgres_sessions(settings: Settings, progress: Progress) -> list[str]:
-    import asyncpg
-
-    assert settings.database_url is not None
-    try:
-        conn = await asyncpg.connect(settings.database_url, timeout=settings.db_connect_timeout)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The restore cannot go far without it either: pg_restore says why.
-        progress(f"PostgreSQL's sessions could not be listed ({type(exc).__name__})")
-        return []
-    try:
-        rows = await conn.fetch(_OTHER_SESSIONS)
-    finally:
-        await conn.close()
-    return [
-        f"PostgreSQL session {r['pid']} of {r['usename']} from {r['client'] or 'a local socket'}"
-        + (f" ({r['application_name']})" if r["application_name"] else "")
-        for r in rows
-    ]
-
-
-#: The other client sessions on the ledger's database; another role's client address may be
-#: hidden (NULL) from a role without pg_read_all_stats, its pid and name are not.
-_OTHER_SESSIONS = """
-SELECT pid, usename, host(client_addr) AS client, application_name FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid()
-  AND backend_type = 'client backend' ORDER BY pid
-"""
 
 
 def _read_manifest(source: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from keygen.metrics import InstanceView
 from keygen.metrics.layout import LATENCY_BUCKETS, SOURCES, hash_of
 from keygen.snapshots import HistoryDocument
 
-__all__ = ["FIELDS", "History", "Totals"]
+__all__ = ["FIELDS", "HISTORY_LOCK", "History", "Totals"]
 
 FIELDS: Final = (
     "requests_per_second",
@@ -46,6 +46,8 @@ FIELDS: Final = (
 SECONDS: Final = 3600  # points of the per-second ring
 MINUTES: Final = 1440  # points of the per-minute ring
 MAX_WINDOW: Final = 24 * 3600
+#: The lock the recording worker holds in the data dir while the instance runs.
+HISTORY_LOCK: Final = "history.lock"
 _HEADER = struct.Struct("<8sqqq")  # magic, fields fingerprint, capacity, points written
 _MAGIC = b"KGHIST01"
 _FINGERPRINT = hash_of(FIELDS)
@@ -155,7 +157,7 @@ class History:
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_path = data_dir / "history.lock"
+        self._lock_path = data_dir / HISTORY_LOCK
         self._lock: int | None = None
         # Every worker opens the files; one at a time, so only one ever starts them over.
         opening = os.open(data_dir / "history.open.lock", os.O_RDWR | os.O_CREAT, 0o644)
