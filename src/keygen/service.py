@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.exceptions import RedisError
+
 from keygen.alerts import Alerts
 from keygen.allocator import Allocator, Layer
 from keygen.audit import Auditor
@@ -17,6 +19,7 @@ from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
 from keygen.constants import MAX_ID
 from keygen.dispensers import lease
+from keygen.dispensers import redis_functions as fn
 from keygen.dispensers.base import Dispenser
 from keygen.dispensers.direct import DirectDispenser
 from keygen.dispensers.lease import LedgerLeases
@@ -25,7 +28,7 @@ from keygen.dispensers.reserve import ReserveDispenser
 from keygen.dispensers.segments import SegmentDispenser
 from keygen.dispensers.sentinel import master_of, sentinels_of
 from keygen.dispensers.sentinel_monitor import SentinelMonitor
-from keygen.errors import KeygenError
+from keygen.errors import KeygenError, LayerUnavailable
 from keygen.health import HealthReporter
 from keygen.history import History
 from keygen.ledgers import ledger_location, open_ledger
@@ -76,7 +79,7 @@ async def _redis_layer(
     )
     try:
         async with asyncio.timeout(settings.redis_timeout):
-            await dispenser.load_functions()
+            await _ensure_functions(dispenser)
     except (KeygenError, TimeoutError) as exc:
         log.warning("Redis is not reachable at start-up (%s); falling back until it is", exc)
     monitor = SentinelMonitor(
@@ -84,6 +87,27 @@ async def _redis_layer(
     )
     monitor.start()
     return dispenser, monitor
+
+
+async def _ensure_functions(dispenser: RedisDispenser) -> None:
+    """Load the function library unless the master holds this very library already.
+
+    Where Redis has ACLs, the service's user may not load functions (``docs/security.md``):
+    an admin installs them, and the service only reads them (FUNCTION LIST), so that the
+    service's password cannot replace what every instance runs.
+    """
+    try:
+        libraries = await dispenser.redis.function_list(library=fn.LIBRARY_NAME, withcode=True)
+    except RedisError as exc:
+        raise LayerUnavailable(f"Redis: listing functions: {exc}") from exc
+    for library in libraries:
+        fields = dict(zip(library[::2], library[1::2], strict=False))
+        code = fields.get(b"library_code", fields.get("library_code"))
+        if isinstance(code, bytes):
+            code = code.decode()
+        if code == fn.LIBRARY:
+            return
+    await dispenser.load_functions()
 
 
 async def _key_store(settings: Settings, ledger: Ledger) -> KeyStore:

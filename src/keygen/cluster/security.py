@@ -55,8 +55,10 @@ ADMIN_USER = "admin"
 REPLICATION_USER = "replication"
 SENTINEL_USER = "sentinel"
 
-#: What Keygen runs on a data node, and nothing else: the function library (FUNCTION LOAD,
-#: FCALL; FUNCTION LIST for ``keygen config check``) and, because ACLs apply inside functions
+#: What Keygen runs on a data node, and nothing else: the function library (FCALL; FUNCTION
+#: LIST, to see that the library is there, and for ``keygen config check``; never FUNCTION
+#: LOAD or DELETE: ``admin`` installs the library, so the service's password cannot replace
+#: what every instance runs) and, because ACLs apply inside functions
 #: too, what its functions call (INFO for the fence's identity, the lease hash's HMGET,
 #: HINCRBY, HSET, the refill lock's GET, SET, DEL); ROLE and PING for the health probe;
 #: INCRBY and EXPIRE for the rate limits' shared counters; LASTSAVE, BGSAVE, SCAN and
@@ -65,7 +67,6 @@ SENTINEL_USER = "sentinel"
 KEYGEN_DATA_COMMANDS = (
     "fcall",
     "fcall_ro",
-    "function|load",
     "function|list",
     "info",
     "hmget",

@@ -42,6 +42,7 @@ from keygen.cluster.redis import RedisNode, SentinelNode
 from keygen.cluster.security import Security
 from keygen.cluster.state import STATE_FILE, ClusterSettings, StateFile
 from keygen.cluster.status import ClusterStatus, status_of
+from keygen.dispensers.redis_functions import LIBRARY, LIBRARY_NAME
 from keygen.errors import ClusterError
 from keygen.progress import Progress, quiet
 from keygen.redact import MASK, redact_url
@@ -290,6 +291,18 @@ class LocalCluster(Readiness):
             f"{SENTINELS} Sentinels agree on master {self.master_name} at "
             f"{HOST}:{self.master().port}; CKQUORUM OK"
         )
+        self._load_functions()
+
+    def _load_functions(self) -> None:
+        """Install Keygen's function library on the master, as the launcher's own user: on
+        the secure topology the service's user may only call it (cluster/security.py)."""
+        master = self.master()
+        client = master.client()
+        try:
+            client.function_load(LIBRARY, replace=True)
+        finally:
+            client.close()
+        self.progress(f"function library {LIBRARY_NAME} loaded on {master.name}")
 
     def _start_sentinels(self, deadline: float) -> None:
         for sentinel in self.sentinels:
