@@ -219,6 +219,7 @@ def test_the_request_is_one_keep_alive_post_with_the_key() -> None:
         (["--duration", "-1"], "must be above 0"),
         (["--connections", "0"], "at least 1"),
         (["--url", "http://x:1", "--topology", "embedded"], "not allowed with"),
+        (["--url", "ftp://x:1"], "is not an instance's URL"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(
@@ -237,4 +238,7 @@ def test_combinations_the_parser_cannot_see_are_refused() -> None:
     assert "https is not supported" in (_problem(parse(["bench", "--url", "https://h:1"])) or "")
     assert "needs --topology redis" in (_problem(parse(["bench", "--failover"])) or "")
     assert _problem(parse(["bench", "--topology", "redis", "--failover"])) is None
+    # host:port is http://host:port, as for keygen allocate and keygen monitor.
+    assert parse(["bench", "--url", "127.0.0.1:8010"]).url == "http://127.0.0.1:8010"
+    assert _problem(parse(["bench", "--url", "127.0.0.1:8010"])) is None
     assert _rates("100, 1_000") == [100.0, 1000.0]

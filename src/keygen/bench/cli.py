@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from keygen.arguments import positive_int
+from keygen.arguments import instance_url, positive_int
 from keygen.bench import TOPOLOGIES
 from keygen.errors import ToolError
 
@@ -54,8 +54,7 @@ def _seconds(text: str) -> float:
 def _problem(args: argparse.Namespace) -> str | None:
     """What the parser cannot see: a combination of options that cannot work."""
     if args.url is not None:
-        address = urlsplit(args.url)
-        if address.scheme != "http" or not address.hostname:
+        if urlsplit(args.url).scheme != "http":
             return f"--url must be http://HOST:PORT (https is not supported): {args.url!r}"
     if args.failover and args.topology != "redis":
         return "--failover needs --topology redis (the faults act on the local cluster)"
@@ -123,7 +122,11 @@ def add_bench_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--topology redis, faults on the local cluster under load (benchmarks/README.md).",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--url", help="measure the service running here (default: :8010)")
+    where.add_argument(
+        "--url",
+        type=instance_url,
+        help="measure the service running here, host:port or http://host:port (default: :8010)",
+    )
     where.add_argument(
         "--topology", choices=TOPOLOGIES, help="start this one in a temp dir, torn down after"
     )
