@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,9 +55,49 @@ from keygen.snapshots import (
     WorkerState,
 )
 
-__all__ = ["HealthReporter", "overall_status", "ping"]
+__all__ = ["HealthReporter", "concise", "overall_status", "ping"]
 
 log = logging.getLogger(__name__)
+
+#: An object's repr, innermost first: redis-py words a Sentinel's failure with the repr of
+#: every client, connection pool and certificate path it holds.
+_REPR = re.compile(r"<[^<>]*>")
+#: The longest a layer's error is shown in /health and in the log.
+MAX_ERROR = 300
+#: What the TLS library says when the server refused the certificate this client showed.
+_REFUSED_CERTIFICATE = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN")
+
+
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+
+
+def _tls(reason: str) -> str:
+    if any(mark in reason.upper() for mark in _REFUSED_CERTIFICATE):
+        return (
+            f"TLS: the server refused this client's certificate ({reason}): "
+            "KEYGEN_REDIS_SSL_CERTFILE is not one its CA signed"
+        )
+    return f"TLS: {reason}"
+
+
+def concise(exc: BaseException) -> str:
+    """A layer's failure in one short line: the TLS library's reason when a TLS error caused
+    it (a refused client certificate named as such), else its message with every object's
+    repr cut out, at most ``MAX_ERROR`` characters."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return _tls(str(seen.reason or seen.strerror or seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(exc).split())
+    # redis-py's Sentinel client words its clients' failures into its own message.
+    if (named := _SSL_REASON.search(text)) is not None:
+        return _tls(named.group(1))
+    while _REPR.search(text):
+        text = _REPR.sub("…", text)
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR] + "…"
+    return text or type(exc).__name__
 
 
 async def ping(layer: Layer, timeout: float) -> LayerSnapshot:
@@ -65,12 +107,14 @@ async def ping(layer: Layer, timeout: float) -> LayerSnapshot:
     try:
         async with asyncio.timeout(timeout):
             await layer.dispenser.ping()
-    except (KeygenError, TimeoutError) as exc:
-        return LayerSnapshot(layer.source, UNHEALTHY, breaker, None, str(exc) or "timed out")
+    except TimeoutError:
+        return LayerSnapshot(layer.source, UNHEALTHY, breaker, None, "timed out")
+    except KeygenError as exc:
+        return LayerSnapshot(layer.source, UNHEALTHY, breaker, None, concise(exc))
     except Exception as exc:
         # An untranslated driver error: the layer is unhealthy, /health still answers.
         log.exception("pinging layer %s failed unexpectedly", layer.source)
-        error = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {concise(exc)}"
         return LayerSnapshot(layer.source, UNHEALTHY, breaker, None, error)
     latency = round(1000 * (time.perf_counter() - started), 3)
     return LayerSnapshot(layer.source, HEALTHY, breaker, latency, None)

@@ -29,7 +29,7 @@ from keygen.dispensers.segments import SegmentDispenser
 from keygen.dispensers.sentinel import master_of, sentinels_of
 from keygen.dispensers.sentinel_monitor import SentinelMonitor
 from keygen.errors import KeygenError, LayerUnavailable
-from keygen.health import HealthReporter
+from keygen.health import HealthReporter, concise
 from keygen.history import History
 from keygen.ledgers import ledger_location, open_ledger
 from keygen.ledgers.base import Ledger
@@ -81,7 +81,10 @@ async def _redis_layer(
         async with asyncio.timeout(settings.redis_timeout):
             await _ensure_functions(dispenser)
     except (KeygenError, TimeoutError) as exc:
-        log.warning("Redis is not reachable at start-up (%s); falling back until it is", exc)
+        log.warning(
+            "Redis is not reachable at start-up (%s); falling back until it is",
+            concise(exc) if isinstance(exc, KeygenError) else "timed out",
+        )
     monitor = SentinelMonitor(
         sentinel, settings.redis_sentinel_master_name, timeout=settings.health_timeout
     )

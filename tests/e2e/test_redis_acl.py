@@ -1,17 +1,21 @@
-"""Least privilege on Redis, on a real secure topology: the user Keygen runs as may call the
-function library but never load, replace or delete it; the launcher's admin installs it."""
+"""Redis on a real secure topology: the user Keygen runs as may call the function library but
+never load, replace or delete it (the launcher's admin installs it); a wrong Sentinel password
+and a foreign client certificate are reported in one short line, never as redis-py reprs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from keygen.cluster.certs import make_certificates
 from keygen.cluster.topology import LocalCluster
 from keygen.dispensers import redis_functions as fn
 from tests.e2e.test_secure_topology import tls_client
+from tests.support.processes import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +57,44 @@ def test_the_service_user_calls_the_functions_but_cannot_load_or_delete_them(
             with pytest.raises(redis.exceptions.NoPermissionError):
                 node.execute_command(*command)
         assert node.function_list(library=fn.LIBRARY_NAME)  # still there
+
+
+def redis_error(env: dict[str, str], log: Path) -> tuple[str, str]:
+    """The Redis layer's error in /health of a service started with ``env``, and its log."""
+    server = ServeProcess({**env, "KEYGEN_AUTH": "off"}, log=log).start()
+    try:
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
+    finally:
+        server.stop()
+    (layer,) = [x for x in health["layers"] if x["source"] == "redis_sentinel"]
+    return str(layer["error"]), log.read_text()
+
+
+def test_a_wrong_sentinel_password_is_one_short_line(secure: LocalCluster, tmp_path: Path) -> None:
+    """The Sentinels refusing the login shows in /health and the log as a short line that
+    says so, with no object reprs and no certificate path."""
+    env = {**secure.env(), "KEYGEN_REDIS_SENTINEL_PASSWORD": "wrong-password-0123456789"}
+    error, text = redis_error(env, tmp_path / "serve.log")
+    assert "invalid username-password pair" in error, error
+    assert len(error) <= 301 and "<" not in error, error
+    assert secure.security is not None
+    certificates = str(secure.security.certs.directory)
+    assert certificates not in error and certificates not in text
+    assert all(len(line) < 1000 for line in text.splitlines()), "a repr reached the log"
+
+
+def test_a_foreign_client_certificate_is_named_as_such(
+    secure: LocalCluster, tmp_path: Path
+) -> None:
+    """A client certificate that the nodes' CA did not sign is reported as the certificate
+    refused (naming KEYGEN_REDIS_SSL_CERTFILE), not as "connection lost" or "no master"."""
+    foreign = make_certificates(tmp_path / "foreign")
+    env = {
+        **secure.env(),
+        "KEYGEN_REDIS_SSL_CERTFILE": str(foreign.client_cert),
+        "KEYGEN_REDIS_SSL_KEYFILE": str(foreign.client_key),
+    }
+    error, _ = redis_error(env, tmp_path / "serve.log")
+    assert "refused this client's certificate" in error and "KEYGEN_REDIS_SSL_CERTFILE" in error, (
+        error
+    )
