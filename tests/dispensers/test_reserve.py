@@ -137,6 +137,7 @@ async def reserve_on(
         namespaces=namespaces,
         instance_id="test",
         location=LOCATION,
+        witness_dir=data_dir.parent / "shm",
     )
     try:
         yield reserve

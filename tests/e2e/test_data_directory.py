@@ -40,7 +40,15 @@ def service_env(tmp_path: Path, postgres_url: str, **extra: str) -> dict[str, st
     """The reserve's topology with Redis down; no keys (the reserve is what is tested); a
     reserve small enough that a few hundred requests raise its mark several times."""
     return reserve_env(
-        tmp_path, postgres_url, dead_sentinels(), **{"KEYGEN_RESERVE_SIZE": "64000", **extra}
+        tmp_path,
+        postgres_url,
+        dead_sentinels(),
+        **{
+            "KEYGEN_RESERVE_SIZE": "64000",
+            # The host's memory-backed directory stands for this host's, kept with the test.
+            "KEYGEN_RESERVE_WITNESS_DIR": str(tmp_path / "shm"),
+            **extra,
+        },
     )
 
 
@@ -178,7 +186,7 @@ async def test_auth_enforced_deleted_with_the_ledger_down_serves_nothing_without
     start: every request without a valid key is refused (503 keys_unavailable, Retry-After),
     /health/ready says so, and the log says no key table was read; PostgreSQL back, a request
     without a key gets a 401 and one with the key is served."""
-    env = reserve_env(tmp_path, postgres_url, dead_sentinels(), KEYGEN_AUTH="auto")
+    env = service_env(tmp_path, postgres_url, KEYGEN_AUTH="auto")
     log = tmp_path / "serve.log"
     created = keygen("keys", "create", "--name", "ops", "--scope", "admin", env=env)
     assert created.returncode == 0, created.stdout + created.stderr
