@@ -32,7 +32,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from keygen import __version__
 from keygen.config import Settings
 from keygen.constants import LEASE_BASE, LEASE_LENGTH, REDIS_LEASE_KEY
-from keygen.dispensers.journal import JOURNAL_NAME, replay
+from keygen.dispensers.journal import JOURNAL_NAME
+from keygen.dispensers.journal_records import replay
 from keygen.errors import BackupError, KeygenError
 from keygen.ledgers import open_ledger
 from keygen.ledgers.ledger_identity import IDENTITY_FILENAME

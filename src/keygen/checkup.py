@@ -72,7 +72,8 @@ def _data_dir(settings: Settings) -> Check:
 
 
 def _journals(settings: Settings) -> list[Check]:
-    from keygen.dispensers.journal import JOURNAL_NAME, replay
+    from keygen.dispensers.journal import JOURNAL_NAME
+    from keygen.dispensers.journal_records import replay
 
     paths = sorted(settings.data_dir.glob(JOURNAL_NAME.format("*")))
     if not paths:

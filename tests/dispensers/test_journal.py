@@ -12,14 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keygen.dispensers.journal import (
-    COMPACT_AFTER,
-    JOURNAL_NAME,
-    Journal,
-    JournalReserve,
-    encode,
-    replay,
-)
+from keygen.dispensers.journal import COMPACT_AFTER, JOURNAL_NAME, Journal
+from keygen.dispensers.journal_records import JournalReserve, encode, replay
 from keygen.dispensers.journal_witness import Witness
 from keygen.errors import JournalLocked
 

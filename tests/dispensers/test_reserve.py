@@ -24,7 +24,8 @@ from keygen.config import Settings
 from keygen.constants import GRANT_RESERVE
 from keygen.dispensers import lease as lease_module
 from keygen.dispensers import reserve as reserve_module
-from keygen.dispensers.journal import JOURNAL_NAME, replay
+from keygen.dispensers.journal import JOURNAL_NAME
+from keygen.dispensers.journal_records import replay
 from keygen.dispensers.journal_witness import Witness
 from keygen.dispensers.reserve import ReserveDispenser
 from keygen.errors import LedgerUnavailable, ReserveExhausted, ReserveUnavailable

@@ -28,7 +28,8 @@ from keygen.checker import Record, check
 from keygen.cluster.postgres import PostgresNode
 from keygen.cluster.topology import LocalCluster
 from keygen.constants import SOURCE_POSTGRESQL, SOURCE_REDIS, SOURCE_RESERVE
-from keygen.dispensers.journal import JOURNAL_NAME, replay
+from keygen.dispensers.journal import JOURNAL_NAME
+from keygen.dispensers.journal_records import replay
 from keygen.errors import ClusterError
 from tests.support.load import LoadResult, run_load, wait_for_acks, wait_until
 from tests.support.processes import ServeProcess, free_port

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from keygen.constants import GRANT_RESERVE, SOURCE_RESERVE
-from keygen.dispensers.journal import Journal, Record
+from keygen.dispensers.journal import Journal
+from keygen.dispensers.journal_records import Record
 from keygen.dispensers.reserve_marks import record_marks
 from keygen.dispensers.reserve_state import RATE_WINDOW, HeldReserve, Rate, namespace_snapshot
 from keygen.dispensers.segment import what_is_left
