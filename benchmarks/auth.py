@@ -61,7 +61,8 @@ from benchmarks.allocate import (  # noqa: E402
     running,
 )
 
-from keygen.auth import KeyStore, bearer_token, new_key  # noqa: E402
+from keygen.auth import KeyStore  # noqa: E402
+from keygen.auth_tokens import bearer_token, new_key  # noqa: E402
 from keygen.cluster.processes import free_port  # noqa: E402
 from keygen.ledgers.base import ApiKeyRecord  # noqa: E402
 from keygen.quotas import Quotas  # noqa: E402

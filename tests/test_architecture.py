@@ -35,6 +35,8 @@ LAYERS = {
     "keygen.alerts": 4,
     "keygen.audit": 4,
     "keygen.auth": 4,
+    "keygen.auth_scopes": 4,
+    "keygen.auth_tokens": 4,
     "keygen.quotas": 4,
     "keygen.allocator": 3,
     "keygen.breaker": 3,

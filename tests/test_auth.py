@@ -13,18 +13,16 @@ from unittest.mock import patch
 
 import pytest
 
-from keygen.auth import (
-    ENFORCED_MARKER,
+from keygen.auth import ENFORCED_MARKER, KeyStore
+from keygen.auth_scopes import Grants, parse_scope
+from keygen.auth_tokens import (
     SECRET_FILENAME,
     TOKEN_PREFIX,
-    Grants,
     Hmac,
-    KeyStore,
     bearer_token,
     digest,
     load_secret,
     new_key,
-    parse_scope,
     secret_id,
 )
 from keygen.config import Settings

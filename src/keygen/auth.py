@@ -1,15 +1,6 @@
-"""API keys: their tokens, the keyed hash the ledger keeps of each, scopes, and the table of
-keys each worker checks requests against.
-
-A token is ``kg_`` and 32 random bytes (256 bits, URL-safe base64). It is shown once, when
-the key is created; the ledger keeps only ``HMAC-SHA256(server secret, token)``. A token that
-random cannot be guessed from its hash, so a slow password hash (argon2, bcrypt) would add
-nothing but cost to every request; the secret means that a copy of the ledger (a backup, a
-read-only role) is not enough to check a guess, nor to add a key that works. The server
-secret is ``KEYGEN_AUTH_SECRET``, or else the file ``auth.secret`` in ``KEYGEN_DATA_DIR``,
-made on first use (mode 0600). Instances sharing a PostgreSQL ledger need the same secret:
-each key records a fingerprint of the secret that hashed it, and a worker whose secret
-differs says so in its log rather than silently refusing the key.
+"""API keys: the table of keys each worker checks requests against, and the lease that
+bounds how long a table read stays in force. What a key may do is ``auth_scopes.py``; its
+token, keyed hash and the server secret are ``auth_tokens.py``.
 
 Each worker reads the whole key table every ``KEYGEN_AUTH_REFRESH_INTERVAL`` seconds into a
 dict from digest to what the key may do (``Grants``); checking a request is one HMAC and one
@@ -22,239 +13,51 @@ ledger cannot be read, the last table read stays in force for ``KEYGEN_AUTH_LEAS
 (a lease), then every request is refused until a read succeeds: a revoked key stops working
 within the lease even while the ledger is down. ``auth.enforced`` in the data dir only ever
 adds a refusal: with it, a ledger that holds no key (replaced, or lost) opens nothing.
-
-Scopes:
-
-    allocate:<glob>   POST /allocate in the namespaces the glob matches (fnmatch: *, ?, [..])
-    read              /health in detail, /metrics, /metrics/history, /alerts, /ledger,
-                      /dashboard and /static, /docs, /openapi.json
-    admin             everything
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
-import hashlib
-import hmac
 import logging
-import os
-import re
-import secrets
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from keygen.config import DEFAULT_AUTH_LEASE_SECONDS, AuthMode, Settings
+from keygen.auth_scopes import OPEN, Grants
+from keygen.auth_tokens import Hmac, bearer_token, load_secret, new_key, secret_id
+from keygen.config import DEFAULT_AUTH_LEASE_SECONDS, AuthMode
 from keygen.errors import KeygenError, KeysUnavailable, Unauthorized
 from keygen.ledgers.base import ApiKeyRecord, Ledger
-from keygen.rates import Rates
 
+#: ``KeyStore`` and what a request's check needs beside it (its result, the header's token;
+#: a key's making, for the tests that serve one), in one place for the HTTP edge.
 __all__ = [
+    "ENFORCED_MARKER",
     "OPEN",
-    "SCOPE_ADMIN",
-    "SCOPE_READ",
-    "TOKEN_PREFIX",
     "Grants",
-    "Hmac",
     "KeyStore",
     "bearer_token",
-    "digest",
     "load_secret",
     "new_key",
-    "parse_scope",
-    "secret_id",
 ]
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX: Final = "kg_"
-TOKEN_BYTES: Final = 32
-SCOPE_READ: Final = "read"
-SCOPE_ADMIN: Final = "admin"
-ALLOCATE_PREFIX: Final = "allocate:"
-SECRET_FILENAME: Final = "auth.secret"
 #: Written to the data dir once a worker has seen a key: a later start whose ledger holds no
 #: key (replaced, or lost) still requires one. Its absence opens nothing: an instance that
 #: cannot read the key table refuses requests whether the file is there or not.
 ENFORCED_MARKER: Final = "auth.enforced"
-#: The longest a key's name may be.
-MAX_NAME_LENGTH: Final = 100
-
-#: A namespace glob: the namespace alphabet and fnmatch's ``*``, ``?``, ``[...]``, ``!``.
-_GLOB: Final = re.compile(r"[a-z0-9_.\-*?\[\]!]{1,64}")
-_BEARER: Final = b"bearer "
 #: Checked tokens remembered between two reads of the table (one per key in use: only
 #: tokens of keys are remembered, so random ones cannot fill it).
 MAX_REMEMBERED_TOKENS: Final = 10_000
-_SHA256_BLOCK: Final = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Grants:
-    """What one key may do, compiled for the per-request check."""
-
-    key_id: str
-    name: str
-    admin: bool = False
-    read: bool = False
-    allocate_all: bool = False
-    #: Namespaces named without a wildcard: a set lookup.
-    allocate_exact: frozenset[str] = frozenset()
-    #: The globs with a wildcard, as one regular expression: one match.
-    allocate_pattern: re.Pattern[str] | None = None
-    #: Its rate limits; None when it has none (one test per request).
-    rates: Rates | None = None
-    #: ``<id> (<name>)``: how the audit trail names it.
-    label: str = ""
-
-    @classmethod
-    def of(
-        cls, key_id: str, name: str, scopes: Iterable[str], rates: Rates | None = None
-    ) -> Grants:
-        scopes = tuple(scopes)
-        admin = SCOPE_ADMIN in scopes
-        globs = [s.removeprefix(ALLOCATE_PREFIX) for s in scopes if s.startswith(ALLOCATE_PREFIX)]
-        wild = [glob for glob in globs if any(c in glob for c in "*?[")]
-        return cls(
-            key_id,
-            name,
-            admin=admin,
-            read=admin or SCOPE_READ in scopes,
-            allocate_all=admin or "*" in globs,
-            allocate_exact=frozenset(glob for glob in globs if glob not in wild),
-            allocate_pattern=(
-                re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in wild))
-                if wild
-                else None
-            ),
-            rates=rates or None,
-            label=f"{key_id} ({name})",
-        )
-
-    def may_allocate(self, namespace: str) -> bool:
-        if self.allocate_all or namespace in self.allocate_exact:
-            return True
-        return (
-            self.allocate_pattern is not None and self.allocate_pattern.match(namespace) is not None
-        )
-
-
-#: What a request may do when no key is required: everything.
-OPEN: Final = Grants("", "", admin=True, read=True, allocate_all=True)
-
-
-def parse_scope(text: str) -> str:
-    """A scope as given to ``keygen keys create --scope``; ValueError when it is none."""
-    scope = text.strip()
-    if scope in (SCOPE_READ, SCOPE_ADMIN):
-        return scope
-    if scope.startswith(ALLOCATE_PREFIX) and _GLOB.fullmatch(scope.removeprefix(ALLOCATE_PREFIX)):
-        return scope
-    raise ValueError(
-        f"{text!r} is not a scope: 'read', 'admin' or 'allocate:<namespace glob>' "
-        "(such as allocate:orders, allocate:shop-*, allocate:*)"
-    )
-
-
-def digest(secret: bytes, token: bytes) -> bytes:
-    """The keyed hash the ledger keeps of a token."""
-    return hmac.digest(secret, token, "sha256")
-
-
-class Hmac:
-    """HMAC-SHA256 under one key, its padded key hashed once (RFC 2104): a request pays two
-    SHA-256 compressions of its own, not the key schedule too (a third of ``hmac.digest``)."""
-
-    def __init__(self, secret: bytes) -> None:
-        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
-        key = key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-def secret_id(secret: bytes) -> str:
-    """A fingerprint of the server secret, stored with each key (it reveals nothing of it)."""
-    return hmac.new(secret, b"keygen server secret id", hashlib.sha256).hexdigest()[:16]
-
-
-def load_secret(settings: Settings) -> bytes:
-    """The server secret: ``KEYGEN_AUTH_SECRET``, else the data dir's ``auth.secret``, made
-    (0600) when missing. Several processes making it at once agree on one."""
-    if settings.auth_secret is not None:
-        return settings.auth_secret.encode()
-    path = settings.data_dir / SECRET_FILENAME
-    with contextlib.suppress(FileNotFoundError):
-        return _read_secret(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_hex(32).encode()
-    temporary = path.with_name(f".{SECRET_FILENAME}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, made + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temporary, path)  # fails if another process made it first: theirs counts
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
-    return _read_secret(path)
 
 
 def _when(at: float | None) -> str:
     if at is None:
         return "never"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-
-
-def _read_secret(path: Path) -> bytes:
-    secret = path.read_bytes().strip()
-    if len(secret) < 16:
-        raise ValueError(f"{path} holds no usable secret (16 bytes at least)")
-    return secret
-
-
-def new_key(
-    name: str, scopes: Sequence[str], secret: bytes, now: float, rates: Rates | None = None
-) -> tuple[str, ApiKeyRecord]:
-    """A fresh token and the record the ledger keeps of it (its keyed hash, never itself)."""
-    if not name.strip() or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"a key's name must be 1 to {MAX_NAME_LENGTH} characters")
-    if not scopes:
-        raise ValueError("a key needs at least one scope")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-    record = ApiKeyRecord(
-        id=secrets.token_hex(6),
-        name=name.strip(),
-        digest=digest(secret, token.encode()).hex(),
-        scopes=tuple(dict.fromkeys(parse_scope(s) for s in scopes)),
-        secret_id=secret_id(secret),
-        created_at=now,
-        rates=rates or Rates(),
-    )
-    return token, record
-
-
-def bearer_token(authorization: bytes | None) -> bytes | None:
-    """The token of an ``Authorization: Bearer <token>`` header's value (None: no header)."""
-    if authorization is None:
-        return None
-    if authorization[:7].lower() == _BEARER:
-        return authorization[7:].strip()
-    return b""  # some other scheme: not a key
 
 
 class KeyStore:

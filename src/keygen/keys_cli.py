@@ -1,4 +1,4 @@
-"""``keygen keys create|list|revoke``: the API keys in the ledger (``keygen/auth.py``), and the
+"""``keygen keys create|list|revoke``: the API keys in the ledger (``keygen/auth*.py``), and the
 warning ``keygen serve`` gives when it listens beyond loopback without requiring keys."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keygen.auth import load_secret, new_key, parse_scope
+from keygen.auth_scopes import parse_scope
+from keygen.auth_tokens import load_secret, new_key
 from keygen.config import Settings, describe
 from keygen.errors import KeygenError
 from keygen.ledgers import open_ledger

@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 from keygen.alerts import Alerts
 from keygen.allocator import Allocator, Layer
 from keygen.audit import Auditor
-from keygen.auth import ENFORCED_MARKER, KeyStore, load_secret
+from keygen.auth import ENFORCED_MARKER, KeyStore
+from keygen.auth_tokens import load_secret
 from keygen.breaker import CircuitBreaker
 from keygen.config import Settings
 from keygen.constants import MAX_ID

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keygen.auth import new_key
+from keygen.auth_tokens import new_key
 from keygen.ledgers.base import Ledger
 from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.sqlite import SqliteLedger

@@ -115,7 +115,7 @@ class KeyUsage:
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     """An API key as the ledger keeps it: never the token, only its keyed hash
-    (``keygen/auth.py``)."""
+    (``keygen/auth_tokens.py``)."""
 
     id: str
     name: str
