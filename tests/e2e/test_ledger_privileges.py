@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -17,10 +16,10 @@ import pytest
 
 from keygen.constants import GRANT_DIRECT, GRANT_LEASE, GRANT_RESERVE
 from keygen.ledgers.base import ApiKeyRecord, ReserveMark, ReserveUsage
-from keygen.ledgers.postgres import PostgresLedger
 from keygen.ledgers.postgres_migrations import LATEST_VERSION
 from keygen.ledgers.retention import prune
 from keygen.rates import Rates
+from tests.support.postgres import connection, opened
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -40,24 +39,6 @@ def documented_grants() -> list[str]:
     grants = GRANT_LINE.findall(LEDGER_DOC.read_text())
     assert grants, f"no 'GRANT ... TO {DOC_ROLE};' lines in {LEDGER_DOC}"
     return grants
-
-
-@asynccontextmanager
-async def connection(url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
-    conn = await asyncpg.connect(url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[PostgresLedger]:
-    ledger = await PostgresLedger.open(url, **options)
-    try:
-        yield ledger
-    finally:
-        await ledger.aclose()
 
 
 @asynccontextmanager

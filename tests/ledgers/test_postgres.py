@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import pytest
@@ -22,27 +19,10 @@ from keygen.ledgers.postgres import PostgresLedger, is_transient
 from keygen.ledgers.postgres_migrations import LATEST_VERSION, MIGRATIONS, migrate
 from keygen.ledgers.retention import prune
 from keygen.redact import redact_url
+from tests.support.postgres import connection, opened
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[PostgresLedger]:
-    ledger = await PostgresLedger.open(url, **options)
-    try:
-        yield ledger
-    finally:
-        await ledger.aclose()
-
-
-@asynccontextmanager
-async def connection(url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
-    conn = await asyncpg.connect(url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_grants_are_consecutive_per_namespace_from_one(postgres_url: str) -> None:

@@ -14,7 +14,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -22,6 +25,7 @@ import asyncpg
 from keygen.cluster.binaries import find_postgres_bin_dir
 from keygen.cluster.postgres import PostgresNode, with_database
 from keygen.cluster.processes import free_port
+from keygen.ledgers.postgres import PostgresLedger
 
 TEST_DATABASE_URL_ENV = "KEYGEN_TEST_DATABASE_URL"
 
@@ -120,3 +124,23 @@ class PostgresServer:
                 await conn.execute(statement)
         finally:
             await conn.close()
+
+
+@asynccontextmanager
+async def opened(url: str, **options: Any) -> AsyncIterator[PostgresLedger]:
+    """A PostgreSQL ledger opened on ``url`` (with ``options``), closed on the way out."""
+    ledger = await PostgresLedger.open(url, **options)
+    try:
+        yield ledger
+    finally:
+        await ledger.aclose()
+
+
+@asynccontextmanager
+async def connection(url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+    """A plain asyncpg connection to ``url``, closed on the way out."""
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
