@@ -31,10 +31,6 @@ def test_short_schedule_no_duplicates_no_unexpected_failures() -> None:
             rate=150,
             out=out,
             faults=list(KNOWN_KINDS),
-            # No keys: an instance restarted with every layer cut off then serves from its
-            # journal alone (a verified one), or refuses because of it (a restored one),
-            # rather than refusing everything for want of a key table.
-            extra_env={"KEYGEN_AUTH": "off"},
         ),
         Console(stderr=True, force_terminal=False),
     )

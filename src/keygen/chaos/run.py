@@ -67,6 +67,12 @@ SERVICE_ENV = {
     "KEYGEN_LOG_LEVEL": "warning",
 }
 
+#: Without ``--secure`` the run sends no keys, and an instance restarted while every layer is
+#: cut off (``all-down+instance-kill``) could not read the key table: with keys checked it
+#: would refuse everything (503 ``keys_unavailable``) and the fault would not test its
+#: journal. With ``--secure`` keys stay checked (``KEYGEN_AUTH=auto``), as in production.
+OPEN_ENV = {"KEYGEN_AUTH": "off"}
+
 
 @dataclass
 class ChaosRun:
@@ -117,6 +123,7 @@ class _Setup:
         env = {
             **self.cluster.env(),
             **SERVICE_ENV,
+            **({} if self.options.secure else OPEN_ENV),
             "KEYGEN_DATABASE_URL": with_address(self.cluster.postgres.database_url, pg.address),
             "KEYGEN_REDIS_ADDRESS_MAP": ",".join(address_map),
             "KEYGEN_RESERVE_NAMESPACES": ",".join(self.options.namespaces),
