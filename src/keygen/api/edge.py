@@ -85,8 +85,9 @@ class Edge:
         self.now = loop.time()
         #: By error code: the refusals not logged since the last line, and when that was.
         self.refusals: dict[str, tuple[int, float]] = {}
-        #: The Host values seen valid lately (``heads.check_host``).
+        #: The Host values seen valid lately (``heads.check_host``), and the latest.
         self.known_hosts: set[bytes] = set()
+        self.last_host = b"\0"  # no Host: the first request's is checked
         loop.call_later(self.interval, self.sweep)
 
     def sweep(self) -> None:

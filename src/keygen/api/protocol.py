@@ -62,6 +62,8 @@ __all__ = ["KeygenHttpProtocol", "raise_descriptor_limit"]
 #: uvicorn's access log, whose lines carry the request's query (``heads.RedactQuery``).
 _ACCESS_LOG = logging.getLogger("uvicorn.access")
 _REDACT_QUERY = heads.RedactQuery()
+#: The first letters of the fields of ``heads.SCREENED`` but Host.
+_SCREENED_INITIALS = bytes({name[0] for name in heads.SCREENED if name != b"host"})
 
 
 class _HeadTooLarge(Exception):
@@ -221,21 +223,25 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         name = name.lower()
         # llhttp keeps trailing OWS, which RFC 9110 §5.5 excludes from the value.
         value = value.rstrip(b" \t")
-        if name in heads.SCREENED:
-            if name == b"host" and self.host is None:
-                self.host = value
-            else:
-                self._screen(name, value)
+        # Cheap tests first: a set lookup hashes the name, which cost about 400 instructions
+        # a header (callgrind); a comparison and a byte search cost a tenth of that.
+        if name == b"host":
+            if self.host is not None:
+                raise heads.repeated(name)
+            self.host = value
+        elif name[0] in _SCREENED_INITIALS:
+            self._screen(name, value)
         self.headers.append((name, value))
 
     def _screen(self, name: bytes, value: bytes) -> None:
-        """A field of ``heads.SCREENED`` other than the first Host (raises what it refuses)."""
+        """A field whose name starts as one of ``heads.SCREENED`` does, but not Host (raises
+        what it refuses)."""
+        if name not in heads.SCREENED:
+            return
         if name == b"authorization":
             if self.seen & heads.AUTHORIZATION:
                 raise heads.repeated(name)
             self.seen |= heads.AUTHORIZATION
-        elif name == b"host":
-            raise heads.repeated(name)
         elif name == b"expect":
             if value.lower() == b"100-continue":
                 self.expect_100_continue = True
@@ -254,7 +260,8 @@ class KeygenHttpProtocol(HttpToolsProtocol):
         edge = self.edge
         self.body_started = edge.now
         host = self.host
-        if host not in edge.known_hosts:
+        # The Host of the request before, most often: one comparison, no hash.
+        if host != edge.last_host:
             self._check_host(host)
         if self.url[0] != 0x2F:  # not origin-form (/path): absolute, authority or asterisk
             heads.check_target(self.url, self.parser.get_method(), host)
@@ -279,7 +286,9 @@ class KeygenHttpProtocol(HttpToolsProtocol):
     def _check_host(self, host: bytes | None) -> None:
         """Refuse a Host that is not one, or none on HTTP/1.1 (raises what it refuses)."""
         if host is not None:
-            heads.check_host(host, self.edge.known_hosts)
+            if host not in self.edge.known_hosts:
+                heads.check_host(host, self.edge.known_hosts)
+            self.edge.last_host = host
         elif self.parser.get_http_version() != "1.0":
             raise heads.missing_host()
 
