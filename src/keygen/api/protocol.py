@@ -265,23 +265,17 @@ class KeygenHttpProtocol(HttpToolsProtocol):
             self._check_host(host)
         if self.url[0] != 0x2F:  # not origin-form (/path): absolute, authority or asterisk
             heads.check_target(self.url, self.parser.get_method(), host)
-        if self.parser.should_upgrade():
-            # httptools stops here (data_received replays the head without Upgrade), CONNECT
-            # aside: no request of its own, no body.
-            if self.parser.get_method() == b"CONNECT":
-                raise heads.connect()
-            return
         super().on_headers_complete()
         if len(self.pipeline) > edge.limits.max_pipeline:
             raise _PipelineFull
 
-    def on_message_complete(self) -> None:
-        # uvicorn's, but an upgrade's head (which makes no request: ``_replay``) is skipped.
-        cycle = self.cycle
-        if self.parser.should_upgrade() or cycle.response_complete:
-            return
-        cycle.more_body = False
-        cycle.message_event.set()
+    def _should_upgrade(self) -> bool:
+        # uvicorn asks this only of an upgrade's head (``parser.should_upgrade()``), and then
+        # makes no request of it: httptools stops there, and ``data_received`` replays the
+        # head without Upgrade. CONNECT aside, which has no request to serve.
+        if self.parser.get_method() == b"CONNECT":
+            raise heads.connect()
+        return True
 
     def _check_host(self, host: bytes | None) -> None:
         """Refuse a Host that is not one, or none on HTTP/1.1 (raises what it refuses)."""
