@@ -217,13 +217,29 @@ class AllocateEndpoint:
             ),
         )
 
+    def _startup_failure_in_one_line(self, send: Send) -> Send:
+        """The lifespan's ``send``, with a start-up refused for a reason of Keygen's own (a
+        wrong password, an unusable data dir: ``app.py`` keeps it) said in one line instead of
+        the traceback Starlette sends and uvicorn logs."""
+
+        async def one_line(message: Message) -> None:
+            reason = getattr(self.api.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and reason is not None:
+                message = {**message, "message": f"keygen cannot start: {reason}"}
+            await send(message)
+
+        return one_line
+
     async def _pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
         """To the FastAPI app, counting the response's status."""
         service = self.service
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
-        if scope["type"] != "http" or service is None:  # lifespan, or before start-up
+        if scope["type"] == "lifespan":
+            await self.api(scope, receive, self._startup_failure_in_one_line(send))
+            return
+        if scope["type"] != "http" or service is None:  # before start-up
             await self.api(scope, receive, send)
             return
         counters, path = service.counters, scope["path"]

@@ -18,7 +18,7 @@ from keygen.api.openapi import install_openapi
 from keygen.api.responses import error_response, json_error
 from keygen.api.routes import router
 from keygen.config import Settings
-from keygen.errors import InvalidRequest, MethodNotAllowed, NotFound, ServiceError
+from keygen.errors import InvalidRequest, KeygenError, MethodNotAllowed, NotFound, ServiceError
 from keygen.service import Keygen
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     """Start the service before the first request; close it after the last."""
-    service = await Keygen.start(api.state.settings)
+    try:
+        service = await Keygen.start(api.state.settings)
+    except KeygenError as exc:
+        api.state.startup_error = str(exc)  # for the one line the endpoint logs instead
+        raise
     api.state.service = service
     endpoint: AllocateEndpoint = api.state.endpoint
     endpoint.service = service
