@@ -140,6 +140,24 @@ def test_a_key_needs_a_name_and_a_scope() -> None:
         new_key(" ", ["read"], SECRET, 1.0)
 
 
+@pytest.mark.parametrize("name", ["ops\n2026-12-08 INFO forged", "ops\x1b[2J", "ops\u202e", "a\tb"])
+def test_a_key_name_with_a_control_character_is_refused(name: str) -> None:
+    """A name that could forge a log line or drive a terminal (a newline, an escape, a bidi
+    override, a tab) is refused at creation, and the refusal shows it escaped."""
+    with pytest.raises(ValueError, match="must be printable") as refused:
+        new_key(name, ["read"], SECRET, 1.0)
+    assert str(refused.value).isprintable()
+    _, record = new_key("ops team \u00e9t\u00e9", ["read"], SECRET, 1.0)  # letters and spaces pass
+    assert record.name == "ops team \u00e9t\u00e9"
+
+
+def test_an_older_keys_name_is_escaped_in_what_its_requests_record() -> None:
+    """A key created before names were checked carries its name escaped into the label that
+    the access log and the grants' requested_by show."""
+    label = Grants.of("k1", "evil\n2026-12-08 forged", ["read"]).label
+    assert label == "k1 (evil\\n2026-12-08 forged)" and "\n" not in label
+
+
 def test_bearer_token_is_read_from_the_authorization_header() -> None:
     """Bearer in any case gives the token; another scheme gives an empty one; none gives None."""
     assert bearer_token(b"Bearer kg_x") == b"kg_x"

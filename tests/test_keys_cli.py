@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 from keygen.config import Settings
 from keygen.ledgers import open_ledger
+from keygen.ledgers.sqlite import LEDGER_FILENAME
 from tests.support.processes import keygen
 
 #: Long enough that rich, at 80 columns, would cut them with an ellipsis.
@@ -24,11 +26,26 @@ ESCAPED = "evil\\x1b[31mred\\nsecond line"
 
 
 def _create(env: dict[str, str]) -> str:
+    """A key whose name holds control characters, as one created before names were checked
+    is (``keys create`` refuses such a name now); its id."""
     scopes = [arg for scope in SCOPES for arg in ("--scope", scope)]
-    created = keygen("keys", "create", "--name", NAME, *scopes, "--json", env=env)
+    created = keygen("keys", "create", "--name", "plain", *scopes, "--json", env=env)
     assert created.returncode == 0, created.stderr
     key_id: str = json.loads(created.stdout)["id"]
+
+    # The row as an older Keygen left it: the embedded ledger's file, edited directly.
+    with sqlite3.connect(Path(env["KEYGEN_DATA_DIR"]) / LEDGER_FILENAME) as db:
+        db.execute("UPDATE api_keys SET name = ? WHERE id = ?", (NAME, key_id))
     return key_id
+
+
+def test_keys_create_refuses_a_name_with_control_characters(tmp_path: Path) -> None:
+    """`keys create` refuses a name with an ANSI escape and a newline, showing it escaped."""
+    env = {"KEYGEN_DATA_DIR": str(tmp_path / "data")}
+    created = keygen("keys", "create", "--name", NAME, "--scope", "read", env=env)
+    assert created.returncode == 1
+    assert "must be printable" in created.stderr and ESCAPED in created.stderr, created.stderr
+    assert "\x1b" not in created.stderr
 
 
 def test_keys_list_into_a_pipe_prints_every_value_whole(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from keygen.rates import Rates
+from keygen.redact import printable
 
 __all__ = ["ALLOCATE_PREFIX", "OPEN", "SCOPE_ADMIN", "SCOPE_READ", "Grants", "parse_scope"]
 
@@ -68,7 +69,7 @@ class Grants:
                 else None
             ),
             rates=rates or None,
-            label=f"{key_id} ({name})",
+            label=f"{key_id} ({printable(name)})",  # an older key's name may be anything
         )
 
     def may_allocate(self, namespace: str) -> bool:

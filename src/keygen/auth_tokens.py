@@ -27,6 +27,7 @@ from keygen.auth_scopes import parse_scope
 from keygen.config import Settings
 from keygen.ledgers.base import ApiKeyRecord
 from keygen.rates import Rates
+from keygen.redact import printable
 
 __all__ = [
     "SECRET_FILENAME",
@@ -116,6 +117,11 @@ def new_key(
     """A fresh token and the record the ledger keeps of it (its keyed hash, never itself)."""
     if not name.strip() or len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"a key's name must be 1 to {MAX_NAME_LENGTH} characters")
+    if not name.isprintable():
+        # It goes into the access log, the grants' requested_by and terminals.
+        raise ValueError(
+            f"a key's name must be printable: '{printable(name)}' holds a control character"
+        )
     if not scopes:
         raise ValueError("a key needs at least one scope")
     token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)

@@ -22,6 +22,7 @@ from keygen.errors import KeygenError
 from keygen.ledgers import open_ledger
 from keygen.ledgers.base import ApiKeyRecord, KeyUsage
 from keygen.rates import MAX_RATE, Rates
+from keygen.redact import printable
 
 __all__ = ["add_keys_commands", "auth_warning", "is_loopback", "key_usage"]
 
@@ -39,16 +40,6 @@ def _settings() -> Settings:
     except ValidationError as exc:
         err.print(f"[red]keygen: invalid configuration[/red]: {escape('; '.join(describe(exc)))}")
         raise SystemExit(2) from None
-
-
-def _printable(text: str) -> str:
-    """``text`` with its control and format characters (a newline, an ANSI escape, a bidi
-    override) written as escapes: a key's name is whatever its creator typed, and must not
-    reach a terminal raw."""
-    return "".join(
-        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
-        for c in text
-    )
 
 
 def _print_table(table: Table) -> None:
@@ -115,7 +106,7 @@ def create(args: argparse.Namespace) -> int:
     else:
         print(token)
         err.print(
-            f"key {record.id} ({escape(_printable(record.name))}), scopes "
+            f"key {record.id} ({escape(printable(record.name))}), scopes "
             f"{' '.join(record.scopes)}, limits {record.rates.describe()}: the token above is "
             "shown only this once; the ledger keeps only its keyed hash."
         )
@@ -139,8 +130,8 @@ def list_keys(args: argparse.Namespace) -> int:
     for r in records:
         table.add_row(
             r.id,
-            escape(_printable(r.name)),
-            escape(_printable(" ".join(r.scopes))),
+            escape(printable(r.name)),
+            escape(printable(" ".join(r.scopes))),
             r.rates.describe(),
             _when(r.created_at),
             _when(r.revoked_at),
@@ -203,7 +194,7 @@ def key_usage(settings: Settings, *, days: int, as_json: bool) -> int:
         table.add_row(
             str(row["day"]),
             str(row["key_id"]),
-            escape(_printable(str(row["name"]))),
+            escape(printable(str(row["name"]))),
             f"{row['requests']:,}",
             f"{row['ids']:,}",
         )

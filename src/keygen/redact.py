@@ -1,5 +1,5 @@
 """Credentials out of URLs, DSNs and request targets before they are shown: health, logs,
-errors, CLI output, the access log."""
+errors, CLI output, the access log; and control characters out of names people typed."""
 
 from __future__ import annotations
 
@@ -73,3 +73,15 @@ def redact_text(text: str, *secrets: str | None) -> str:
         if secret:
             text = text.replace(secret, redact_url(secret))
     return _KEY_VALUE.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+def printable(text: str) -> str:
+    """``text`` with its control and format characters (a newline, an ANSI escape, a bidi
+    override) written as escapes: a name someone typed must not forge a log line or reach a
+    terminal raw."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
