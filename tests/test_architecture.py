@@ -46,6 +46,7 @@ LAYERS = {
     "keygen.config": 0,
     "keygen.constants": 0,
     "keygen.errors": 0,
+    "keygen.files": 0,
     "keygen.ranges": 0,
     "keygen.snapshots": 0,
     "keygen.progress": 0,

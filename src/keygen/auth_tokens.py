@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Final
 
 from keygen.auth_scopes import parse_scope
 from keygen.config import Settings
+from keygen.files import create_once
 from keygen.ledgers.base import ApiKeyRecord
 from keygen.rates import Rates
 from keygen.redact import printable
@@ -87,20 +87,7 @@ def load_secret(settings: Settings) -> bytes:
     with contextlib.suppress(FileNotFoundError):
         return _read_secret(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_hex(32).encode()
-    temporary = path.with_name(f".{SECRET_FILENAME}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, made + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temporary, path)  # fails if another process made it first: theirs counts
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
+    create_once(path, secrets.token_hex(32).encode() + b"\n", 0o600)
     return _read_secret(path)
 
 

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from keygen.dispensers.journal_files import data_dir_id, fsync_dir, lock, owner_of, write_all
+from keygen.dispensers.journal_files import data_dir_id, lock, owner_of
 from keygen.dispensers.journal_records import (
     JOURNAL_VERSION,
     JournalReserve,
@@ -52,6 +52,7 @@ from keygen.dispensers.journal_records import (
 )
 from keygen.dispensers.journal_witness import Witness
 from keygen.errors import JournalLocked
+from keygen.files import fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DATA_ID_NAME", "data_dir_id", "fsync_dir", "lock", "owner_of", "write_all"]
+from keygen.files import create_once
+
+__all__ = ["DATA_ID_NAME", "data_dir_id", "lock", "owner_of"]
 
 #: The data dir's identity: the owner every reserve journaled in it names.
 DATA_ID_NAME: Final = "data.id"
@@ -25,20 +27,7 @@ def data_dir_id(data_dir: Path) -> str:
     path = data_dir / DATA_ID_NAME
     with contextlib.suppress(FileNotFoundError):
         return _read_id(path)
-    temporary = path.with_name(f".{DATA_ID_NAME}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        write_all(fd, secrets.token_hex(16).encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temporary, path)  # fails if another process made it first: theirs counts
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
-    fsync_dir(data_dir)
+    create_once(path, secrets.token_hex(16).encode() + b"\n", 0o644)
     return _read_id(path)
 
 
@@ -86,18 +75,3 @@ def owner_of(path: Path) -> str:
         if isinstance(record, dict) and record.get("type") == "open":
             return f"pid {record.get('pid')} ({record.get('owner')})"
     return "unknown process"
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
