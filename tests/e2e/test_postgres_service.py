@@ -96,7 +96,10 @@ async def test_the_service_starts_without_postgresql_and_serves_once_it_is_back(
     /health says so within a probe."""
     await asyncio.to_thread(controlled_postgres.stop)
     try:
-        async with running(create_app(pg_settings(tmp_path, postgres_url))) as http:
+        # Keys off: with KEYGEN_AUTH=auto an instance that has not read the key table refuses
+        # with keys_unavailable first (tests/e2e/test_data_directory.py); this is the ledger's.
+        settings = pg_settings(tmp_path, postgres_url, auth="off")
+        async with running(create_app(settings)) as http:
             refused = await allocate(http, 5)
             down = await http.get("/health")
             await asyncio.to_thread(controlled_postgres.start)
