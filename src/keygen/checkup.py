@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -21,12 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from keygen.config import Settings
 from keygen.errors import KeygenError
+from keygen.health import concise
 
 __all__ = ["Check", "checkup"]
 
 TIMEOUT = 5.0
-_REPR = re.compile(r"<[^<>]*>")  # an object's repr, innermost first
-_MAX_CAUSE = 200
 
 
 @dataclass(frozen=True)
@@ -207,21 +205,16 @@ async def _redis(settings: Settings) -> list[Check]:
 
 def _cause(exc: BaseException) -> str:
     """What went wrong, in a few words: the system's reason for a failed connection (redis-py
-    words it with the address, which the row names already), the TLS library's, or the
-    error's first line with no object reprs in it."""
+    words it with the address, which the row names already), else the layer's error as
+    /health words it (the TLS library's reason, no object reprs)."""
     if isinstance(exc, TimeoutError):
         return f"no answer in {TIMEOUT:g} s"
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return f"TLS: {seen.reason or seen.strerror or seen}"
+    while seen is not None and not isinstance(seen, ssl.SSLError):
         if isinstance(seen, OSError) and seen.errno:
             return os.strerror(seen.errno)
         seen = seen.__cause__ or seen.__context__
-    text = " ".join(str(exc).split())
-    while _REPR.search(text):
-        text = _REPR.sub("…", text)
-    return (text[:_MAX_CAUSE] + "…" if len(text) > _MAX_CAUSE else text) or type(exc).__name__
+    return concise(exc)
 
 
 def _text(value: object) -> str:

@@ -30,7 +30,7 @@ from tests.e2e.test_reserve import (
     serving,
 )
 from tests.e2e.test_reserve import service_env as reserve_env
-from tests.support.load import LoadResult
+from tests.support.load import LoadResult, wait_until
 from tests.support.processes import ServeProcess, keygen
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -74,6 +74,22 @@ async def ready_until(url: str, status: int, timeout: float = 20) -> httpx.Respo
             await asyncio.sleep(0.1)
     last = None if seen is None else (seen.status_code, seen.text)
     raise AssertionError(f"/health/ready did not answer {status} within {timeout:g} s: {last}")
+
+
+#: The requests a restarted instance must refuse before a test concludes it serves nothing.
+REFUSALS = 50
+
+
+async def refusals(result: LoadResult, count: int, timeout: float = 20) -> None:
+    """Wait until the load has been refused (503) ``count`` times; past ``timeout``, fail
+    with what it got instead."""
+    try:
+        await wait_until(lambda: result.statuses[503] >= count, timeout)
+    except TimeoutError:
+        raise AssertionError(
+            f"not {count} refusals within {timeout:g} s: statuses {dict(result.statuses)}, "
+            f"{len(result.acknowledged)} acknowledged, errors {dict(result.errors)}"
+        ) from None
 
 
 async def serve_from_reserve_then_kill(
@@ -143,7 +159,7 @@ async def test_an_older_journal_restored_is_never_served_from(
         (data / journal).write_bytes((tmp_path / "earlier" / journal).read_bytes())
         await asyncio.to_thread(server.start)
         async with loading(server.url, after, seed=1):
-            await asyncio.sleep(1.0)  # a second of load: what a replay would serve
+            await refusals(after, REFUSALS)  # a replay would have served these
         document = (await health(server.url)).json()
     assert {r.source for r in after.acknowledged} <= {SOURCE_RESERVE}
     assert after.acknowledged == [] and after.statuses[503] > 0
@@ -173,7 +189,7 @@ async def test_another_instances_journal_is_never_served_from(
             await asyncio.to_thread(second.start)
             async with loading(first.url, again), loading(second.url, copied, seed=1):
                 await acks_from(again, SOURCE_RESERVE, 100)
-                await asyncio.sleep(0.5)
+                await refusals(copied, REFUSALS)  # a replay would have served these
     assert copied.acknowledged == [] and copied.statuses[503] > 0
     assert "granted to another data dir" in (tmp_path / "r1.log").read_text()
     assert_disjoint(*before.acknowledged, *again.acknowledged, *copied.acknowledged)
